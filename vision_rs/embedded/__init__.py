@@ -1,0 +1,83 @@
+"""Embedded offline defaults: the digits data set and small CNNs trained with Gaussian noise.
+
+The weights ship with the package as safetensors files (made by
+``demos/train_digits.py``), so the main paths run without any network.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoints import load_checkpoint_into
+from ..errors import CheckpointError
+from .digits import IMAGE_SIZE, NUM_CLASSES, DigitsDataset, digits_split
+
+# Per-channel statistics of the digits training split (rounded), the normalisation of the embedded models.
+DIGITS_MEAN = (0.3569, 0.3598, 0.3569)
+DIGITS_STD = (0.2161, 0.2158, 0.2173)
+
+EMBEDDED_MODELS: dict[str, dict[str, object]] = {
+    "digits_cnn.sigma_0.25": {"file": "digits_cnn_sigma_0.25.safetensors", "sigma": 0.25},
+    "digits_cnn.sigma_0.50": {"file": "digits_cnn_sigma_0.50.safetensors", "sigma": 0.50},
+}
+"""Embedded model names → weight file and the noise level σ it was trained with."""
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for 32×32 inputs: three conv–BN–ReLU–pool stages and a two-layer head (about 0.17 M parameters)."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+
+        def stage(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+
+        self.features = nn.Sequential(stage(3, 16), stage(16, 32), stage(32, 64))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes))
+        self.pretrained_cfg = {
+            "architecture": "digits_cnn",
+            "mean": DIGITS_MEAN,
+            "std": DIGITS_STD,
+            "input_size": (3, IMAGE_SIZE, IMAGE_SIZE),
+            "num_classes": num_classes,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def weights_path(name: str) -> Path:
+    """Where the weight file of embedded model ``name`` is installed."""
+    return Path(str(resources.files(__package__) / "weights" / str(EMBEDDED_MODELS[name]["file"])))
+
+
+def load_embedded_model(name: str, pretrained: bool = True) -> DigitsCNN:
+    """An embedded model by name (see :data:`EMBEDDED_MODELS`), with its shipped weights unless ``pretrained=False``."""
+    if name not in EMBEDDED_MODELS:
+        raise KeyError(f"unknown embedded model {name!r}; choose from {sorted(EMBEDDED_MODELS)}")
+    model = DigitsCNN()
+    if pretrained:
+        path = weights_path(name)
+        if not path.is_file():
+            raise CheckpointError(
+                f"embedded weights {path} are missing from this install; "
+                "reinstall vision-rs or recreate them with `python demos/train_digits.py`"
+            )
+        load_checkpoint_into(model, path)
+    return model.eval()
+
+
+__all__ = [
+    "DIGITS_MEAN",
+    "DIGITS_STD",
+    "EMBEDDED_MODELS",
+    "DigitsCNN",
+    "DigitsDataset",
+    "digits_split",
+    "load_embedded_model",
+    "weights_path",
+]

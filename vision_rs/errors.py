@@ -1,0 +1,36 @@
+"""Exception types raised by vision-rs.
+
+Every error the library raises on purpose derives from :class:`VisionRSError`,
+so ``except vision_rs.VisionRSError`` catches them all. Messages say what was
+wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class VisionRSError(Exception):
+    """Base class of every error vision-rs raises on purpose."""
+
+
+class InvalidParameterError(VisionRSError, ValueError):
+    """A parameter is impossible (σ ≤ 0, α outside (0, 1), n < 1, ...)."""
+
+
+class InvalidImageError(VisionRSError, ValueError):
+    """An image is unreadable, truncated, of the wrong shape, dtype or range."""
+
+
+class ModelOutputError(VisionRSError, RuntimeError):
+    """The wrapped model returned something other than logits ``[B, num_classes]``."""
+
+
+class CheckpointError(VisionRSError):
+    """A checkpoint is missing, unsafe to load, or does not fit the model."""
+
+
+class ModelUnavailableError(VisionRSError):
+    """Pretrained weights for a model name are not on this machine."""
+
+
+class OutputPathError(VisionRSError):
+    """An output file cannot be written, or an existing run does not match."""

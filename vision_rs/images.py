@@ -1,0 +1,146 @@
+"""Turning user images into float tensors ``[C, H, W]`` in [0, 1], with explicit conversions only.
+
+Accepted inputs: a file path, a PIL image, a uint8 or float numpy array
+(``[H, W]`` or ``[H, W, C]``, the numpy/OpenCV/PIL convention) or a uint8 or
+float torch tensor (``[H, W]`` or ``[C, H, W]``, the torch convention). uint8
+is divided by 255; floats must already lie in [0, 1]. Channel conversions are
+made only where they are unambiguous: grey → RGB by repetition, and RGBA →
+RGB only when the alpha channel is fully opaque.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InvalidImageError
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+_PIL_MODES_AS_IS = {"L", "LA", "RGB", "RGBA"}
+_PIL_MODES_CONVERTED = {"1": "L", "P": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "PA": "RGBA", "La": "LA", "RGBa": "RGBA"}
+
+
+def read_image_file(path: str | os.PathLike) -> torch.Tensor:
+    """Decode an image file into a uint8 tensor ``[C, H, W]``; truncated or unreadable files raise."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidImageError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as pil:
+            pil.load()  # decodes the whole file: truncated data raises here
+            return _pil_to_uint8(pil, source=str(path))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImageError(f"cannot decode image {path}: {exc}. Is the file complete and an image?") from exc
+
+
+def _pil_to_uint8(pil: Image.Image, source: str) -> torch.Tensor:
+    mode = pil.mode
+    if mode in _PIL_MODES_CONVERTED:
+        pil = pil.convert(_PIL_MODES_CONVERTED[mode])
+    elif mode not in _PIL_MODES_AS_IS:
+        raise InvalidImageError(
+            f"{source}: PIL mode {mode!r} has no unambiguous [0,1] scale; convert it to 'RGB' or 'L' first"
+        )
+    array = np.asarray(pil, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def _numpy_to_chw(array: np.ndarray) -> torch.Tensor:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    elif array.ndim != 3:
+        raise InvalidImageError(
+            f"a numpy image must be [H, W] or [H, W, C], got shape {tuple(array.shape)}"
+        )
+    if array.dtype not in (np.uint8, np.float16, np.float32, np.float64):
+        raise InvalidImageError(
+            f"numpy image dtype {array.dtype} is not supported: use uint8 (0..255) or float in [0, 1]"
+        )
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def _tensor_to_chw(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.ndim == 2:
+        tensor = tensor.unsqueeze(0)
+    elif tensor.ndim != 3:
+        hint = " (a batch? pass one image at a time)" if tensor.ndim == 4 else ""
+        raise InvalidImageError(f"an image tensor must be [C, H, W] or [H, W], got shape {tuple(tensor.shape)}{hint}")
+    if tensor.dtype != torch.uint8 and not tensor.is_floating_point():
+        raise InvalidImageError(
+            f"tensor dtype {tensor.dtype} is not supported: use uint8 (0..255) or float in [0, 1]"
+        )
+    return tensor
+
+
+def _to_unit_float(chw: torch.Tensor) -> torch.Tensor:
+    """uint8 → /255; float → checked finite and inside [0, 1]."""
+    if chw.dtype == torch.uint8:
+        return chw.to(torch.float32) / 255.0
+    chw = chw.to(torch.float32)
+    if not torch.isfinite(chw).all():
+        raise InvalidImageError("image contains NaN or Inf pixels; fix the input before certifying")
+    low, high = float(chw.min()), float(chw.max())
+    if low < 0.0 or high > 1.0:
+        raise InvalidImageError(
+            f"float pixels must lie in [0, 1], found range [{low:.4g}, {high:.4g}]. "
+            "Pass uint8 for 0..255 data, or undo any normalisation: vision-rs normalises inside the model."
+        )
+    return chw
+
+
+def _match_channels(chw: torch.Tensor, channels: int) -> torch.Tensor:
+    have = chw.shape[0]
+    if have == channels:
+        return chw
+    if have == 1 and channels == 3:
+        return chw.expand(3, -1, -1).clone()
+    if have == 4 and channels == 3:
+        if bool((chw[3] < 1.0).any()):
+            raise InvalidImageError(
+                "image has 4 channels with a transparent alpha; the model wants 3. "
+                "Composite it onto a background of your choice and pass RGB."
+            )
+        return chw[:3].clone()
+    if have == 2 and channels in (1, 3):  # grey + alpha
+        if bool((chw[1] < 1.0).any()):
+            raise InvalidImageError("grey+alpha image is transparent; composite it and pass grey or RGB")
+        return _match_channels(chw[:1], channels)
+    raise InvalidImageError(
+        f"image has {have} channels but the model wants {channels}; no unambiguous conversion exists. "
+        "Convert the image yourself (for RGB → grey, choose the weights)."
+    )
+
+
+def to_unit_tensor(image: ImageInput, channels: int | None = None) -> torch.Tensor:
+    """Return the image as float32 ``[C, H, W]`` in [0, 1] on the CPU, with ``channels`` channels if given.
+
+    Raises :class:`InvalidImageError` with a message saying what to do for NaN/Inf
+    pixels, floats outside [0, 1], a wrong rank or dtype, channels that cannot be
+    converted unambiguously, and unreadable or truncated files.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        chw = read_image_file(image)
+    elif isinstance(image, Image.Image):
+        chw = _pil_to_uint8(image, source="PIL image")
+    elif isinstance(image, np.ndarray):
+        chw = _numpy_to_chw(image)
+    elif isinstance(image, torch.Tensor):
+        chw = _tensor_to_chw(image.detach().cpu())
+    else:
+        raise InvalidImageError(
+            f"cannot read an image from {type(image).__name__}; pass a path, PIL image, numpy array or tensor"
+        )
+    if chw.shape[-1] < 1 or chw.shape[-2] < 1:
+        raise InvalidImageError(f"image has an empty side: shape {tuple(chw.shape)}")
+    unit = _to_unit_float(chw)
+    return unit if channels is None else _match_channels(unit, channels)

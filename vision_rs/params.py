@@ -1,0 +1,35 @@
+"""Validation of the numeric parameters shared by every method."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .errors import InvalidParameterError
+
+
+def check_sigma(sigma: float) -> float:
+    """Return σ as a float; σ is the noise std in [0, 1] pixel units and must be finite and > 0."""
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+        raise InvalidParameterError(f"sigma must be a number, got {type(sigma).__name__}")
+    if not math.isfinite(sigma) or sigma <= 0:
+        raise InvalidParameterError(
+            f"sigma must be finite and > 0 (noise std in [0,1] pixel units, e.g. 0.25), got {sigma}"
+        )
+    return float(sigma)
+
+
+def check_alpha(alpha: float) -> float:
+    """Return α as a float; α is the failure probability of a certificate, in (0, 1)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 < alpha < 1.0:
+        raise InvalidParameterError(
+            f"alpha must lie strictly between 0 and 1 (e.g. 0.001), got {alpha!r}"
+        )
+    return float(alpha)
+
+
+def check_count(name: str, value: int) -> int:
+    """Return a sample count (n0, n, batch size) that must be an integer ≥ 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InvalidParameterError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)

@@ -1,0 +1,76 @@
+"""Result types shared by every smoothing method."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ABSTAIN = -1
+"""Label written to Cohen-compatible TSV files when the smoothed classifier abstains."""
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A prediction with a certified L2 radius, valid with probability ≥ 1 − ``alpha``.
+
+    Radii are in [0, 1] pixel units: L2 norm over all pixels and channels of the
+    image as it was passed in (its own resolution, before any resize).
+    """
+
+    label: int | None
+    """Certified class index, or None when abstaining."""
+    radius: float
+    """Certified L2 radius; 0.0 when abstaining."""
+    p_lower: float
+    """Lower confidence bound on the probability of the candidate class."""
+    counts: dict[int, int]
+    """Votes per class among the n estimation samples (classes with no vote left out)."""
+    n0: int
+    """Selection samples used to choose the candidate class."""
+    n: int
+    """Estimation samples used for the bound."""
+    alpha: float
+    """Probability that the certificate is wrong (over the sampling)."""
+    sigma: float
+    """Noise std in [0, 1] pixel units."""
+    abstained: bool
+    seconds: float
+    """Wall-clock time of the whole certification."""
+    method: str
+    """Name of the smoothing method, e.g. ``"gaussian"``."""
+    candidate: int
+    """Class chosen from the n0 selection samples (the label, unless abstaining)."""
+    seed: int | None = None
+    """Seed of the noise generator, when one was given."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Method-specific settings (views, modes, ...), recorded with dataset runs."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (class indices as string keys in ``counts``)."""
+        data = asdict(self)
+        data["counts"] = {str(k): v for k, v in self.counts.items()}
+        return data
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Output of ``predict``: a label that is, with probability ≥ 1 − α, the smoothed classifier's top class."""
+
+    label: int | None
+    """Predicted class, or None when the top two classes cannot be told apart at level α."""
+    abstained: bool
+    counts: dict[int, int]
+    """Votes per class among the n samples."""
+    n: int
+    alpha: float
+    sigma: float
+    p_value: float
+    """Two-sided binomial test p-value of the top count against the second."""
+    seconds: float
+    method: str
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["counts"] = {str(k): v for k, v in self.counts.items()}
+        return data
