@@ -116,7 +116,7 @@ def _certify(args: argparse.Namespace) -> None:
     )
     if args.out is not None:
         summary = certify_dataset(
-            smoothed, [path for path, _ in files], args.out, n0=args.n0, n=args.n, alpha=args.alpha,
+            smoothed, args.inputs, args.out, n0=args.n0, n=args.n, alpha=args.alpha,
             seed=args.seed, radii=DEFAULT_RADII, progress=not args.no_progress,
         )
         print(format_summaries({args.out.name: summary}))

@@ -1,0 +1,78 @@
+"""The vision-rs command line end to end on the embedded default."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vision_rs.cli import main
+from vision_rs.embedded import DigitsDataset
+from vision_rs.evaluation import read_rows
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight held-out digits as PNGs in integer-named class folders."""
+    root = tmp_path_factory.mktemp("images")
+    dataset = DigitsDataset("test")
+    for idx in range(8):
+        image, label = dataset[idx]
+        (root / str(label)).mkdir(exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / str(label) / f"{idx}.png")
+    return root
+
+
+def test_console_script_help_explains_units_and_columns() -> None:
+    script = shutil.which("vision-rs", path=str(Path(sys.executable).parent))
+    assert script is not None, "the vision-rs console script is not installed"
+    out = subprocess.run([script, "certify", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "[0,1] pixel units" in out and "idx" in out and "correct" in out and "abstains" in out
+
+
+def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["demo", "--out-dir", str(tmp_path / "demo"), "--limit", "20", "--n", "200", "--n0", "20"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| σ=0.25 | 20 |" in out and "| σ=0.50 | 20 |" in out
+    for sigma in ("0.25", "0.50"):
+        rows = read_rows(tmp_path / "demo" / f"digits_sigma_{sigma}.tsv")
+        assert len(rows) == 20
+        assert sum(r.correct for r in rows) >= 17  # the embedded models are accurate under noise
+    assert (tmp_path / "demo" / "certified_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_certify_folder_then_report(tmp_path: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run.tsv"
+    code = main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25",
+                 "--n0", "20", "--n", "200", "--device", "cpu", "--out", str(out), "--no-progress"])
+    assert code == 0
+    rows = read_rows(out)
+    assert len(rows) == 8 and all(r.label >= 0 for r in rows)
+    assert out.with_suffix(".jsonl").is_file()
+    capsys.readouterr()
+    assert main(["report", str(out), "--radii", "0", "0.25", "0.5"]) == 0
+    report = capsys.readouterr().out
+    assert "cert acc r=0.25" in report and "run.tsv" in report
+    assert out.with_suffix(".png").is_file()
+
+
+def test_certify_single_files_prints_a_row_each(image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = sorted(str(p) for p in image_folder.rglob("*.png"))[:2]
+    code = main(["certify", *files, "--model", "digits_cnn.sigma_0.50", "--sigma", "0.5",
+                 "--n0", "10", "--n", "100", "--device", "cpu", "--no-progress"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and lines[0].startswith("path\tpredict\tradius") and len(lines) == 3
+
+
+def test_errors_exit_2_with_a_message(tmp_path: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "-1"])
+    assert code == 2 and "sigma must be finite and > 0" in capsys.readouterr().err
+    code = main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25",
+                 "--out", str(tmp_path / "missing" / "run.tsv"), "--n", "10", "--n0", "5"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()

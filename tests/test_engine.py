@@ -1,0 +1,116 @@
+"""The sampling engine: fixed batch shapes, exact sample counts, noise statistics, seeding, progress."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import vision_rs
+from vision_rs.engine import EngineConfig, VoteTally, sample
+from vision_rs.noise import GaussianNoise
+from vision_rs.views import WholeImage, resize_and_center_crop
+
+
+class Recorder(nn.Module):
+    """Votes class (first pixel > 0.5) and records the shape and values of every batch it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape))
+        self.inputs.append(x.clone())
+        above = (x[:, 0, 0, 0] > 0.5).float()
+        return torch.stack([1 - above, above], dim=1)
+
+
+@pytest.mark.parametrize(("num", "batch"), [(1000, 256), (256, 256), (7, 256), (1, 3)])
+def test_every_batch_has_one_shape_and_exactly_num_votes_are_counted(num: int, batch: int) -> None:
+    model = Recorder()
+    counts = sample(model, torch.full((3, 4, 4), 0.5), GaussianNoise(0.3), WholeImage(), VoteTally(), num,
+                    torch.Generator().manual_seed(0), EngineConfig(batch_size=batch, progress=False))
+    assert int(counts.sum()) == num
+    assert len(set(model.shapes)) == 1
+    assert model.shapes[0][0] == min(batch, num)
+    assert len(model.shapes) == math.ceil(num / min(batch, num))
+
+
+def test_noise_is_gaussian_with_std_sigma_around_the_image() -> None:
+    model, image, sigma = Recorder(), torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1)), 0.25
+    sample(model, image, GaussianNoise(sigma), WholeImage(), VoteTally(), 4000, torch.Generator().manual_seed(0),
+           EngineConfig(batch_size=1000, progress=False))
+    noise = torch.cat(model.inputs) - image
+    assert abs(float(noise.mean())) < 0.002
+    assert float(noise.std()) == pytest.approx(sigma, rel=0.01)
+    # fresh noise in every batch: the reused buffer is refilled, not re-added
+    assert not torch.equal(model.inputs[0], model.inputs[1])
+
+
+def test_memory_does_not_grow_with_n() -> None:
+    """The engine keeps one buffer of batch_size images whatever n is: the model never sees more."""
+    model = Recorder()
+    sample(model, torch.rand(3, 4, 4), GaussianNoise(0.1), WholeImage(), VoteTally(), 5000,
+           torch.Generator().manual_seed(0), EngineConfig(batch_size=100, progress=False))
+    assert max(shape[0] for shape in model.shapes) == 100
+
+
+def test_same_seed_same_certificate_and_different_seeds_differ(linear_setup) -> None:
+    model, image = linear_setup  # the hyperplane passes through the image: counts vary from seed to seed
+    smoothed = vision_rs.smooth(model, sigma=0.5, progress=False)
+    first = smoothed.certify(image, n0=20, n=300, alpha=0.01, seed=3)
+    again = smoothed.certify(image, n0=20, n=300, alpha=0.01, seed=3)
+    others = [smoothed.certify(image, n0=20, n=300, alpha=0.01, seed=seed).counts for seed in (4, 5, 6)]
+    assert (first.label, first.radius, first.p_lower, first.counts) == (again.label, again.radius, again.p_lower, again.counts)
+    assert first.seed == 3
+    assert all(counts != first.counts for counts in others)
+
+
+def test_unseeded_runs_record_the_seed_that_reproduces_them() -> None:
+    smoothed = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", progress=False)
+    image = vision_rs.embedded.digits_split("test")[0][0]
+    unseeded = smoothed.certify(image, n0=10, n=100, alpha=0.01)
+    replay = smoothed.certify(image, n0=10, n=100, alpha=0.01, seed=unseeded.seed)
+    assert replay.counts == unseeded.counts
+
+
+def test_progress_bar_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    smoothed = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu")
+    image = vision_rs.embedded.digits_split("test")[0][0]
+    smoothed.certify(image, n0=10, n=100, seed=0, progress=False)
+    assert capsys.readouterr().err == ""
+    smoothed.certify(image, n0=10, n=100, seed=0, progress=True)
+    assert "estimate" in capsys.readouterr().err
+
+
+def test_channels_last_and_bfloat16_autocast_paths_run() -> None:
+    plain = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", progress=False)
+    fast = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", channels_last=True,
+                            autocast_dtype=torch.bfloat16, progress=False)
+    image = vision_rs.embedded.digits_split("test")[0][1]
+    label = int(vision_rs.embedded.digits_split("test")[1][1])
+    assert plain.certify(image, n0=20, n=200, seed=0).label == label
+    assert fast.certify(image, n0=20, n=200, seed=0).label == label
+
+
+def test_resize_and_center_crop_keeps_aspect_and_size() -> None:
+    batch = torch.rand(2, 3, 64, 48)
+    out = resize_and_center_crop(batch, (32, 32))
+    assert out.shape == (2, 3, 32, 32)
+    assert resize_and_center_crop(batch, (64, 48)) is batch
+    # a constant image stays constant: interpolation weights sum to one
+    flat = resize_and_center_crop(torch.full((1, 3, 50, 70), 0.3), (32, 32))
+    assert torch.allclose(flat, torch.full_like(flat, 0.3), atol=1e-6)
+
+
+def test_vote_tally_counts_argmax_per_class() -> None:
+    tally = VoteTally()
+    logits = torch.tensor([[[0.1, 2.0, 0.0]], [[3.0, 0.0, 0.0]], [[0.0, 0.5, 0.1]]])
+    tally.update(logits)
+    tally.update(logits[:1])
+    assert np.array_equal(tally.result(), np.array([1, 3, 0]))
