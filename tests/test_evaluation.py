@@ -138,3 +138,13 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     path = plot_certified_accuracy({"run": rows}, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_resume_refuses_a_tsv_whose_jsonl_is_missing(tmp_path: Path, smoothed, six_digits) -> None:
+    out = tmp_path / "run.tsv"
+    vision_rs.certify_dataset(smoothed, six_digits[:2], out, **SETTINGS)
+    out.with_suffix(".jsonl").unlink()
+    before = out.read_text()
+    with pytest.raises(vision_rs.OutputPathError, match="lacks the certificates"):
+        vision_rs.certify_dataset(smoothed, six_digits, out, **{**SETTINGS, "n": 50})
+    assert out.read_text() == before

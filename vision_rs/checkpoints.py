@@ -41,8 +41,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 "(torch.load with weights_only=True failed). Save a plain state_dict, "
                 "preferably with safetensors.torch.save_file, and pass that instead."
             ) from exc
-        except (RuntimeError, OSError, EOFError, ValueError) as exc:
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        except Exception as exc:  # a corrupt file surfaces as RuntimeError, KeyError, EOFError, ... depending on its bytes
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc!r}. Is the file complete?") from exc
     return _unwrap_state_dict(state, path)
 
 
@@ -56,9 +56,8 @@ def _unwrap_state_dict(state: object, path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} does not hold a state_dict of tensors")
     cleaned = {}
     for key, value in state.items():
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
+        while key.startswith(_PREFIXES):  # nested wrappers: "_orig_mod.module.", "module._orig_mod.", ...
+            key = key.split(".", 1)[1]
         cleaned[key] = value
     return cleaned
 

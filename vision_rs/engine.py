@@ -130,7 +130,8 @@ def sample(
     """
     check_count("num", num)
     batch = min(config.batch_size, num)
-    buffer = torch.empty((batch, *image.shape), device=image.device, dtype=image.dtype)
+    layout = torch.channels_last if config.channels_last and image.ndim == 3 else torch.contiguous_format
+    buffer = torch.empty((batch, *image.shape), device=image.device, dtype=image.dtype, memory_format=layout)
     done = 0
     with torch.inference_mode(), tqdm(total=num, desc=desc, disable=not config.progress, leave=False) as bar:
         while done < num:

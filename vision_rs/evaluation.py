@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .errors import InvalidImageError, OutputPathError
 from .images import IMAGE_SUFFIXES, ImageInput, to_unit_tensor
+from .params import check_alpha, check_count, check_seed
 from .results import ABSTAIN, Certificate
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
@@ -150,6 +151,11 @@ class _RunFiles:
         rows = {row.idx: row for row in read_rows(self.tsv)}
         records = [json.loads(line) for line in _keep_complete_lines(self.jsonl)]
         kept = [record for record in records if record["idx"] in rows]
+        if {record["idx"] for record in kept} != set(rows):
+            raise OutputPathError(
+                f"{self.jsonl} lacks the certificates of rows in {self.tsv}, so the run's settings cannot be "
+                "checked; restore the .jsonl or write to another --out"
+            )
         if len(kept) != len(records):  # killed between the JSONL and the TSV write
             _atomic_write(self.jsonl, "".join(json.dumps(record) + "\n" for record in kept))
         for record in kept:
@@ -206,6 +212,8 @@ def certify_dataset(
     uninterrupted one would. Files are all decoded before the first row is
     written. Returns the summary over all rows, earlier ones included.
     """
+    n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
+    check_seed(seed)
     files = _as_file_list(data)
     channels = getattr(getattr(smoothed, "spec", None), "channels", None)
     items: Sequence[tuple[ImageInput, int]]
@@ -217,7 +225,7 @@ def certify_dataset(
         items = data  # type: ignore[assignment]
         sources = [None] * len(items)
     run = _RunFiles(Path(out))
-    settings = _run_settings(smoothed, n0, n, alpha)
+    settings = json.loads(json.dumps(_run_settings(smoothed, n0, n, alpha)))  # as the JSONL holds them
     done = run.finished(settings, sources)
     run.open()
     try:
@@ -231,10 +239,9 @@ def certify_dataset(
             correct = UNKNOWN_LABEL if label == UNKNOWN_LABEL else int(predict == label)
             row = Row(idx, label, predict, cert.radius, correct, cert.seconds)
             run.append(row, {"idx": idx, "label": label, "source": sources[idx], "correct": correct, "certificate": cert.to_dict()})
-            done[idx] = row
     finally:
         run.close()
-    return summarize(sorted(done.values(), key=lambda r: r.idx), radii)
+    return summarize(read_rows(run.tsv), radii)  # from the file: a resumed run summarises like an uninterrupted one
 
 
 def _as_file_list(data: object) -> list[tuple[Path, int]] | None:

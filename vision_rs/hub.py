@@ -88,7 +88,13 @@ def create_timm_model(name: str, *, pretrained: bool, num_classes: int | None = 
         return timm.create_model(name, pretrained=False, **kwargs)
     weights = local_timm_weights(name)
     overlay = {"file": str(weights), "source": "", "hf_hub_id": None, "url": None}
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except Exception as exc:  # a corrupt or mismatched cached file: SafetensorError, RuntimeError, UnpicklingError, ...
+        raise CheckpointError(
+            f"cannot load the cached pretrained weights {weights} of timm model {name!r}: {exc!r}. "
+            "Replace or delete that file, or pass a local file with --checkpoint (or checkpoint=...)."
+        ) from exc
 
 
 def create_torchvision_model(name: str, *, pretrained: bool, num_classes: int | None = None) -> nn.Module:

@@ -36,9 +36,9 @@ def read_image_file(path: str | os.PathLike) -> torch.Tensor:
     try:
         with Image.open(path) as pil:
             pil.load()  # decodes the whole file: truncated data raises here
-            return _pil_to_uint8(pil, source=str(path))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidImageError(f"cannot decode image {path}: {exc}. Is the file complete and an image?") from exc
+    return _pil_to_uint8(pil, source=str(path))  # outside the try: its own errors keep their message
 
 
 def _pil_to_uint8(pil: Image.Image, source: str) -> torch.Tensor:
@@ -52,7 +52,7 @@ def _pil_to_uint8(pil: Image.Image, source: str) -> torch.Tensor:
     array = np.asarray(pil, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())  # own, writable, C-contiguous memory
 
 
 def _numpy_to_chw(array: np.ndarray) -> torch.Tensor:
@@ -66,7 +66,7 @@ def _numpy_to_chw(array: np.ndarray) -> torch.Tensor:
         raise InvalidImageError(
             f"numpy image dtype {array.dtype} is not supported: use uint8 (0..255) or float in [0, 1]"
         )
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())  # own, writable, C-contiguous memory
 
 
 def _tensor_to_chw(tensor: torch.Tensor) -> torch.Tensor:

@@ -50,8 +50,9 @@ class NormalizedClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.spec = spec
-        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        device = model_device(model)  # a model already on the GPU gets its normalisation there too
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model((pixels - self.mean) / self.std)

@@ -33,3 +33,12 @@ def check_count(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise InvalidParameterError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+def check_seed(seed: int | None) -> int | None:
+    """Return a noise seed: a non-negative integer, or None for a fresh random one."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise InvalidParameterError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return int(seed)

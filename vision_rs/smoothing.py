@@ -18,7 +18,7 @@ from .hub import create_model
 from .images import ImageInput, to_unit_tensor
 from .models import NormalizedClassifier, as_normalized_classifier, evaluation_mode, model_device, read_input_spec
 from .noise import GaussianNoise, Noise
-from .params import check_alpha, check_count
+from .params import check_alpha, check_count, check_seed
 from .results import Certificate, Prediction
 from .stats import top_two_pvalue
 from .views import View, WholeImage
@@ -31,13 +31,12 @@ def _nonzero_counts(counts: np.ndarray) -> dict[int, int]:
 
 
 def _generator(device: torch.device, seed: int | None) -> tuple[torch.Generator, int]:
+    seed = check_seed(seed)
     generator = torch.Generator(device=device)
     if seed is None:
         return generator, int(generator.seed())
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidParameterError(f"seed must be a non-negative integer or None, got {seed!r}")
-    generator.manual_seed(int(seed))
-    return generator, int(seed)
+    generator.manual_seed(seed)
+    return generator, seed
 
 
 class SmoothedClassifier:
@@ -129,6 +128,7 @@ class SmoothedClassifier:
             method=self.method,
             candidate=candidate,
             seed=seed,
+            details=self.details,
         )
 
     def predict(
