@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -79,13 +79,19 @@ class SmoothedClassifier:
         """The base model's :class:`~vision_rs.models.InputSpec` (mean, std, input size)."""
         return self.base.spec
 
-    def _pixels(self, image: ImageInput) -> torch.Tensor:
-        return to_unit_tensor(image, channels=self.base.spec.channels).to(self.device)
+    def _vote_counter(
+        self, image: ImageInput, batch_size: int | None, progress: bool | None, seed: int | None
+    ) -> tuple[Callable[[int, str], np.ndarray], int]:
+        """Validate the image once; return ``votes(num, desc)`` drawing from one seeded stream, and the seed."""
+        config = self.config.with_overrides(batch_size, progress)
+        pixels = to_unit_tensor(image, channels=self.base.spec.channels).to(self.device)
+        generator, seed = _generator(self.device, seed)
 
-    def _votes(self, pixels: torch.Tensor, num: int, generator: torch.Generator, config: EngineConfig, desc: str) -> np.ndarray:
-        return sample(
-            self.base, pixels, self.noise, self.view, VoteTally(), num, generator, config, self.num_classes, desc
-        )
+        def votes(num: int, desc: str) -> np.ndarray:
+            tally = VoteTally()
+            return sample(self.base, pixels, self.noise, self.view, tally, num, generator, config, self.num_classes, desc)
+
+        return votes, seed
 
     def certify(
         self,
@@ -105,14 +111,11 @@ class SmoothedClassifier:
         Abstains (``label=None``, ``radius=0``) when the lower bound is ≤ 1/2.
         """
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
-        config = self.config.with_overrides(batch_size, progress)
-        pixels = self._pixels(image)
-        generator, seed = _generator(self.device, seed)
+        votes, seed = self._vote_counter(image, batch_size, progress, seed)
         start = time.perf_counter()
         with evaluation_mode(self.base):
-            selection = self._votes(pixels, n0, generator, config, "select (n0)")
-            candidate = int(selection.argmax())
-            estimation = self._votes(pixels, n, generator, config, "estimate (n)")
+            candidate = int(votes(n0, "select (n0)").argmax())
+            estimation = votes(n, "estimate (n)")
         bound = cohen_certify(candidate, int(estimation[candidate]), n, self.sigma, alpha)
         return Certificate(
             label=bound.label,
@@ -144,12 +147,10 @@ class SmoothedClassifier:
         """Cohen et al.'s PREDICT: the top class of ``n`` samples, unless a two-sided binomial test of the
         top two counts cannot reject a tie at level ``alpha`` (then abstain). Wrong with probability ≤ α."""
         n, alpha = check_count("n", n), check_alpha(alpha)
-        config = self.config.with_overrides(batch_size, progress)
-        pixels = self._pixels(image)
-        generator, seed = _generator(self.device, seed)
+        votes, seed = self._vote_counter(image, batch_size, progress, seed)
         start = time.perf_counter()
         with evaluation_mode(self.base):
-            counts = self._votes(pixels, n, generator, config, "predict (n)")
+            counts = votes(n, "predict (n)")
         order = np.argsort(-counts, kind="stable")
         top, second = int(counts[order[0]]), int(counts[order[1]]) if counts.size > 1 else 0
         p_value = top_two_pvalue(top, second)
