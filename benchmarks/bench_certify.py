@@ -1,0 +1,475 @@
+"""Throughput of ``SmoothedClassifier.certify`` against raw inference and a Cohen-style sampling loop.
+
+For each configuration (the embedded digits CNN at 32×32, and timm ``resnet18``
+at 224×224) the script measures, in one run, on the same model, the same
+input image, the same ``n0 + n`` noise samples and the same batch size:
+
+(a) raw     – the base model (``smoothed.base``, the normalising wrapper that
+              ``vision_rs.smooth`` builds) on pre-made input batches, under
+              ``torch.inference_mode`` in eval mode; no noise, no counting.
+              It runs the same batch shapes as the Cohen loop (``n0`` then
+              ``n`` samples, in batches of at most ``batch``);
+(b) certify – ``smoothed.certify(image, n0, n, alpha=0.001, batch_size=batch,
+              seed=0, progress=False)``, timed around the call (it computes
+              a last partial batch whole, so keep n and n0 multiples of the
+              batch size, or below it, for a like-for-like comparison);
+(c) cohen   – a re-implementation of the sampling loop of Cohen et al.'s
+              ``core.py`` (``Smooth._sample_noise`` + ``certify``): per batch,
+              ``x.repeat``, ``randn_like * sigma``, ``argmax``, predictions
+              copied to the host and counted there with numpy, then the same
+              one-sided Clopper–Pearson bound.
+
+Every figure is samples per second (``(n0 + n) / seconds``). After one warm-up
+pass of each method, the three are interleaved (a, b, c, a, b, c, ...) for
+``--repeats`` rounds; the table shows the median of each and the ratios of
+those medians (b/a: how close certify gets to raw inference; b/c: speed-up over
+the Cohen loop). The thread count is torch's default.
+
+Two things disturb CPU timings, so the script records both for every
+measurement and notes the worst under the table:
+
+* other processes: the share of the machine's CPU time they used meanwhile
+  (Linux ``/proc/stat``); above 5 % the numbers are flagged as disturbed;
+* kernel time of this process: on glibc, activation buffers above malloc's
+  mmap threshold are handed back to the OS after every forward pass and
+  page-faulted in again on the next one. That can cost a third of the CPU time
+  and varies from process to process. For steadier (and faster) CPU numbers run
+  with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000``, which keeps
+  freed memory in the process (PyTorch's CPU tuning guide suggests jemalloc or
+  tcmalloc for the same reason). This note is printed for CPU runs only.
+
+Run::
+
+    python benchmarks/bench_certify.py                      # both configs, ~3 min on 2 CPU cores
+    python benchmarks/bench_certify.py --skip-resnet --repeats 5
+    python benchmarks/bench_certify.py --device cuda --n-resnet 10000 --batch-resnet 200 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from scipy.stats import beta
+
+import vision_rs
+from vision_rs import SmoothedClassifier
+from vision_rs.embedded import digits_split, load_embedded_model
+from vision_rs.errors import CheckpointError
+
+SIGMA = 0.25
+ALPHA = 0.001
+METHODS = ("raw", "certify", "cohen")
+CONTENTION_WARNING = 0.05
+"""Warn when other processes used more than this share of the machine's CPU time during a measurement."""
+KERNEL_WARNING = 0.10
+"""Point at the allocator when more than this share of the process's CPU time was spent in the kernel."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One timed run and what else was going on during it."""
+
+    seconds: float
+    other_cpu_share: float | None
+    """CPU time used by other processes / (wall time × CPU count); None where it cannot be read."""
+    kernel_share: float
+    """System (kernel) CPU time of this process / its total CPU time."""
+
+
+@dataclass
+class Setup:
+    """One benchmark configuration: a smoothed model, the image to certify and the sampling sizes."""
+
+    name: str
+    input_desc: str
+    smoothed: SmoothedClassifier
+    image: torch.Tensor
+    """uint8 [C, H, W] on the CPU, as a user would pass it to ``certify``."""
+    n0: int
+    n: int
+    batch: int
+
+
+@dataclass
+class Result:
+    """Samples/s of every repeat for each method of one configuration, and their medians and ratios."""
+
+    name: str
+    input_desc: str
+    n0: int
+    n: int
+    batch: int
+    samples_per_s: dict[str, list[float]] = field(default_factory=dict)
+    other_cpu_share: dict[str, list[float | None]] = field(default_factory=dict)
+    kernel_share: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, method: str, observation: Observation) -> None:
+        self.samples_per_s.setdefault(method, []).append((self.n0 + self.n) / observation.seconds)
+        self.other_cpu_share.setdefault(method, []).append(observation.other_cpu_share)
+        self.kernel_share.setdefault(method, []).append(observation.kernel_share)
+
+    @property
+    def median(self) -> dict[str, float]:
+        return {method: statistics.median(values) for method, values in self.samples_per_s.items()}
+
+    @property
+    def worst_contention(self) -> float | None:
+        shares = [share for values in self.other_cpu_share.values() for share in values if share is not None]
+        return max(shares) if shares else None
+
+    @property
+    def worst_kernel_share(self) -> float:
+        return max(share for values in self.kernel_share.values() for share in values)
+
+    @property
+    def certify_over_raw(self) -> float:
+        return self.median["certify"] / self.median["raw"]
+
+    @property
+    def certify_over_cohen(self) -> float:
+        return self.median["certify"] / self.median["cohen"]
+
+
+# ---------------------------------------------------------------- environment
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The requested device, or CUDA when available, else the CPU."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the accelerator or CPU the benchmark runs on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes have spent on this machine since boot (Linux ``/proc/stat``); None elsewhere."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
+def observe(run: Callable[[], float]) -> Observation:
+    """Call ``run`` (which returns the seconds it timed) and note other processes' and the kernel's CPU use."""
+    busy_before, times_before = machine_busy_seconds(), os.times()
+    seconds = run()
+    busy_after, times_after = machine_busy_seconds(), os.times()
+    user = times_after.user - times_before.user
+    system = times_after.system - times_before.system
+    kernel = system / (user + system) if user + system > 0 else 0.0
+    if busy_before is None or busy_after is None:
+        return Observation(seconds, None, kernel)
+    others = max(0.0, (busy_after - busy_before) - (user + system))
+    return Observation(seconds, others / (seconds * (os.cpu_count() or 1)), kernel)
+
+
+def log(message: str) -> None:
+    """Progress lines go to stderr, keeping stdout for the results."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- configurations
+
+
+def load_digits_model() -> tuple[torch.nn.Module, str]:
+    """The embedded σ=0.25 digits CNN, with random weights if its weight file is missing (speed is the same)."""
+    try:
+        return load_embedded_model("digits_cnn.sigma_0.25"), "pretrained"
+    except CheckpointError:
+        return load_embedded_model("digits_cnn.sigma_0.25", pretrained=False), "random init (weights file missing)"
+
+
+def digits_setup(n0: int, n: int, batch: int, device: torch.device) -> Setup:
+    """Embedded digits CNN on the first image of the digits test split (3×32×32)."""
+    model, weights = load_digits_model()
+    smoothed = vision_rs.smooth(model, sigma=SIGMA, device=device, progress=False)
+    image = digits_split("test")[0][0]
+    return Setup(f"digits_cnn σ={SIGMA} ({weights})", "digits test[0], 32×32", smoothed, image, n0, n, batch)
+
+
+def resnet_setup(n0: int, n: int, batch: int, device: torch.device) -> Setup:
+    """timm resnet18 (random init) on a random 224×224 RGB uint8 image."""
+    model = timm.create_model("resnet18", pretrained=False)
+    smoothed = vision_rs.smooth(model, sigma=SIGMA, device=device, progress=False)
+    image = torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return Setup("timm resnet18 (random init)", "random uint8, 224×224", smoothed, image, n0, n, batch)
+
+
+# ---------------------------------------------------------------- the three methods
+
+
+def batch_schedule(num: int, batch: int) -> list[int]:
+    """Sizes of the successive batches for ``num`` samples, as in Cohen et al.: full ones, then the rest."""
+    return [min(batch, num - start) for start in range(0, num, batch)]
+
+
+def unit_pixels(setup: Setup) -> torch.Tensor:
+    """The setup's image as float [C, H, W] in [0, 1] on the model's device."""
+    return (setup.image.float() / 255.0).to(setup.smoothed.device)
+
+
+def make_raw_inputs(setup: Setup) -> torch.Tensor:
+    """One pre-made batch [batch, C, H, W] of noisy copies of the image (slices of it serve smaller batches)."""
+    pixels = unit_pixels(setup)
+    noise = torch.randn((setup.batch, *pixels.shape), device=pixels.device) * SIGMA
+    return pixels + noise
+
+
+def run_raw(setup: Setup, inputs: torch.Tensor, n0: int, n: int) -> float:
+    """(a) Seconds for the base model to process n0 + n pre-made inputs in batches of the setup's size."""
+    base = setup.smoothed.base
+    device = setup.smoothed.device
+    sizes = batch_schedule(n0, setup.batch) + batch_schedule(n, setup.batch)
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for size in sizes:
+            base(inputs[:size])
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def run_certify(setup: Setup, n0: int, n: int) -> float:
+    """(b) Seconds for one ``smoothed.certify`` call."""
+    device = setup.smoothed.device
+    synchronize(device)
+    start = time.perf_counter()
+    setup.smoothed.certify(setup.image, n0=n0, n=n, alpha=ALPHA, batch_size=setup.batch, seed=0, progress=False)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def cohen_sample_counts(base: torch.nn.Module, x: torch.Tensor, num: int, batch: int) -> np.ndarray:
+    """Class counts of ``num`` noisy copies of ``x``, the way Cohen et al.'s ``_sample_noise`` gets them:
+    a fresh repeated batch and fresh noise per batch, predictions copied to the host and counted with numpy."""
+    counts: np.ndarray | None = None
+    with torch.no_grad():
+        for size in batch_schedule(num, batch):
+            repeated = x.repeat((size, 1, 1, 1))
+            noise = torch.randn_like(repeated) * SIGMA
+            logits = base(repeated + noise)
+            predictions = logits.argmax(1).cpu().numpy()
+            batch_counts = np.bincount(predictions, minlength=logits.shape[1])
+            counts = batch_counts if counts is None else counts + batch_counts
+    assert counts is not None
+    return counts
+
+
+def cohen_certify(base: torch.nn.Module, x: torch.Tensor, n0: int, n: int, batch: int) -> tuple[int, float]:
+    """Cohen et al.'s CERTIFY on top of ``cohen_sample_counts``: the candidate from n0 samples, its
+    one-sided Clopper–Pearson lower bound from n fresh ones. Returns (candidate, p_lower)."""
+    candidate = int(cohen_sample_counts(base, x, n0, batch).argmax())
+    count = int(cohen_sample_counts(base, x, n, batch)[candidate])
+    p_lower = float(beta.ppf(ALPHA, count, n - count + 1)) if count > 0 else 0.0
+    return candidate, p_lower
+
+
+def run_cohen(setup: Setup, pixels: torch.Tensor, n0: int, n: int) -> float:
+    """(c) Seconds for the Cohen-style CERTIFY loop."""
+    device = setup.smoothed.device
+    synchronize(device)
+    start = time.perf_counter()
+    cohen_certify(setup.smoothed.base, pixels, n0, n, setup.batch)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- measurement
+
+
+def method_runners(setup: Setup) -> dict[str, Callable[[int, int], float]]:
+    """Each method as ``(n0, n) -> seconds``, its fixed inputs prepared once, outside the timings."""
+    raw_inputs = make_raw_inputs(setup)
+    pixels = unit_pixels(setup)
+    return {
+        "raw": lambda n0, n: run_raw(setup, raw_inputs, n0, n),
+        "certify": lambda n0, n: run_certify(setup, n0, n),
+        "cohen": lambda n0, n: run_cohen(setup, pixels, n0, n),
+    }
+
+
+def measure(setup: Setup, repeats: int) -> Result:
+    """Warm up every method once (all batch shapes), then time them interleaved for ``repeats`` rounds."""
+    setup.smoothed.base.eval()
+    runners = method_runners(setup)
+    for method in METHODS:
+        runners[method](setup.n0, setup.batch)
+    result = Result(setup.name, setup.input_desc, setup.n0, setup.n, setup.batch)
+    for round_index in range(repeats):
+        for method in METHODS:
+            seen = observe(lambda: runners[method](setup.n0, setup.n))
+            result.add(method, seen)
+            others = "" if seen.other_cpu_share is None else f", other processes {seen.other_cpu_share:.0%} of CPU"
+            log(
+                f"  [{setup.name}] round {round_index + 1}/{repeats} {method:8s} "
+                f"{result.samples_per_s[method][-1]:10.1f} samples/s ({seen.seconds:.2f} s, kernel {seen.kernel_share:.0%}{others})"
+            )
+    return result
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def markdown_table(results: list[Result]) -> str:
+    """The medians and ratios as a Markdown table."""
+    lines = [
+        "| config | input | n | batch | raw samples/s | certify samples/s | Cohen-loop samples/s | b/a | b/c |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        m = r.median
+        lines.append(
+            f"| {r.name} | {r.input_desc} | {r.n0} + {r.n} | {r.batch} | {m['raw']:,.0f} | {m['certify']:,.0f} | "
+            f"{m['cohen']:,.0f} | {r.certify_over_raw:.2f} | {r.certify_over_cohen:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def contention_note(results: list[Result]) -> str:
+    """One line on how busy the machine was with other work while measuring."""
+    known = [r.worst_contention for r in results if r.worst_contention is not None]
+    if not known:
+        return "CPU used by other processes: not measured on this platform"
+    worst = max(known)
+    note = f"worst CPU share used by other processes during a measurement: {worst:.0%}"
+    if worst > CONTENTION_WARNING:
+        note += " - WARNING: the machine was busy, these numbers are disturbed; rerun on a quiet machine"
+    return note
+
+
+def kernel_note(results: list[Result]) -> str:
+    """One line on the kernel's share of this process's CPU time (page faults, mostly, on CPU runs)."""
+    worst = max(r.worst_kernel_share for r in results)
+    note = f"worst kernel (system) share of this process's CPU time during a measurement: {worst:.0%}"
+    if worst > KERNEL_WARNING:
+        note += (
+            " - large: likely malloc returning activation buffers to the OS every batch; for steadier numbers"
+            " rerun with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000"
+        )
+    return note
+
+
+def environment(device: torch.device) -> dict[str, object]:
+    """Device name and library versions, printed and stored with the numbers."""
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "vision_rs": vision_rs.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "malloc_env": " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "LD_PRELOAD"),
+    }
+
+
+def write_json(path: Path, env: dict[str, object], results: list[Result], repeats: int) -> None:
+    """All repeats, medians and ratios as JSON."""
+    payload = {
+        "environment": env,
+        "repeats": repeats,
+        "sigma": SIGMA,
+        "alpha": ALPHA,
+        "configs": [
+            {
+                **asdict(r),
+                "median_samples_per_s": r.median,
+                "certify_over_raw": r.certify_over_raw,
+                "certify_over_cohen": r.certify_over_cohen,
+            }
+            for r in results
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- command line
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n0", type=positive_int, default=100, help="selection samples n0 (default 100)")
+    parser.add_argument("--n-digits", type=positive_int, default=20_000, help="estimation samples n, digits (default 20000)")
+    parser.add_argument("--batch-digits", type=positive_int, default=500, help="batch size, digits (default 500)")
+    parser.add_argument("--n-resnet", type=positive_int, default=700, help="estimation samples n, resnet18 (default 700)")
+    parser.add_argument("--batch-resnet", type=positive_int, default=50, help="batch size, resnet18 (default 50)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds; medians are reported (default 3)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--skip-resnet", action="store_true", help="only run the digits configuration")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers to this JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)  # the Cohen loop draws from the global generator
+    env = environment(device)
+    builders = [lambda: digits_setup(args.n0, args.n_digits, args.batch_digits, device)]
+    if not args.skip_resnet:
+        builders.append(lambda: resnet_setup(args.n0, args.n_resnet, args.batch_resnet, device))
+    start = time.perf_counter()
+    results = []
+    for build in builders:
+        setup = build()
+        log(f"{setup.name}: n0={setup.n0} n={setup.n} batch={setup.batch}, warm-up then {args.repeats} rounds")
+        results.append(measure(setup, args.repeats))
+    elapsed = time.perf_counter() - start
+    print(f"device: {env['device_name']} ({env['device']}, {env['torch_threads']} torch threads)")
+    print(f"torch {env['torch']}, timm {env['timm']}, vision_rs {env['vision_rs']}, python {env['python']}")
+    if env["malloc_env"]:
+        print(f"allocator settings: {env['malloc_env']}")
+    print(f"medians of {args.repeats} interleaved rounds; n = n0 + n samples per certification; measured in {elapsed:.0f} s")
+    print()
+    print(markdown_table(results))
+    print()
+    print(contention_note(results))
+    if device.type == "cpu":
+        print(kernel_note(results))
+    if args.json is not None:
+        write_json(args.json, env, results, args.repeats)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
