@@ -430,7 +430,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n0", type=positive_int, default=100, help="selection samples n0 (default 100)")
     parser.add_argument("--n-digits", type=positive_int, default=20_000, help="estimation samples n, digits (default 20000)")
-    parser.add_argument("--batch-digits", type=positive_int, default=500, help="batch size, digits (default 500)")
+    parser.add_argument("--batch-digits", type=positive_int, default=250, help="batch size, digits (default 250)")
     parser.add_argument("--n-resnet", type=positive_int, default=700, help="estimation samples n, resnet18 (default 700)")
     parser.add_argument("--batch-resnet", type=positive_int, default=50, help="batch size, resnet18 (default 50)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds; medians are reported (default 3)")

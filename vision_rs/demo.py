@@ -31,7 +31,7 @@ def run_demo(
     seed: int = 0,
     limit: int | None = None,
     device: str = "cpu",
-    batch_size: int = 500,
+    batch_size: int = 250,
     progress: bool = True,
 ) -> DemoResult:
     """Certify the 360 held-out digits (or the first ``limit``) with each embedded model at its own σ.

@@ -329,12 +329,12 @@ def plot_certified_accuracy(curves: dict[str, Sequence[Row]], path: str | os.Pat
     if not path.parent.is_dir():
         raise OutputPathError(f"output folder {path.parent} does not exist; create it first")
     figure, axes = plt.subplots(figsize=(6, 4))
+    top = 1.05 * max((row.radius for rows in curves.values() for row in rows), default=0.0) or 1.0
+    grid = [top * i / 400 for i in range(401)]  # one x-range for all: each curve visibly drops to 0
     for name, rows in curves.items():
         labelled = [row for row in rows if row.label != UNKNOWN_LABEL]
         if not labelled:
             continue
-        top = max((row.radius for row in labelled), default=0.0)
-        grid = [top * i / 200 for i in range(201)] if top > 0 else [0.0]
         accuracy = [sum(row.correct == 1 and row.radius >= r for row in labelled) / len(labelled) for r in grid]
         axes.plot(grid, accuracy, label=name)
     axes.set_xlabel("L2 radius ([0,1] pixel units)")
