@@ -11,7 +11,7 @@ L2 over all pixels and channels of the image as passed in.
 
 from __future__ import annotations
 
-from .certificates import cohen_certify, gaussian_radius
+from .certificates import cohen_certify, gaussian_radius, hierarchical_radius
 from .errors import (
     CheckpointError,
     InvalidImageError,
@@ -23,6 +23,7 @@ from .errors import (
 )
 from .evaluation import Summary, certify_dataset, read_rows, summarize
 from .images import to_unit_tensor
+from .methods import Gaussian, Hierarchical
 from .models import InputSpec, NormalizedClassifier
 from .results import Certificate, Prediction
 from .smoothing import SmoothedClassifier, smooth
@@ -33,6 +34,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Certificate",
     "CheckpointError",
+    "Gaussian",
+    "Hierarchical",
     "InputSpec",
     "InvalidImageError",
     "InvalidParameterError",
@@ -49,6 +52,7 @@ __all__ = [
     "clopper_pearson_upper",
     "cohen_certify",
     "gaussian_radius",
+    "hierarchical_radius",
     "read_rows",
     "smooth",
     "summarize",

@@ -106,6 +106,15 @@ def check_logits(logits: object, batch: int, num_classes: int | None) -> torch.T
     return logits
 
 
+def _first_forward(classifier: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, note: str) -> torch.Tensor:
+    """The first batch's forward pass, turning a shape/channel failure of the model into our error."""
+    try:
+        return classifier(inputs)
+    except RuntimeError as exc:
+        hint = f"; {note}" if note else ""
+        raise ModelOutputError(f"the model failed on a first batch of inputs shaped {tuple(inputs.shape)}: {exc}{hint}") from exc
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
@@ -131,7 +140,8 @@ def sample(
     check_count("num", num)
     batch = min(config.batch_size, num)
     layout = torch.channels_last if config.channels_last and image.ndim == 3 else torch.contiguous_format
-    buffer = torch.empty((batch, *image.shape), device=image.device, dtype=image.dtype, memory_format=layout)
+    shape = (batch, noise.output_channels(image.shape[0]), *image.shape[1:])
+    buffer = torch.empty(shape, device=image.device, dtype=image.dtype, memory_format=layout)
     done = 0
     with torch.inference_mode(), tqdm(total=num, desc=desc, disable=not config.progress, leave=False) as bar:
         while done < num:
@@ -140,7 +150,7 @@ def sample(
             if config.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with _autocast(image.device, config.autocast_dtype):
-                logits = classifier(inputs)
+                logits = classifier(inputs) if done else _first_forward(classifier, inputs, noise.input_note(image.shape[0]))
             logits = check_logits(logits, inputs.shape[0], num_classes).float()
             num_classes = logits.shape[1]
             tally.update(rearrange(logits, "(b k) c -> b k c", k=view.count)[:valid])

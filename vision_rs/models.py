@@ -55,7 +55,11 @@ class NormalizedClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model((pixels - self.mean) / self.std)
+        colours = self.mean.shape[1]
+        if pixels.shape[1] == colours:
+            return self.model((pixels - self.mean) / self.std)
+        # channels beyond the colour channels (the hierarchical indicator) pass through unnormalised
+        return self.model(torch.cat([(pixels[:, :colours] - self.mean) / self.std, pixels[:, colours:]], dim=1))
 
 
 def unwrap_parallel(model: nn.Module) -> nn.Module:

@@ -7,13 +7,21 @@ from typing import Protocol
 
 import torch
 
-from .params import check_sigma
+from .params import check_selection_probability, check_sigma
 
 
 class Noise(Protocol):
     """A smoothing distribution over perturbed copies of an image."""
 
     sigma: float
+
+    def output_channels(self, channels: int) -> int:
+        """Channels of a noisy copy of an image with ``channels`` channels."""
+        ...
+
+    def input_note(self, channels: int) -> str:
+        """What the model must accept, said when it fails on the first batch ('' if nothing special)."""
+        ...
 
     def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Overwrite ``buffer`` [B, C, H, W] with B noisy copies of ``image`` [C, H, W]; return the noisy batch."""
@@ -29,6 +37,48 @@ class GaussianNoise:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigma", check_sigma(self.sigma))
 
+    def output_channels(self, channels: int) -> int:
+        return channels
+
+    def input_note(self, channels: int) -> str:
+        return ""
+
     def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         buffer.normal_(0.0, self.sigma, generator=generator)
         return buffer.add_(image)
+
+
+@dataclass(frozen=True)
+class HierarchicalNoise:
+    """Hierarchical smoothing (Scholten et al. 2023): each pixel is selected with probability ``p``,
+    independently; selected pixels get N(0, σ²) on every channel, the others stay as they are.
+
+    With ``indicator=True`` a channel holding the selection mask (1 = noised) is appended after
+    the colour channels; the model must then take one more input channel.
+    """
+
+    sigma: float
+    p: float
+    indicator: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigma", check_sigma(self.sigma))
+        object.__setattr__(self, "p", check_selection_probability(self.p))
+
+    def output_channels(self, channels: int) -> int:
+        return channels + int(self.indicator)
+
+    def input_note(self, channels: int) -> str:
+        if not self.indicator:
+            return ""
+        return (f"hierarchical smoothing with indicator=True feeds {channels + 1} channels "
+                f"({channels} colour + 1 indicator): build the model for them (timm: in_chans={channels + 1})")
+
+    def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        channels = image.shape[0]
+        colour = buffer[:, :channels]
+        selected = torch.empty_like(buffer[:, :1]).bernoulli_(self.p, generator=generator)
+        colour.normal_(0.0, self.sigma, generator=generator).mul_(selected).add_(image)
+        if self.indicator:
+            buffer[:, channels:].copy_(selected)
+        return buffer

@@ -42,3 +42,10 @@ def check_seed(seed: int | None) -> int | None:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise InvalidParameterError(f"seed must be a non-negative integer or None, got {seed!r}")
     return int(seed)
+
+
+def check_selection_probability(p: float) -> float:
+    """Return the hierarchical selection probability p, which must lie in (0, 1]."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 < p <= 1.0:
+        raise InvalidParameterError(f"selection probability p must lie in (0, 1] (e.g. 0.85), got {p!r}")
+    return float(p)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .certificates import hierarchical_radius
+from .errors import InvalidParameterError
+
 ABSTAIN = -1
 """Label written to Cohen-compatible TSV files when the smoothed classifier abstains."""
 
@@ -44,6 +47,34 @@ class Certificate:
     """Seed of the noise generator, when one was given."""
     details: dict[str, Any] = field(default_factory=dict)
     """Method-specific settings (views, modes, ...), recorded with dataset runs."""
+    p_upper: float | None = None
+    """Upper confidence bound on every other class, for methods that use one (hierarchical)."""
+
+    def radius_for(self, r: int) -> float:
+        """Certified L2 radius against an adversary who changes at most ``r`` pixels (any channels of them).
+
+        Gaussian smoothing certifies every perturbation of L2 norm < ``radius`` whatever
+        pixels it touches, so this is ``radius`` for every r. Hierarchical smoothing
+        certifies budgets that shrink with r, and nothing once p^r ≤ 1/2.
+        """
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise InvalidParameterError(f"r (number of changed pixels) must be an integer >= 1, got {r!r}")
+        if self.abstained:
+            return 0.0
+        if self.method != "hierarchical":
+            return self.radius
+        return hierarchical_radius(self.p_lower, float(self.p_upper), self.sigma, self.details["p"], r)
+
+    @property
+    def radii(self) -> dict[int, float]:
+        """{r: radius_for(r)} for every r with p^r > 1/2 (hierarchical only; p = 1 gives r = 1, valid for all r)."""
+        if self.method != "hierarchical":
+            return {}
+        p, radii, r = self.details["p"], {}, 1
+        while p**r > 0.5 and (r == 1 or p < 1.0):
+            radii[r] = self.radius_for(r)
+            r += 1
+        return radii
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (class indices as string keys in ``counts``)."""

@@ -11,13 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .certificates import cohen_certify
 from .engine import EngineConfig, VoteTally, sample
 from .errors import InvalidParameterError
 from .hub import create_model
 from .images import ImageInput, to_unit_tensor
 from .models import NormalizedClassifier, as_normalized_classifier, evaluation_mode, model_device, read_input_spec
-from .noise import GaussianNoise, Noise
+from .methods import Gaussian, Hierarchical, Method
 from .params import check_alpha, check_count, check_seed
 from .results import Certificate, Prediction
 from .stats import top_two_pvalue
@@ -46,23 +45,28 @@ class SmoothedClassifier:
     L2 over all pixels and channels, at the resolution of the image passed in.
     """
 
-    method = "gaussian"
-
     def __init__(
         self,
         base: NormalizedClassifier,
-        noise: Noise,
+        smoothing: Method,
+        sigma: float,
         view: View,
         device: torch.device,
         config: EngineConfig,
         num_classes: int | None = None,
     ) -> None:
         self.base = base
-        self.noise = noise
+        self.smoothing = smoothing
+        self.noise = smoothing.make_noise(sigma)
         self.view = view
         self.device = device
         self.config = config
         self.num_classes = num_classes
+
+    @property
+    def method(self) -> str:
+        """Name of the smoothing method (``"gaussian"``, ``"hierarchical"``)."""
+        return self.smoothing.name
 
     @property
     def sigma(self) -> float:
@@ -71,8 +75,8 @@ class SmoothedClassifier:
 
     @property
     def details(self) -> dict:
-        """Method-specific settings recorded with every certificate (none for plain Gaussian smoothing)."""
-        return {}
+        """Method-specific settings recorded with every certificate."""
+        return self.smoothing.details
 
     @property
     def spec(self):
@@ -107,8 +111,9 @@ class SmoothedClassifier:
         """Cohen et al.'s CERTIFY: choose the class on ``n0`` samples, bound its probability on ``n`` fresh ones.
 
         With probability ≥ 1 − ``alpha`` over the sampling, the smoothed classifier
-        predicts ``label`` for every input within L2 distance ``radius`` of ``image``.
-        Abstains (``label=None``, ``radius=0``) when the lower bound is ≤ 1/2.
+        predicts ``label`` for every input within L2 distance ``radius`` of ``image``
+        (hierarchical smoothing: within ``radius_for(r)`` for changes of at most r pixels).
+        Abstains (``label=None``, ``radius=0``) when the bound does not clear its threshold.
         """
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
         votes, seed = self._vote_counter(image, batch_size, progress, seed)
@@ -116,11 +121,12 @@ class SmoothedClassifier:
         with evaluation_mode(self.base):
             candidate = int(votes(n0, "select (n0)").argmax())
             estimation = votes(n, "estimate (n)")
-        bound = cohen_certify(candidate, int(estimation[candidate]), n, self.sigma, alpha)
+        bound = self.smoothing.bound(candidate, estimation, n, alpha, self.sigma)
         return Certificate(
             label=bound.label,
             radius=bound.radius,
             p_lower=bound.p_lower,
+            p_upper=bound.p_upper,
             counts=_nonzero_counts(estimation),
             n0=n0,
             n=n,
@@ -176,6 +182,7 @@ def smooth(
     model: nn.Module | str,
     sigma: float,
     *,
+    hierarchical: Hierarchical | None = None,
     pretrained: bool = True,
     weights: object | None = None,
     mean: Sequence[float] | None = None,
@@ -190,7 +197,10 @@ def smooth(
     channels_last: bool = False,
     progress: bool = True,
 ) -> SmoothedClassifier:
-    """Wrap a classifier for Gaussian randomized smoothing with noise std ``sigma`` (in [0, 1] pixel units).
+    """Wrap a classifier for randomized smoothing with noise std ``sigma`` (in [0, 1] pixel units).
+
+    Gaussian smoothing (Cohen et al.) by default; ``hierarchical=Hierarchical(p, indicator)``
+    noises each pixel only with probability p and certifies against changes of r pixels.
 
     ``model`` is an ``nn.Module`` (timm, torchvision, DataParallel/DDP-wrapped or
     your own) or a name: a timm name, ``"torchvision:<name>"``, an embedded name
@@ -204,7 +214,10 @@ def smooth(
     model stays where it is. ``batch_size``, ``autocast_dtype``,
     ``channels_last`` and ``progress`` only change speed and display.
     """
-    noise = GaussianNoise(sigma)
+    smoothing: Method = hierarchical if hierarchical is not None else Gaussian()
+    if not isinstance(smoothing, (Gaussian, Hierarchical)):
+        raise InvalidParameterError(f"hierarchical must be a vision_rs.Hierarchical(p=..., indicator=...), got {hierarchical!r}")
+    smoothing.make_noise(sigma)  # validates sigma before any model is built
     if num_classes is not None:
         check_count("num_classes", num_classes)
     if isinstance(model, (str, os.PathLike)):
@@ -227,4 +240,4 @@ def smooth(
         base = base.to(memory_format=torch.channels_last)
     view = WholeImage(input_size=spec.input_size[1:] if spec.input_size is not None else None)
     config = EngineConfig(batch_size=batch_size, autocast_dtype=autocast_dtype, channels_last=channels_last, progress=progress)
-    return SmoothedClassifier(base, noise, view, model_device(base), config, num_classes=num_classes)
+    return SmoothedClassifier(base, smoothing, sigma, view, model_device(base), config, num_classes=num_classes)
