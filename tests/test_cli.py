@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -38,9 +39,10 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     code = main(["demo", "--out-dir", str(tmp_path / "demo"), "--limit", "20", "--n", "200", "--n0", "20"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "| σ=0.25 | 20 |" in out and "| σ=0.50 | 20 |" in out
-    for sigma in ("0.25", "0.50"):
-        rows = read_rows(tmp_path / "demo" / f"digits_sigma_{sigma}.tsv")
+    assert "| σ=0.25 | 20 |" in out and "| σ=0.50 | 20 |" in out and "| hierarchical p=0.85 σ=0.25 (r=1) | 20 |" in out
+    assert "| pixels changed r |" in out and "\n| 4 | " in out
+    for run in ("digits_cnn_sigma_0_25", "digits_cnn_sigma_0_50", "digits_cnn_hier_p_0_85_sigma_0_25"):
+        rows = read_rows(tmp_path / "demo" / f"{run}.tsv")
         assert len(rows) == 20
         assert sum(r.correct for r in rows) >= 17  # the embedded models are accurate under noise
     assert (tmp_path / "demo" / "certified_accuracy.png").read_bytes()[:4] == b"\x89PNG"
@@ -94,3 +96,23 @@ def test_cli_keeps_freed_memory_so_batches_do_not_page_fault() -> None:
     smoothed.certify(image, n0=500, n=2000, seed=2)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults < 20_000  # without it: about 110 000 page faults for these 5 batches of 500
+
+
+def test_certify_hierarchical_with_indicator_then_report(tmp_path: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "hier.tsv"
+    code = main(["certify", str(image_folder), "--model", "digits_cnn_hier.p_0.85_sigma_0.25", "--sigma", "0.25",
+                 "--hierarchical-p", "0.85", "--indicator", "--n0", "20", "--n", "200", "--device", "cpu",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    record = json.loads(out.with_suffix(".jsonl").read_text().splitlines()[0])
+    assert record["certificate"]["method"] == "hierarchical"
+    assert record["certificate"]["details"] == {"p": 0.85, "indicator": True}
+    capsys.readouterr()
+    assert main(["report", str(out), "--radii", "0", "0.1", "0.25"]) == 0
+    report = capsys.readouterr().out
+    assert "| pixels changed r | ε=0.1 | ε=0.25 |" in report and "\n| 4 | " in report
+
+
+def test_indicator_without_hierarchical_is_refused(image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--indicator"])
+    assert code == 2 and "--indicator needs --hierarchical-p" in capsys.readouterr().err

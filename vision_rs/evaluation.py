@@ -348,3 +348,39 @@ def plot_certified_accuracy(curves: dict[str, Sequence[Row]], path: str | os.Pat
     plt.close(figure)
     os.replace(temporary, path)
     return path
+
+
+def read_certificates(path: str | os.PathLike) -> list[tuple[int, Certificate]]:
+    """(true label, certificate) of every row of a run's JSONL file."""
+    path = Path(path)
+    if not path.is_file():
+        raise OutputPathError(f"no such results file: {path}")
+    pairs = []
+    for line in _keep_complete_lines(path):
+        record = json.loads(line)
+        fields = dict(record["certificate"])
+        fields["counts"] = {int(k): v for k, v in fields["counts"].items()}
+        pairs.append((int(record["label"]), Certificate(**fields)))
+    return pairs
+
+
+def accuracy_over_pixels_and_budget(
+    pairs: Sequence[tuple[int, Certificate]], pixels: Sequence[int], budgets: Sequence[float]
+) -> dict[int, dict[float, float]]:
+    """r → ε → fraction of labelled images certified correct against any change of ≤ r pixels with L2 ≤ ε."""
+    labelled = [(label, cert) for label, cert in pairs if label != UNKNOWN_LABEL]
+    if not labelled:
+        raise OutputPathError("no labelled rows: certified accuracy needs true labels")
+    table: dict[int, dict[float, float]] = {}
+    for r in pixels:
+        hits = [(cert.radius_for(r) if cert.label == label else -1.0) for label, cert in labelled]
+        table[r] = {float(eps): sum(h >= eps for h in hits) / len(labelled) for eps in budgets}
+    return table
+
+
+def format_pixel_budget_table(table: dict[int, dict[float, float]]) -> str:
+    """Markdown: one row per number of changed pixels r, one column per L2 budget ε."""
+    budgets = list(next(iter(table.values())))
+    lines = ["| pixels changed r | " + " | ".join(f"ε={eps:g}" for eps in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    lines += [f"| {r} | " + " | ".join(f"{row[eps]:.3f}" for eps in budgets) + " |" for r, row in table.items()]
+    return "\n".join(lines)

@@ -23,20 +23,28 @@ DIGITS_STD = (0.2161, 0.2158, 0.2173)
 EMBEDDED_MODELS: dict[str, dict[str, object]] = {
     "digits_cnn.sigma_0.25": {"file": "digits_cnn_sigma_0.25.safetensors", "sigma": 0.25},
     "digits_cnn.sigma_0.50": {"file": "digits_cnn_sigma_0.50.safetensors", "sigma": 0.50},
+    "digits_cnn_hier.p_0.85_sigma_0.25": {
+        "file": "digits_cnn_hier_p_0.85_sigma_0.25.safetensors", "sigma": 0.25, "p": 0.85, "in_chans": 4,
+    },
 }
-"""Embedded model names → weight file and the noise level σ it was trained with."""
+"""Embedded model names → weight file, the noise σ it was trained with and, for hierarchical
+models, the selection probability p and its input channels (3 colour + 1 indicator)."""
 
 
 class DigitsCNN(nn.Module):
-    """A small CNN for 32×32 inputs: three conv–BN–ReLU–pool stages and a two-layer head (about 0.17 M parameters)."""
+    """A small CNN for 32×32 inputs: three conv–BN–ReLU–pool stages and a two-layer head (0.16 M parameters).
 
-    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+    ``in_chans=4`` takes the 3 colour channels plus the hierarchical-smoothing indicator;
+    its ``pretrained_cfg`` still describes the 3 colour channels of the image.
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES, in_chans: int = 3) -> None:
         super().__init__()
 
         def stage(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2))
 
-        self.features = nn.Sequential(stage(3, 16), stage(16, 32), stage(32, 64))
+        self.features = nn.Sequential(stage(in_chans, 16), stage(16, 32), stage(32, 64))
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes))
         self.pretrained_cfg = {
             "architecture": "digits_cnn",
@@ -59,7 +67,7 @@ def load_embedded_model(name: str, pretrained: bool = True) -> DigitsCNN:
     """An embedded model by name (see :data:`EMBEDDED_MODELS`), with its shipped weights unless ``pretrained=False``."""
     if name not in EMBEDDED_MODELS:
         raise KeyError(f"unknown embedded model {name!r}; choose from {sorted(EMBEDDED_MODELS)}")
-    model = DigitsCNN()
+    model = DigitsCNN(in_chans=int(EMBEDDED_MODELS[name].get("in_chans", 3)))  # type: ignore[call-overload]
     if pretrained:
         path = weights_path(name)
         if not path.is_file():
