@@ -19,6 +19,7 @@ from torchvision.models import ResNet18_Weights
 import vision_rs
 from vision_rs import InvalidParameterError, NormalizedClassifier, to_unit_tensor
 from vision_rs.noise import GaussianNoise
+from vision_rs.views import WholeImage
 
 SIGMA = 0.25
 
@@ -56,7 +57,7 @@ def test_timm_model_spec_comes_from_its_pretrained_cfg() -> None:
     assert smoothed.spec.input_size == (3, 224, 224)
     assert smoothed.base.model is model
     torch.testing.assert_close(smoothed.base.mean.flatten(), torch.tensor(config["mean"], dtype=torch.float32))
-    assert smoothed.view(torch.rand(1, 3, 100, 80)).shape == (1, 3, 224, 224)
+    assert WholeImage(smoothed.input_size)(torch.rand(1, 3, 100, 80)).shape == (1, 3, 224, 224)
 
 
 def test_timm_model_with_other_normalisation_is_read() -> None:
@@ -321,7 +322,7 @@ class RecordingModel(nn.Module):
 def test_noise_at_native_resolution_then_resize_and_centre_crop() -> None:
     model = RecordingModel(tiny_model(size=32))
     smoothed = vision_rs.smooth(model, SIGMA, input_size=(3, 32, 32), batch_size=16, progress=False)
-    assert smoothed.view(torch.rand(2, 3, 64, 48)).shape == (2, 3, 32, 32)
+    assert WholeImage(smoothed.input_size)(torch.rand(2, 3, 64, 48)).shape == (2, 3, 32, 32)
     smoothed.noise = RecordingNoise(SIGMA)
     image = np.random.default_rng(8).integers(0, 256, size=(64, 48, 3), dtype=np.uint8)  # H=64, W=48
     cert = smoothed.certify(image, n0=5, n=40, alpha=0.01, seed=0, progress=False)
@@ -330,8 +331,8 @@ def test_noise_at_native_resolution_then_resize_and_centre_crop() -> None:
     assert set(model.shapes) == {(5, 3, 32, 32), (16, 3, 32, 32)}
     # the view resizes the shorter side to 32 and crops the centre of the longer one
     ramp = torch.linspace(0, 1, 64).view(1, 1, 64, 1).expand(1, 3, 64, 48)
-    viewed = smoothed.view(ramp)
+    viewed = WholeImage(smoothed.input_size)(ramp)
     assert viewed[0, 0, :, 0].min() > 0.1 and viewed[0, 0, :, 0].max() < 0.9
     # an image already at the input size is passed through untouched
     same = torch.rand(2, 3, 32, 32)
-    assert smoothed.view(same) is same
+    assert WholeImage(smoothed.input_size)(same) is same

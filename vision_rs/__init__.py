@@ -23,7 +23,8 @@ from .errors import (
 )
 from .evaluation import Summary, certify_dataset, read_rows, summarize
 from .images import to_unit_tensor
-from .methods import Gaussian, Hierarchical
+from .methods import Gaussian, Hierarchical, SmoothReduce
+from .patches import Patches
 from .models import InputSpec, NormalizedClassifier
 from .results import Certificate, Prediction
 from .smoothing import SmoothedClassifier, smooth
@@ -42,8 +43,10 @@ __all__ = [
     "ModelOutputError",
     "ModelUnavailableError",
     "NormalizedClassifier",
+    "Patches",
     "OutputPathError",
     "Prediction",
+    "SmoothReduce",
     "SmoothedClassifier",
     "Summary",
     "VisionRSError",

@@ -9,12 +9,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import norm
 
 from .errors import InvalidParameterError
 from .params import check_selection_probability, check_sigma
-from .stats import clopper_pearson_lower, clopper_pearson_upper
+from .stats import clopper_pearson_lower, clopper_pearson_upper, mean_lower_bound, mean_upper_bound
 
 
 def gaussian_radius(p_lower: float, sigma: float) -> float:
@@ -123,3 +124,69 @@ def hierarchical_radius(p_lower: float, p_upper: float, sigma: float, p: float, 
     else:  # at (z_a − z_b)/2 the Φ terms are equal, so the margin is −Δ < 0: a valid bracket
         multi = sigma * brentq(margin, 0.0, (z_a - z_b) / 2, xtol=1e-12)
     return max(binary, multi, 0.0)
+
+
+def _two_sided_radius(p_lower: float, p_upper: float, sigma: float) -> float:
+    """σ/2 (Φ⁻¹(p̲A) − Φ⁻¹(p̄B)), the radius of Cohen et al.'s Theorem 1 with a separate bound on the runner-up."""
+    return 0.5 * sigma * (_probit(p_lower) - _probit(p_upper))
+
+
+def mean_of_views_certify(candidate: int, view_counts: np.ndarray, n: int, sigma: float, alpha: float) -> Bound:
+    """Smooth-Reduce ``smoothed`` + ``mean``: the class probability is mean_i G_ic, the Gaussian smoothing of the
+    ensemble that averages the views' one-hot votes.
+
+    Per draw j, Y_j = (views voting A)/k ∈ [0, 1] are i.i.d. with mean p_A, so Hoeffding's
+    relative-entropy bound (:func:`~vision_rs.stats.mean_lower_bound`) gives p̲A at α/2; p̄B
+    bounds the largest other class's mean at α/2 (its observed mean is the largest, and the
+    bound grows with it), capped at 1 − p̲A. R = σ/2 (Φ⁻¹(p̲A) − Φ⁻¹(p̄B)); abstain if p̲A ≤ p̄B.
+    """
+    views = view_counts.shape[0]
+    means = view_counts.sum(axis=0) / (views * n)
+    p_lower = mean_lower_bound(float(means[candidate]), n, alpha / 2)
+    others = np.delete(means, candidate)
+    p_upper = min(mean_upper_bound(float(others.max(initial=0.0)), n, alpha / 2), 1.0 - p_lower)
+    if p_lower <= p_upper:
+        return Bound(label=None, p_lower=p_lower, radius=0.0, p_upper=p_upper)
+    return Bound(label=candidate, p_lower=p_lower, radius=_two_sided_radius(p_lower, p_upper, sigma), p_upper=p_upper)
+
+
+def _per_view_bounds(candidate: int, view_counts: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per view i: p̲_iA and p̄_iB (largest other class), all 2k bounds simultaneous (Bonferroni α/(2k) each)."""
+    views = view_counts.shape[0]
+    level = alpha / (2 * views)
+    lower = np.array([clopper_pearson_lower(int(row[candidate]), n, level) for row in view_counts])
+    runner_up = np.delete(view_counts, candidate, axis=1).max(axis=1, initial=0)
+    upper = np.array([clopper_pearson_upper(int(count), n, level) for count in runner_up])
+    return lower, np.minimum(upper, 1.0 - lower)
+
+
+def max_of_views_certify(candidate: int, view_counts: np.ndarray, n: int, sigma: float, alpha: float) -> Bound:
+    """Smooth-Reduce ``smoothed`` + ``max``: g(x) = argmax_c max_i G_ic(x).
+
+    Each Φ⁻¹∘G_ic is 1/σ-Lipschitz, so max_i Φ⁻¹(G_iA) and max_i max_{c≠A} Φ⁻¹(G_ic) each move
+    by at most ‖δ‖/σ: R = σ/2 (Φ⁻¹(max_i p̲_iA) − Φ⁻¹(max_i p̄_iB)), with 2k Bonferroni bounds.
+    """
+    lower, upper = _per_view_bounds(candidate, view_counts, n, alpha)
+    p_lower, p_upper = float(lower.max()), float(upper.max())
+    if p_lower <= p_upper:
+        return Bound(label=None, p_lower=p_lower, radius=0.0, p_upper=p_upper)
+    return Bound(label=candidate, p_lower=p_lower, radius=_two_sided_radius(p_lower, p_upper, sigma), p_upper=p_upper)
+
+
+def probit_mean_certify(
+    candidate: int, view_counts: np.ndarray, n: int, sigma: float, alpha: float, c_max: int
+) -> Bound:
+    """Smooth-Reduce ``probit-mean``: g(x) = argmax_c mean_i Φ⁻¹(G_ic(x)).
+
+    The margin m = mean_i Φ⁻¹(G_iA) − max_{c≠A} mean_i Φ⁻¹(G_ic) is at least
+    m̲ = mean_i Φ⁻¹(p̲_iA) − mean_i Φ⁻¹(p̄_iB) (2k Bonferroni bounds; the max of means is at
+    most the mean of maxima). It moves by at most (2/σ) mean_i ‖P_i δ‖ ≤ (2/σ) √(c_max/k) ‖δ‖,
+    with c_max the most views covering one pixel, so R = σ m̲ / (2 √(c_max/k)); abstain if m̲ ≤ 0.
+    """
+    views = view_counts.shape[0]
+    lower, upper = _per_view_bounds(candidate, view_counts, n, alpha)
+    margin = float(np.mean([_probit(p) for p in lower]) - np.mean([_probit(p) for p in upper]))
+    p_lower, p_upper = float(lower.mean()), float(upper.mean())
+    if not margin > 0:  # also catches −inf − (−inf) = nan
+        return Bound(label=None, p_lower=p_lower, radius=0.0, p_upper=p_upper)
+    return Bound(label=candidate, p_lower=p_lower, radius=sigma * margin / (2 * math.sqrt(c_max / views)), p_upper=p_upper)

@@ -39,6 +39,8 @@ class EngineConfig:
     """Feed the model ``channels_last`` tensors (convert the model too; see ``smooth``)."""
     progress: bool = True
     """Show a tqdm progress bar per sampling phase."""
+    streams: int = 2
+    """CUDA streams that consecutive batches alternate between (1: no overlap); ignored on the CPU."""
 
     def __post_init__(self) -> None:
         check_count("batch_size", self.batch_size)
@@ -60,33 +62,62 @@ class Tally(Protocol):
     def result(self) -> np.ndarray: ...
 
 
-class VoteTally:
-    """Counts argmax votes of a single view per class, and non-finite outputs, on the device."""
+class _DeviceCounts:
+    """Counts kept on the device, with a count of non-finite model outputs; ``result`` is one host sync."""
 
     def __init__(self) -> None:
         self.counts: torch.Tensor | None = None
         self.non_finite: torch.Tensor | None = None
 
-    def update(self, logits: torch.Tensor) -> None:
-        if logits.shape[1] != 1:
-            raise ValueError(f"VoteTally counts a single view, got {logits.shape[1]}")
-        scores = logits[:, 0, :]
-        votes = torch.bincount(scores.argmax(dim=1), minlength=scores.shape[1])
-        bad = (~torch.isfinite(scores)).any(dim=1).sum()
+    def _add(self, counts: torch.Tensor, logits: torch.Tensor) -> None:
+        bad = (~torch.isfinite(logits)).flatten(1).any(dim=1).sum()
         if self.counts is None:
-            self.counts, self.non_finite = votes, bad
+            self.counts, self.non_finite = counts, bad
         else:
-            self.counts += votes
+            self.counts += counts
             self.non_finite += bad
 
     def result(self) -> np.ndarray:
         if self.counts is None:
             raise RuntimeError("no samples were tallied")
-        summary = torch.cat([self.counts, self.non_finite.reshape(1)]).cpu()  # the one host sync
+        summary = torch.cat([self.counts.flatten(), self.non_finite.reshape(1)]).cpu()  # the one host sync
         counts, bad = summary[:-1], int(summary[-1])
         if bad:
             raise ModelOutputError(f"the model returned NaN or Inf logits for {bad} noisy inputs")
-        return counts.numpy().astype(np.int64)
+        return counts.numpy().astype(np.int64).reshape(tuple(self.counts.shape))
+
+
+class VoteTally(_DeviceCounts):
+    """Votes per class [classes]: the argmax of one view, or of the views' softmax reduced by ``reduce``.
+
+    With several views per noisy image and ``reduce`` "mean" or "max", each draw's
+    softmax outputs are averaged (or maxed) across views before the argmax: the
+    reduced classifier is an ordinary base classifier of the noisy image.
+    """
+
+    def __init__(self, reduce: str | None = None) -> None:
+        super().__init__()
+        self.reduce = reduce
+
+    def update(self, logits: torch.Tensor) -> None:
+        if logits.shape[1] == 1 and self.reduce is None:
+            scores = logits[:, 0, :]
+        elif self.reduce == "mean":
+            scores = logits.softmax(dim=-1).mean(dim=1)
+        elif self.reduce == "max":
+            scores = logits.softmax(dim=-1).amax(dim=1)
+        else:
+            raise ValueError(f"{logits.shape[1]} views need reduce='mean' or 'max', got {self.reduce!r}")
+        self._add(torch.bincount(scores.argmax(dim=1), minlength=logits.shape[2]), logits)
+
+
+class ViewVoteTally(_DeviceCounts):
+    """Votes per view and class [views, classes]: how often each view's argmax was each class."""
+
+    def update(self, logits: torch.Tensor) -> None:
+        views, classes = logits.shape[1:]
+        cells = torch.arange(views, device=logits.device) * classes + logits.argmax(dim=2)  # [B, k]
+        self._add(torch.bincount(cells.flatten(), minlength=views * classes).view(views, classes), logits)
 
 
 def check_logits(logits: object, batch: int, num_classes: int | None) -> torch.Tensor:
@@ -121,6 +152,30 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _streams(device: torch.device, count: int) -> list[torch.cuda.Stream | None]:
+    """``count`` CUDA streams for consecutive batches on a CUDA device; [None] (the current stream) elsewhere."""
+    if device.type != "cuda" or count < 2:
+        return [None]
+    return [torch.cuda.Stream(device=device) for _ in range(count)]
+
+
+def _forward(
+    classifier: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, config: EngineConfig, note: str | None,
+    num_classes: int | None,
+) -> torch.Tensor:
+    """Logits [N, classes] of N model inputs, in chunks of at most ``config.batch_size`` (views of one draw may be more)."""
+    if config.channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    outputs = []
+    for chunk in inputs.split(config.batch_size):
+        with _autocast(inputs.device, config.autocast_dtype):
+            logits = classifier(chunk) if note is None else _first_forward(classifier, chunk, note)
+        logits = check_logits(logits, chunk.shape[0], num_classes).float()
+        num_classes, note = logits.shape[1], None
+        outputs.append(logits)
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
 def sample(
     classifier: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
@@ -135,25 +190,36 @@ def sample(
 ) -> np.ndarray:
     """Push ``num`` noisy copies of ``image`` [C, H, W] through view and classifier into ``tally``; return its result.
 
-    Runs in batches of ``min(config.batch_size, num)`` images; memory does not grow with ``num``.
+    Each batch holds ``batch_size // views`` noisy images (at least one), so the model
+    sees at most ``batch_size`` inputs per forward pass whatever ``num`` and the number
+    of views are. On CUDA, consecutive batches go to ``config.streams`` streams, each
+    with its own noise buffer, so noise, crops and the model of one batch overlap the
+    next; the tally runs on the current stream after waiting for the batch's stream.
     """
     check_count("num", num)
-    batch = min(config.batch_size, num)
+    draws = min(max(1, config.batch_size // view.count), num)
     layout = torch.channels_last if config.channels_last and image.ndim == 3 else torch.contiguous_format
-    shape = (batch, noise.output_channels(image.shape[0]), *image.shape[1:])
-    buffer = torch.empty(shape, device=image.device, dtype=image.dtype, memory_format=layout)
-    done = 0
+    shape = (draws, noise.output_channels(image.shape[0]), *image.shape[1:])
+    streams = _streams(image.device, config.streams)
+    buffers = [torch.empty(shape, device=image.device, dtype=image.dtype, memory_format=layout) for _ in streams]
+    main = torch.cuda.current_stream(image.device) if streams[0] is not None else None
+    for stream in streams:
+        if stream is not None:
+            stream.wait_stream(main)  # the image and the buffers are ready before any side stream uses them
+    done, step = 0, 0
     with torch.inference_mode(), tqdm(total=num, desc=desc, disable=not config.progress, leave=False) as bar:
         while done < num:
-            valid = min(batch, num - done)
-            inputs = view(noise.perturb_(buffer, image, generator))
-            if config.channels_last:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with _autocast(image.device, config.autocast_dtype):
-                logits = classifier(inputs) if done else _first_forward(classifier, inputs, noise.input_note(image.shape[0]))
-            logits = check_logits(logits, inputs.shape[0], num_classes).float()
+            valid = min(draws, num - done)
+            stream, buffer = streams[step % len(streams)], buffers[step % len(buffers)]
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                inputs = view(noise.perturb_(buffer, image, generator))
+                note = noise.input_note(image.shape[0]) if done == 0 else None
+                logits = _forward(classifier, inputs, config, note, num_classes)
+            if stream is not None:
+                main.wait_stream(stream)  # counting waits for this batch, the next batch may already run
+                logits.record_stream(main)
             num_classes = logits.shape[1]
             tally.update(rearrange(logits, "(b k) c -> b k c", k=view.count)[:valid])
-            done += valid
+            done, step = done + valid, step + 1
             bar.update(valid)
     return tally.result()

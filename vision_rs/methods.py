@@ -7,16 +7,31 @@ picks one. Every method runs through the same sampling engine and returns the sa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .certificates import Bound, cohen_certify, hierarchical_certify
+import numpy as np
+import torch
+
+from .certificates import (
+    Bound,
+    cohen_certify,
+    hierarchical_certify,
+    max_of_views_certify,
+    mean_of_views_certify,
+    probit_mean_certify,
+)
+from .engine import Tally, ViewVoteTally, VoteTally
+from .errors import InvalidParameterError
 from .noise import GaussianNoise, HierarchicalNoise, Noise
 from .params import check_selection_probability
+from .patches import Patches
+from .views import View, WholeImage
 
 
 class Method(Protocol):
+    """What a smoothing method decides: noise, views, how votes are tallied, the candidate and the bound."""
+
     name: str
 
     @property
@@ -24,11 +39,30 @@ class Method(Protocol):
 
     def make_noise(self, sigma: float) -> Noise: ...
 
-    def bound(self, candidate: int, counts: Sequence[int], n: int, alpha: float, sigma: float) -> Bound: ...
+    def make_view(self, image_size: tuple[int, int], input_size: tuple[int, int] | None, generator: torch.Generator) -> View: ...
+
+    def make_tally(self) -> Tally: ...
+
+    def select(self, selection: np.ndarray) -> int: ...
+
+    def bound(self, candidate: int, votes: np.ndarray, n: int, alpha: float, sigma: float, view: View) -> Bound: ...
+
+
+class _WholeImageVotes:
+    """One view (the whole image, resized to the model's input), argmax votes per class."""
+
+    def make_view(self, image_size: tuple[int, int], input_size: tuple[int, int] | None, generator: torch.Generator) -> View:
+        return WholeImage(input_size)
+
+    def make_tally(self) -> Tally:
+        return VoteTally()
+
+    def select(self, selection: np.ndarray) -> int:
+        return int(selection.argmax())
 
 
 @dataclass(frozen=True)
-class Gaussian:
+class Gaussian(_WholeImageVotes):
     """Gaussian smoothing (Cohen et al. 2019): N(0, σ²) on every pixel and channel; R = σ Φ⁻¹(p̲A)."""
 
     name = "gaussian"
@@ -40,12 +74,12 @@ class Gaussian:
     def make_noise(self, sigma: float) -> Noise:
         return GaussianNoise(sigma)
 
-    def bound(self, candidate: int, counts: Sequence[int], n: int, alpha: float, sigma: float) -> Bound:
-        return cohen_certify(candidate, int(counts[candidate]), n, sigma, alpha)
+    def bound(self, candidate: int, votes: np.ndarray, n: int, alpha: float, sigma: float, view: View) -> Bound:
+        return cohen_certify(candidate, int(votes[candidate]), n, sigma, alpha)
 
 
 @dataclass(frozen=True)
-class Hierarchical:
+class Hierarchical(_WholeImageVotes):
     """Hierarchical smoothing (Scholten et al. 2023) against an adversary changing at most r pixels.
 
     ``p``: probability that a pixel is selected and noised, in (0, 1]. ``indicator``:
@@ -67,5 +101,63 @@ class Hierarchical:
     def make_noise(self, sigma: float) -> Noise:
         return HierarchicalNoise(sigma, self.p, self.indicator)
 
-    def bound(self, candidate: int, counts: Sequence[int], n: int, alpha: float, sigma: float) -> Bound:
-        return hierarchical_certify(candidate, counts, sigma, alpha, self.p)
+    def bound(self, candidate: int, votes: np.ndarray, n: int, alpha: float, sigma: float, view: View) -> Bound:
+        return hierarchical_certify(candidate, votes, sigma, alpha, self.p)
+
+
+REDUCTIONS = ("max", "mean")
+MODES = ("vote", "smoothed", "probit-mean")
+
+
+@dataclass(frozen=True)
+class SmoothReduce:
+    """Smooth-Reduce (Joshi et al. 2022): Gaussian noise on the image, then k overlapping patches.
+
+    ``mode="vote"``: per draw, the views' softmax outputs are reduced (``reduce`` "max" or
+    "mean") and the argmax votes; Cohen's certificate. ``mode="smoothed"``: the per-view
+    smoothed probabilities are reduced (mean: Hoeffding bound on the mean vote; max:
+    Bonferroni over views). ``mode="probit-mean"``: mean of per-view probits, radius scaled
+    by √(c_max/k). Every radius is sound; see docs/theory.md.
+    """
+
+    patches: Patches
+    reduce: str = "mean"
+    mode: str = "vote"
+    name = "smooth-reduce"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.patches, Patches):
+            raise InvalidParameterError(f"patches must be a vision_rs.Patches(...), got {self.patches!r}")
+        if self.reduce not in REDUCTIONS:
+            raise InvalidParameterError(f"reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
+        if self.mode not in MODES:
+            raise InvalidParameterError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "probit-mean" and self.reduce != "mean":
+            raise InvalidParameterError("mode='probit-mean' averages per-view probits: use reduce='mean'")
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {"patches": self.patches.describe(), "reduce": self.reduce, "mode": self.mode}
+
+    def make_noise(self, sigma: float) -> Noise:
+        return GaussianNoise(sigma)
+
+    def make_view(self, image_size: tuple[int, int], input_size: tuple[int, int] | None, generator: torch.Generator) -> View:
+        return self.patches.view_for(image_size, input_size, generator)
+
+    def make_tally(self) -> Tally:
+        return VoteTally(self.reduce) if self.mode == "vote" else ViewVoteTally()
+
+    def select(self, selection: np.ndarray) -> int:
+        if self.mode == "vote":
+            return int(selection.argmax())
+        per_class = selection.max(axis=0) if self.reduce == "max" else selection.sum(axis=0)
+        return int(per_class.argmax())
+
+    def bound(self, candidate: int, votes: np.ndarray, n: int, alpha: float, sigma: float, view: View) -> Bound:
+        if self.mode == "vote":
+            return cohen_certify(candidate, int(votes[candidate]), n, sigma, alpha)
+        if self.mode == "probit-mean":
+            return probit_mean_certify(candidate, votes, n, sigma, alpha, view.c_max)  # type: ignore[attr-defined]
+        certify = max_of_views_certify if self.reduce == "max" else mean_of_views_certify
+        return certify(candidate, votes, n, sigma, alpha)

@@ -48,7 +48,11 @@ class Certificate:
     details: dict[str, Any] = field(default_factory=dict)
     """Method-specific settings (views, modes, ...), recorded with dataset runs."""
     p_upper: float | None = None
-    """Upper confidence bound on every other class, for methods that use one (hierarchical)."""
+    """Upper confidence bound on every other class, for methods that use one (hierarchical, Smooth-Reduce)."""
+    views: int = 1
+    """Views (patches) per noisy image."""
+    c_max: int = 1
+    """Most views covering one pixel."""
 
     def radius_for(self, r: int) -> float:
         """Certified L2 radius against an adversary who changes at most ``r`` pixels (any channels of them).

@@ -16,11 +16,12 @@ from .errors import InvalidParameterError
 from .hub import create_model
 from .images import ImageInput, to_unit_tensor
 from .models import NormalizedClassifier, as_normalized_classifier, evaluation_mode, model_device, read_input_spec
-from .methods import Gaussian, Hierarchical, Method
+from .methods import Gaussian, Hierarchical, Method, SmoothReduce
+from .patches import Patches
 from .params import check_alpha, check_count, check_seed
 from .results import Certificate, Prediction
 from .stats import top_two_pvalue
-from .views import View, WholeImage
+from .views import View
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class SmoothedClassifier:
         base: NormalizedClassifier,
         smoothing: Method,
         sigma: float,
-        view: View,
+        input_size: tuple[int, int] | None,
         device: torch.device,
         config: EngineConfig,
         num_classes: int | None = None,
@@ -58,7 +59,8 @@ class SmoothedClassifier:
         self.base = base
         self.smoothing = smoothing
         self.noise = smoothing.make_noise(sigma)
-        self.view = view
+        self.input_size = input_size
+        """(H, W) the model runs at, or None (any size)."""
         self.device = device
         self.config = config
         self.num_classes = num_classes
@@ -85,17 +87,18 @@ class SmoothedClassifier:
 
     def _vote_counter(
         self, image: ImageInput, batch_size: int | None, progress: bool | None, seed: int | None
-    ) -> tuple[Callable[[int, str], np.ndarray], int]:
-        """Validate the image once; return ``votes(num, desc)`` drawing from one seeded stream, and the seed."""
+    ) -> tuple[Callable[[int, str], np.ndarray], View, int]:
+        """Validate the image once; return ``votes(num, desc)`` drawing from one seeded stream, the view, the seed."""
         config = self.config.with_overrides(batch_size, progress)
         pixels = to_unit_tensor(image, channels=self.base.spec.channels).to(self.device)
         generator, seed = _generator(self.device, seed)
+        view = self.smoothing.make_view(tuple(pixels.shape[-2:]), self.input_size, generator)
 
         def votes(num: int, desc: str) -> np.ndarray:
-            tally = VoteTally()
-            return sample(self.base, pixels, self.noise, self.view, tally, num, generator, config, self.num_classes, desc)
+            tally = self.smoothing.make_tally()
+            return sample(self.base, pixels, self.noise, view, tally, num, generator, config, self.num_classes, desc)
 
-        return votes, seed
+        return votes, view, seed
 
     def certify(
         self,
@@ -116,18 +119,18 @@ class SmoothedClassifier:
         Abstains (``label=None``, ``radius=0``) when the bound does not clear its threshold.
         """
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
-        votes, seed = self._vote_counter(image, batch_size, progress, seed)
+        votes, view, seed = self._vote_counter(image, batch_size, progress, seed)
         start = time.perf_counter()
         with evaluation_mode(self.base):
-            candidate = int(votes(n0, "select (n0)").argmax())
+            candidate = self.smoothing.select(votes(n0, "select (n0)"))
             estimation = votes(n, "estimate (n)")
-        bound = self.smoothing.bound(candidate, estimation, n, alpha, self.sigma)
+        bound = self.smoothing.bound(candidate, estimation, n, alpha, self.sigma, view)
         return Certificate(
             label=bound.label,
             radius=bound.radius,
             p_lower=bound.p_lower,
             p_upper=bound.p_upper,
-            counts=_nonzero_counts(estimation),
+            counts=_nonzero_counts(estimation if estimation.ndim == 1 else estimation.sum(axis=0)),
             n0=n0,
             n=n,
             alpha=alpha,
@@ -138,6 +141,8 @@ class SmoothedClassifier:
             candidate=candidate,
             seed=seed,
             details=self.details,
+            views=view.count,
+            c_max=getattr(view, "c_max", 1),
         )
 
     def predict(
@@ -153,10 +158,12 @@ class SmoothedClassifier:
         """Cohen et al.'s PREDICT: the top class of ``n`` samples, unless a two-sided binomial test of the
         top two counts cannot reject a tie at level ``alpha`` (then abstain). Wrong with probability ≤ α."""
         n, alpha = check_count("n", n), check_alpha(alpha)
-        votes, seed = self._vote_counter(image, batch_size, progress, seed)
+        votes, _, seed = self._vote_counter(image, batch_size, progress, seed)
         start = time.perf_counter()
         with evaluation_mode(self.base):
             counts = votes(n, "predict (n)")
+        if counts.ndim == 2:
+            raise InvalidParameterError(f"predict needs one vote per draw; use certify for mode={self.details.get('mode')!r}")
         order = np.argsort(-counts, kind="stable")
         top, second = int(counts[order[0]]), int(counts[order[1]]) if counts.size > 1 else 0
         p_value = top_two_pvalue(top, second)
@@ -183,6 +190,9 @@ def smooth(
     sigma: float,
     *,
     hierarchical: Hierarchical | None = None,
+    patches: Patches | None = None,
+    reduce: str = "mean",
+    mode: str = "vote",
     pretrained: bool = True,
     weights: object | None = None,
     mean: Sequence[float] | None = None,
@@ -200,7 +210,9 @@ def smooth(
     """Wrap a classifier for randomized smoothing with noise std ``sigma`` (in [0, 1] pixel units).
 
     Gaussian smoothing (Cohen et al.) by default; ``hierarchical=Hierarchical(p, indicator)``
-    noises each pixel only with probability p and certifies against changes of r pixels.
+    noises each pixel only with probability p and certifies against changes of r pixels;
+    ``patches=Patches(size, stride | count)`` with ``reduce`` ("mean" | "max") and ``mode``
+    ("vote" | "smoothed" | "probit-mean") is Smooth-Reduce over overlapping patches.
 
     ``model`` is an ``nn.Module`` (timm, torchvision, DataParallel/DDP-wrapped or
     your own) or a name: a timm name, ``"torchvision:<name>"``, an embedded name
@@ -214,9 +226,15 @@ def smooth(
     model stays where it is. ``batch_size``, ``autocast_dtype``,
     ``channels_last`` and ``progress`` only change speed and display.
     """
-    smoothing: Method = hierarchical if hierarchical is not None else Gaussian()
-    if not isinstance(smoothing, (Gaussian, Hierarchical)):
+    if hierarchical is not None and patches is not None:
+        raise InvalidParameterError("choose hierarchical= or patches=, not both")
+    if hierarchical is not None and not isinstance(hierarchical, Hierarchical):
         raise InvalidParameterError(f"hierarchical must be a vision_rs.Hierarchical(p=..., indicator=...), got {hierarchical!r}")
+    smoothing: Method = (
+        hierarchical if hierarchical is not None
+        else SmoothReduce(patches, reduce, mode) if patches is not None
+        else Gaussian()
+    )
     smoothing.make_noise(sigma)  # validates sigma before any model is built
     if num_classes is not None:
         check_count("num_classes", num_classes)
@@ -238,6 +256,6 @@ def smooth(
         base = base.to(torch.device(device))
     if channels_last:
         base = base.to(memory_format=torch.channels_last)
-    view = WholeImage(input_size=spec.input_size[1:] if spec.input_size is not None else None)
     config = EngineConfig(batch_size=batch_size, autocast_dtype=autocast_dtype, channels_last=channels_last, progress=progress)
-    return SmoothedClassifier(base, smoothing, sigma, view, model_device(base), config, num_classes=num_classes)
+    size = spec.input_size[1:] if spec.input_size is not None else None
+    return SmoothedClassifier(base, smoothing, sigma, size, model_device(base), config, num_classes=num_classes)

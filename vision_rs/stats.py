@@ -6,6 +6,9 @@ checked against hand-computed values.
 
 from __future__ import annotations
 
+import math
+
+from scipy.optimize import brentq
 from scipy.stats import beta, binomtest
 
 from .errors import InvalidParameterError
@@ -53,3 +56,36 @@ def top_two_pvalue(count_top: int, count_second: int) -> float:
     if total == 0:
         return 1.0
     return float(binomtest(count_top, total, 0.5, alternative="two-sided").pvalue)
+
+
+def _bernoulli_kl(mean: float, mu: float) -> float:
+    """KL(Bernoulli(mean) ‖ Bernoulli(mu)) in nats, with 0·log 0 = 0."""
+    total = 0.0
+    if mean > 0:
+        total += mean * math.log(mean / mu)
+    if mean < 1:
+        total += (1 - mean) * math.log((1 - mean) / (1 - mu))
+    return total
+
+
+def mean_lower_bound(mean: float, n: int, alpha: float) -> float:
+    """(1 − α) lower bound on E[Y] from the mean of n i.i.d. draws Y ∈ [0, 1] (Hoeffding 1963, Theorem 1).
+
+    P(Ȳ ≥ μ + t) ≤ exp(−n KL(μ + t ‖ μ)) for variables in [0, 1], so the smallest μ ≤ Ȳ with
+    n KL(Ȳ ‖ μ) ≤ log(1/α) is a valid bound. For 0/1 draws it is looser than Clopper–Pearson,
+    but it holds for any [0, 1] variable, such as the fraction of views that vote for a class.
+    """
+    alpha = check_alpha(alpha)
+    if n < 1 or not 0.0 <= mean <= 1.0:
+        raise InvalidParameterError(f"need n >= 1 and a mean in [0, 1], got n={n}, mean={mean}")
+    if mean == 0.0:
+        return 0.0
+    target = math.log(1 / alpha) / n
+    if _bernoulli_kl(mean, 1e-300) <= target:
+        return 0.0
+    return float(brentq(lambda mu: _bernoulli_kl(mean, mu) - target, 1e-300, mean, xtol=1e-15))
+
+
+def mean_upper_bound(mean: float, n: int, alpha: float) -> float:
+    """(1 − α) upper bound on E[Y] from the mean of n i.i.d. draws Y ∈ [0, 1]: the mirror of :func:`mean_lower_bound`."""
+    return 1.0 - mean_lower_bound(1.0 - mean, n, alpha)
