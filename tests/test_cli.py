@@ -116,3 +116,21 @@ def test_certify_hierarchical_with_indicator_then_report(tmp_path: Path, image_f
 def test_indicator_without_hierarchical_is_refused(image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--indicator"])
     assert code == 2 and "--indicator needs --hierarchical-p" in capsys.readouterr().err
+
+
+def test_certify_with_patches_records_the_method_views_and_mode(tmp_path: Path, image_folder: Path) -> None:
+    out = tmp_path / "patches.tsv"
+    code = main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.50", "--sigma", "0.5",
+                 "--patch-size", "24", "--patch-stride", "8", "--reduce", "max", "--mode", "smoothed",
+                 "--n0", "10", "--n", "50", "--device", "cpu", "--out", str(out), "--no-progress"])
+    assert code == 0
+    cert = json.loads(out.with_suffix(".jsonl").read_text().splitlines()[0])["certificate"]
+    assert cert["method"] == "smooth-reduce" and cert["views"] == 4 and cert["c_max"] == 4
+    assert cert["details"]["mode"] == "smoothed" and cert["details"]["reduce"] == "max"
+    assert cert["details"]["patches"] == {"size": [24, 24], "stride": [8, 8], "count": None, "resize": True}
+    assert len(read_rows(out)) == 8
+
+
+def test_patch_options_need_a_patch_size(image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--patch-count", "3"])
+    assert code == 2 and "--patch-size" in capsys.readouterr().err

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     certify = commands.add_parser(
         "certify",
         help="certify images, folders of images, with a timm/torchvision model or a checkpoint",
-        description="Certify each image with Gaussian randomized smoothing (Cohen et al. 2019).",
+        description="Certify each image with randomized smoothing: Gaussian (Cohen et al. 2019) by default, "
+        "hierarchical (--hierarchical-p) or Smooth-Reduce over patches (--patch-size).",
         epilog=UNITS + "\n" + COLUMNS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -74,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certify.add_argument("--indicator", action="store_true",
                          help="with --hierarchical-p: append the noise mask as an extra input channel (model needs C+1)")
+    patches = certify.add_argument_group("Smooth-Reduce (overlapping patches; noise is added before cropping)")
+    patches.add_argument("--patch-size", type=int, help="patch side in pixels of the input image")
+    patches.add_argument("--patch-stride", type=int, help="grid of patches with this stride")
+    patches.add_argument("--patch-count", type=int, help="this many patches at random positions (drawn from --seed)")
+    patches.add_argument("--reduce", choices=["mean", "max"], default="mean", help="reduction across patches (default: mean)")
+    patches.add_argument("--mode", choices=["vote", "smoothed", "probit-mean"], default="vote",
+                         help="vote: reduce softmax per draw; smoothed: reduce smoothed probabilities; "
+                              "probit-mean: mean of per-patch probits (default: vote)")
     certify.add_argument("--mean", type=float, nargs="+", help="override the model's input mean (per channel)")
     certify.add_argument("--std", type=float, nargs="+", help="override the model's input std (per channel)")
     certify.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="override the model's input size")
@@ -115,14 +124,20 @@ def _certify(args: argparse.Namespace) -> None:
     from .evaluation import DEFAULT_RADII, certify_dataset, collect_image_files, format_summaries
     from .images import to_unit_tensor
     from .methods import Hierarchical
+    from .patches import Patches
     from .smoothing import smooth
 
     files = collect_image_files(args.inputs)
     if args.indicator and args.hierarchical_p is None:
         raise InvalidParameterError("--indicator needs --hierarchical-p")
     hierarchical = Hierarchical(args.hierarchical_p, args.indicator) if args.hierarchical_p is not None else None
+    if args.patch_size is None and (args.patch_stride is not None or args.patch_count is not None):
+        raise InvalidParameterError("--patch-stride and --patch-count need --patch-size")
+    patches = (Patches(args.patch_size, stride=args.patch_stride, count=args.patch_count)
+               if args.patch_size is not None else None)
     smoothed = smooth(
-        args.model, args.sigma, hierarchical=hierarchical, pretrained=not args.no_pretrained, mean=args.mean, std=args.std,
+        args.model, args.sigma, hierarchical=hierarchical, patches=patches, reduce=args.reduce, mode=args.mode,
+        pretrained=not args.no_pretrained, mean=args.mean, std=args.std,
         input_size=args.input_size, num_classes=args.num_classes, arch=args.arch, checkpoint=args.checkpoint,
         device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
     )
