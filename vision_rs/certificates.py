@@ -94,11 +94,13 @@ def hierarchical_radius(p_lower: float, p_upper: float, sigma: float, p: float, 
 
     Returns the larger of the two certified budgets (0.0 when neither holds at ε → 0;
     always 0.0 when p^r ≤ 1/2). The multi-class condition is decreasing in ε and is
-    solved by bracketed root-finding to 1e-9. σ = ∞ is allowed (ablation limit).
+    solved by bracketed root-finding (brentq, xtol 1e-12). σ = ∞ is allowed (ablation limit).
     """
     p = check_selection_probability(p)
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise InvalidParameterError(f"r (number of changed pixels) must be >= 1, got {r}")
+    if sigma != math.inf:  # σ = ∞ is the ablation limit; anything else must be a valid noise std
+        sigma = check_sigma(sigma)
     kept = p**r  # 1 − Δ: probability that every changed pixel is selected, i.e. hidden under noise
     delta = 1.0 - kept
     if kept <= 0.5 or p_lower <= delta:
@@ -110,7 +112,7 @@ def hierarchical_radius(p_lower: float, p_upper: float, sigma: float, p: float, 
 
     def margin(eps_over_sigma: float) -> float:
         """Lower bound on P(A) minus upper bound on P(B) at x + δ, for ‖δ‖ = ε: decreasing in ε."""
-        if math.isinf(z_b):
+        if z_b == math.inf:
             return -1.0
         return kept * (norm.cdf(z_a - eps_over_sigma) - norm.cdf(z_b + eps_over_sigma)) - delta
 
@@ -121,6 +123,8 @@ def hierarchical_radius(p_lower: float, p_upper: float, sigma: float, p: float, 
         multi = 0.0
     elif delta == 0.0:  # Gaussian smoothing: the two Φ terms meet at (z_a − z_b)/2
         multi = sigma * (z_a - z_b) / 2
+    elif z_b == -math.inf:  # p̄B = 0: the margin is (1−Δ) Φ(z_a − ε/σ) − Δ, zero at this ε
+        multi = sigma * (z_a - _probit(delta / kept))
     else:  # at (z_a − z_b)/2 the Φ terms are equal, so the margin is −Δ < 0: a valid bracket
         multi = sigma * brentq(margin, 0.0, (z_a - z_b) / 2, xtol=1e-12)
     return max(binary, multi, 0.0)
