@@ -19,7 +19,10 @@ from .errors import InvalidImageError, InvalidParameterError
 
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)  # type: ignore[arg-type]
+    try:
+        pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)  # type: ignore[arg-type]
+    except TypeError:  # a float, None, ...: not iterable
+        pair = ()
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
         raise InvalidParameterError(f"{name} must be a positive integer or a pair of them, got {value!r}")
     return pair  # type: ignore[return-value]
