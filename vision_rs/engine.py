@@ -63,19 +63,24 @@ class Tally(Protocol):
 
 
 class _DeviceCounts:
-    """Counts kept on the device, with a count of non-finite model outputs; ``result`` is one host sync."""
+    """Counts kept on the device, with a count of non-finite model outputs; ``result`` is one host sync.
+
+    Counting uses ``index_add_`` into preallocated counters: unlike ``bincount``, whose output
+    size depends on the data, it never waits for the device.
+    """
 
     def __init__(self) -> None:
         self.counts: torch.Tensor | None = None
         self.non_finite: torch.Tensor | None = None
 
-    def _add(self, counts: torch.Tensor, logits: torch.Tensor) -> None:
-        bad = (~torch.isfinite(logits)).flatten(1).any(dim=1).sum()
+    def _add(self, cells: torch.Tensor, shape: tuple[int, ...], logits: torch.Tensor) -> None:
+        """Count one vote for each flat index in ``cells`` into counters of ``shape``."""
         if self.counts is None:
-            self.counts, self.non_finite = counts, bad
-        else:
-            self.counts += counts
-            self.non_finite += bad
+            self.counts = torch.zeros(shape, dtype=torch.int64, device=logits.device)
+            self.non_finite = torch.zeros((), dtype=torch.int64, device=logits.device)
+        flat = cells.flatten()
+        self.counts.view(-1).index_add_(0, flat, torch.ones_like(flat))
+        self.non_finite += (~torch.isfinite(logits)).flatten(1).any(dim=1).sum()
 
     def result(self) -> np.ndarray:
         if self.counts is None:
@@ -108,7 +113,7 @@ class VoteTally(_DeviceCounts):
             scores = logits.softmax(dim=-1).amax(dim=1)
         else:
             raise ValueError(f"{logits.shape[1]} views need reduce='mean' or 'max', got {self.reduce!r}")
-        self._add(torch.bincount(scores.argmax(dim=1), minlength=logits.shape[2]), logits)
+        self._add(scores.argmax(dim=1), (logits.shape[2],), logits)
 
 
 class ViewVoteTally(_DeviceCounts):
@@ -117,7 +122,7 @@ class ViewVoteTally(_DeviceCounts):
     def update(self, logits: torch.Tensor) -> None:
         views, classes = logits.shape[1:]
         cells = torch.arange(views, device=logits.device) * classes + logits.argmax(dim=2)  # [B, k]
-        self._add(torch.bincount(cells.flatten(), minlength=views * classes).view(views, classes), logits)
+        self._add(cells, (views, classes), logits)
 
 
 def check_logits(logits: object, batch: int, num_classes: int | None) -> torch.Tensor:

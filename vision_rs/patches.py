@@ -123,11 +123,19 @@ class PatchView:
         """Pixels no patch covers (they cannot influence the prediction)."""
         return int((self.coverage == 0).sum())
 
-    def _indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.tensor(self.positions, dtype=torch.int64, device=device)  # [k, 2]
-        rows = starts[:, 0, None] + torch.arange(self.size[0], device=device)  # [k, h]
-        cols = starts[:, 1, None] + torch.arange(self.size[1], device=device)  # [k, w]
+    @cached_property
+    def _cpu_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.tensor(self.positions, dtype=torch.int64)  # [k, 2]
+        rows = starts[:, 0, None] + torch.arange(self.size[0])  # [k, h]
+        cols = starts[:, 1, None] + torch.arange(self.size[1])  # [k, w]
         return rows[:, :, None], cols[:, None, :]
+
+    def _indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and column indices of every crop on ``device``, copied there once (not once per batch)."""
+        cache = self.__dict__.setdefault("_device_indices", {})
+        if device not in cache:
+            cache[device] = tuple(index.to(device) for index in self._cpu_indices)
+        return cache[device]
 
     def __call__(self, noisy: torch.Tensor) -> torch.Tensor:
         rows, cols = self._indices(noisy.device)
