@@ -52,7 +52,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -65,8 +64,9 @@ from scipy.stats import beta
 
 import vision_rs
 from vision_rs import SmoothedClassifier
-from vision_rs.embedded import digits_split, load_embedded_model
-from vision_rs.errors import CheckpointError
+from vision_rs.embedded import digits_split
+
+from _measure import Observation, device_name, load_digits_model, log, observe, positive_int, resolve_device, synchronize
 
 SIGMA = 0.25
 ALPHA = 0.001
@@ -75,17 +75,6 @@ CONTENTION_WARNING = 0.05
 """Warn when other processes used more than this share of the machine's CPU time during a measurement."""
 KERNEL_WARNING = 0.10
 """Point at the allocator when more than this share of the process's CPU time was spent in the kernel."""
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One timed run and what else was going on during it."""
-
-    seconds: float
-    other_cpu_share: float | None
-    """CPU time used by other processes / (wall time × CPU count); None where it cannot be read."""
-    kernel_share: float
-    """System (kernel) CPU time of this process / its total CPU time."""
 
 
 @dataclass
@@ -145,70 +134,13 @@ class Result:
 # ---------------------------------------------------------------- environment
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """The requested device, or CUDA when available, else the CPU."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def device_name(device: torch.device) -> str:
-    """A human-readable name of the accelerator or CPU the benchmark runs on."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work, so that wall-clock timings cover it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU seconds all processes have spent on this machine since boot (Linux ``/proc/stat``); None elsewhere."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle, iowait = fields[3], fields[4]
-    return (sum(fields) - idle - iowait) / os.sysconf("SC_CLK_TCK")
-
-
-def observe(run: Callable[[], float]) -> Observation:
-    """Call ``run`` (which returns the seconds it timed) and note other processes' and the kernel's CPU use."""
-    busy_before, times_before = machine_busy_seconds(), os.times()
-    seconds = run()
-    busy_after, times_after = machine_busy_seconds(), os.times()
-    user = times_after.user - times_before.user
-    system = times_after.system - times_before.system
-    kernel = system / (user + system) if user + system > 0 else 0.0
-    if busy_before is None or busy_after is None:
-        return Observation(seconds, None, kernel)
-    others = max(0.0, (busy_after - busy_before) - (user + system))
-    return Observation(seconds, others / (seconds * (os.cpu_count() or 1)), kernel)
-
-
-def log(message: str) -> None:
-    """Progress lines go to stderr, keeping stdout for the results."""
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- configurations
-
-
-def load_digits_model() -> tuple[torch.nn.Module, str]:
-    """The embedded σ=0.25 digits CNN, with random weights if its weight file is missing (speed is the same)."""
-    try:
-        return load_embedded_model("digits_cnn.sigma_0.25"), "pretrained"
-    except CheckpointError:
-        return load_embedded_model("digits_cnn.sigma_0.25", pretrained=False), "random init (weights file missing)"
 
 
 def digits_setup(n0: int, n: int, batch: int, device: torch.device) -> Setup:
@@ -418,12 +350,6 @@ def write_json(path: Path, env: dict[str, object], results: list[Result], repeat
 
 # ---------------------------------------------------------------- command line
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

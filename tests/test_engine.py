@@ -114,3 +114,16 @@ def test_vote_tally_counts_argmax_per_class() -> None:
     tally.update(logits)
     tally.update(logits[:1])
     assert np.array_equal(tally.result(), np.array([1, 3, 0]))
+
+
+def test_channels_last_feeds_the_model_the_same_noisy_images() -> None:
+    """A speed knob must not change what is certified: same seed, same noise on the same pixels."""
+    seen = {}
+    for channels_last in (False, True):
+        model = Recorder()
+        sample(model, torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2)), GaussianNoise(0.3), WholeImage(),
+               VoteTally(), 300, torch.Generator().manual_seed(0),
+               EngineConfig(batch_size=100, channels_last=channels_last, progress=False))
+        seen[channels_last] = torch.cat(model.inputs)
+    assert seen[True].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(seen[False], seen[True])

@@ -203,10 +203,11 @@ def sample(
     """
     check_count("num", num)
     draws = min(max(1, config.batch_size // view.count), num)
-    layout = torch.channels_last if config.channels_last and image.ndim == 3 else torch.contiguous_format
+    # always contiguous: normal_ into a channels_last buffer is ~9x slower on the CPU, and the layout would change
+    # which noise value lands on which pixel; _forward hands the model channels_last inputs when asked
     shape = (draws, noise.output_channels(image.shape[0]), *image.shape[1:])
     streams = _streams(image.device, config.streams)
-    buffers = [torch.empty(shape, device=image.device, dtype=image.dtype, memory_format=layout) for _ in streams]
+    buffers = [torch.empty(shape, device=image.device, dtype=image.dtype) for _ in streams]
     main = torch.cuda.current_stream(image.device) if streams[0] is not None else None
     for stream in streams:
         if stream is not None:

@@ -123,23 +123,10 @@ class PatchView:
         """Pixels no patch covers (they cannot influence the prediction)."""
         return int((self.coverage == 0).sum())
 
-    @cached_property
-    def _cpu_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.tensor(self.positions, dtype=torch.int64)  # [k, 2]
-        rows = starts[:, 0, None] + torch.arange(self.size[0])  # [k, h]
-        cols = starts[:, 1, None] + torch.arange(self.size[1])  # [k, w]
-        return rows[:, :, None], cols[:, None, :]
-
-    def _indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row and column indices of every crop on ``device``, copied there once (not once per batch)."""
-        cache = self.__dict__.setdefault("_device_indices", {})
-        if device not in cache:
-            cache[device] = tuple(index.to(device) for index in self._cpu_indices)
-        return cache[device]
-
     def __call__(self, noisy: torch.Tensor) -> torch.Tensor:
-        rows, cols = self._indices(noisy.device)
-        patches = rearrange(noisy[:, :, rows, cols], "b c k h w -> (b k) c h w")
+        height, width = self.size
+        crops = torch.stack([noisy[:, :, t : t + height, l : l + width] for t, l in self.positions], dim=1)
+        patches = rearrange(crops, "b k c h w -> (b k) c h w")
         if self.out_size is None:
             return patches
         from kornia.geometry.transform import resize

@@ -1,0 +1,476 @@
+"""Throughput of Smooth-Reduce ``certify`` over patches against raw inference on the same patch images.
+
+One configuration, in two memory layouts: the embedded digits CNN (σ = 0.25
+weights) on digits test image 0 (3×32×32), with ``Patches(size=24, stride=8)``
+→ k = 4 views per noisy draw, each crop resized back to the model's 32×32
+input. In one run, on the same
+model, the same number of patch images and the same forward-pass batch shapes,
+the script measures:
+
+(a) raw     – the base model (``smoothed.base``, the normalising wrapper that
+              ``vision_rs.smooth`` builds) on pre-made patch images: one batch of
+              ``batch // k`` noisy draws, cropped and resized by the very view
+              that ``certify`` uses (and made ``channels_last`` when the engine
+              would), computed once outside the timings. It runs ``k·(n0 + n)``
+              patch images in forward passes of ``k·(batch // k)`` images, the
+              last one partial, under ``torch.inference_mode`` in eval mode; no
+              noise, no crops, no resize, no counting;
+(b) certify – ``smoothed.certify(image, n0, n, alpha=0.001, batch_size=batch,
+              seed=0, progress=False)`` in Smooth-Reduce mode ``vote`` +
+              ``mean``, timed around the call. The engine draws ``batch // k``
+              noisy images per batch and computes a last partial batch whole, so
+              keep n0 and n multiples of ``batch // k`` for a like-for-like
+              comparison; otherwise the padded work is reported and counts
+              against certify.
+
+Every figure is model inputs (patch images) per second: ``k·(n0 + n) / seconds``.
+After one warm-up pass of each method, they are interleaved (a, b, a, b, ...)
+for ``--repeats`` rounds; the table shows the median of each and the ratio b/a
+of the medians (how close certify gets to raw inference; target ≥ 0.9 on CPU).
+
+By default the configuration is measured twice, with ``smooth(...,
+channels_last=True)`` and with ``channels_last=False`` (``--layout`` picks one):
+the memory layout changes the speed of the model and of the engine's noise
+buffer, and raw inference is measured in the same layout each time.
+
+On CUDA, ``certify`` is measured once per stream count in ``--streams`` (default
+1 and 2; ``EngineConfig.streams`` is set with ``dataclasses.replace``), all
+interleaved with raw, and the table adds the multi-stream gain (certify with the
+most streams / with one stream). On the CPU the engine ignores ``streams``: one
+certify variant is measured, and the script says so.
+
+Batch size: the default 200 model inputs (50 draws × 4 views) per forward pass
+keeps the largest activation tensor of the digits CNN at 12.5 MB, under glibc
+malloc's 32 MB maximum mmap threshold; the script measures and prints it.
+
+Two things disturb CPU timings, so the script records both for every
+measurement and notes the worst under the table (as ``bench_certify.py`` does):
+
+* other processes: the share of the machine's CPU time they used meanwhile
+  (Linux ``/proc/stat``); above 5 % the numbers are flagged as disturbed;
+* kernel time of this process: with glibc's default settings, freed buffers
+  above malloc's mmap threshold go back to the OS after every forward pass and
+  are page-faulted in again on the next one. ``--keep-freed-memory`` applies the
+  same ``mallopt`` settings as the ``vision-rs`` command (equivalent to
+  ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...``) before measuring.
+
+Run::
+
+    python benchmarks/bench_patches.py                         # ~1 min on 2 CPU cores
+    python benchmarks/bench_patches.py --layout channels-last --repeats 9 --keep-freed-memory
+    python benchmarks/bench_patches.py --device cuda --n 50000 --batch 1000 --streams 1 2 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import vision_rs
+from vision_rs import SmoothedClassifier
+from vision_rs.embedded import digits_split
+
+from _measure import Observation, device_name, load_digits_model, log, observe, positive_int, resolve_device, synchronize
+
+MODEL = "digits_cnn.sigma_0.25"
+SIGMA = 0.25
+ALPHA = 0.001
+CONTENTION_WARNING = 0.05
+"""Warn when other processes used more than this share of the machine's CPU time during a measurement."""
+KERNEL_WARNING = 0.10
+"""Point at the allocator when more than this share of the process's CPU time was spent in the kernel."""
+
+
+@dataclass
+class Setup:
+    """The smoothed model, its patch view, the image and the sampling sizes."""
+
+    smoothed: SmoothedClassifier
+    weights: str
+    image: torch.Tensor
+    """uint8 [C, H, W] on the CPU, as a user would pass it to ``certify``."""
+    patches: vision_rs.Patches
+    views: int
+    c_max: int
+    n0: int
+    n: int
+    batch: int
+    """``batch_size`` passed to certify: the most model inputs per forward pass."""
+
+    @property
+    def draws_per_batch(self) -> int:
+        """Noisy images per engine batch (as ``vision_rs.engine.sample`` computes it)."""
+        return max(1, self.batch // self.views)
+
+    def computed_draws(self, num: int) -> int:
+        """Draws the engine computes for ``num`` samples: whole batches, the last one padded."""
+        per_batch = min(self.draws_per_batch, num)
+        return -(-num // per_batch) * per_batch
+
+    @property
+    def useful_inputs(self) -> int:
+        return self.views * (self.n0 + self.n)
+
+    @property
+    def computed_inputs(self) -> int:
+        return self.views * (self.computed_draws(self.n0) + self.computed_draws(self.n))
+
+
+@dataclass
+class Results:
+    """Model inputs/s of every repeat for each method, with the conditions of each measurement."""
+
+    inputs: int
+    rates: dict[str, list[float]] = field(default_factory=dict)
+    other_cpu_share: dict[str, list[float | None]] = field(default_factory=dict)
+    kernel_share: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, method: str, seen: Observation) -> None:
+        self.rates.setdefault(method, []).append(self.inputs / seen.seconds)
+        self.other_cpu_share.setdefault(method, []).append(seen.other_cpu_share)
+        self.kernel_share.setdefault(method, []).append(seen.kernel_share)
+
+    @property
+    def median(self) -> dict[str, float]:
+        return {method: statistics.median(values) for method, values in self.rates.items()}
+
+    @property
+    def worst_contention(self) -> float | None:
+        shares = [s for values in self.other_cpu_share.values() for s in values if s is not None]
+        return max(shares) if shares else None
+
+    @property
+    def worst_kernel_share(self) -> float:
+        return max(s for values in self.kernel_share.values() for s in values)
+
+
+# ---------------------------------------------------------------- environment
+
+
+
+
+
+
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def make_setup(args: argparse.Namespace, device: torch.device, channels_last: bool) -> Setup:
+    patches = (
+        vision_rs.Patches(size=args.patch_size, count=args.patch_count)
+        if args.patch_count is not None
+        else vision_rs.Patches(size=args.patch_size, stride=args.patch_stride)
+    )
+    model, weights = load_digits_model(MODEL)
+    smoothed = vision_rs.smooth(
+        model, sigma=SIGMA, patches=patches, reduce="mean", mode="vote", device=device,
+        batch_size=args.batch, channels_last=channels_last, progress=False,
+    )
+    image = digits_split("test")[0][0]
+    view = patch_view(smoothed, image, seed=0)
+    return Setup(smoothed, weights, image, patches, view.count, view.c_max, args.n0, args.n, args.batch)
+
+
+def patch_view(smoothed: SmoothedClassifier, image: torch.Tensor, seed: int):
+    """The patch view certify builds for ``image`` with ``seed`` (random positions come from the seeded generator)."""
+    generator = torch.Generator(device=smoothed.device).manual_seed(seed)
+    return smoothed.smoothing.make_view(tuple(image.shape[-2:]), smoothed.input_size, generator)
+
+
+def largest_activation_mb(setup: Setup, inputs: torch.Tensor) -> float:
+    """Largest output tensor of any module of the base model, in MB, for one forward pass of ``inputs``."""
+    largest = [0]
+
+    def hook(_module, _args, output) -> None:
+        if isinstance(output, torch.Tensor):
+            largest[0] = max(largest[0], output.numel() * output.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in setup.smoothed.base.modules()]
+    try:
+        with torch.inference_mode():
+            setup.smoothed.base(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return largest[0] / 2**20
+
+
+# ---------------------------------------------------------------- the methods
+
+
+def make_raw_inputs(setup: Setup) -> torch.Tensor:
+    """One pre-made batch of patch images [(draws·k), C, h, w]: noisy draws cropped and resized by certify's view."""
+    smoothed = setup.smoothed
+    pixels = (setup.image.float() / 255.0).to(smoothed.device)
+    generator = torch.Generator(device=smoothed.device).manual_seed(1)
+    noise = torch.randn((setup.draws_per_batch, *pixels.shape), device=pixels.device, generator=generator) * SIGMA
+    with torch.inference_mode():
+        inputs = patch_view(smoothed, setup.image, seed=0)(pixels + noise)
+        if smoothed.config.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)  # as the engine feeds the model
+    return inputs
+
+
+def input_schedule(setup: Setup) -> list[int]:
+    """Patch images per forward pass for k·(n0 + n) images, in the engine's batch shape, the last ones partial."""
+    per_batch = setup.draws_per_batch * setup.views
+    sizes = []
+    for num in (setup.n0, setup.n):
+        total = num * setup.views
+        sizes += [min(per_batch, total - start) for start in range(0, total, per_batch)]
+    return sizes
+
+
+def run_raw(setup: Setup, inputs: torch.Tensor) -> float:
+    """(a) Seconds for the base model to process k·(n0 + n) pre-made patch images."""
+    base, device = setup.smoothed.base, setup.smoothed.device
+    sizes = input_schedule(setup)
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for size in sizes:
+            base(inputs[:size])
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def run_certify(setup: Setup, streams: int | None) -> float:
+    """(b) Seconds for one ``certify`` call (with ``streams`` CUDA streams when given)."""
+    smoothed, device = setup.smoothed, setup.smoothed.device
+    if streams is not None:
+        smoothed.config = dataclasses.replace(smoothed.config, streams=streams)
+    synchronize(device)
+    start = time.perf_counter()
+    smoothed.certify(setup.image, n0=setup.n0, n=setup.n, alpha=ALPHA, batch_size=setup.batch, seed=0, progress=False)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def method_runners(setup: Setup, streams: list[int] | None) -> dict[str, Callable[[], float]]:
+    """Each method as ``() -> seconds``; raw's inputs are made once, outside the timings."""
+    inputs = make_raw_inputs(setup)
+    runners: dict[str, Callable[[], float]] = {"raw": lambda: run_raw(setup, inputs)}
+    if streams is None:
+        runners["certify"] = lambda: run_certify(setup, None)
+    else:
+        for count in streams:
+            runners[f"certify streams={count}"] = lambda count=count: run_certify(setup, count)
+    return runners
+
+
+def measure(setup: Setup, streams: list[int] | None, repeats: int) -> Results:
+    """Warm up every method once, then time them interleaved for ``repeats`` rounds."""
+    setup.smoothed.base.eval()
+    runners = method_runners(setup, streams)
+    for run in runners.values():
+        run()
+    results = Results(setup.useful_inputs)
+    for round_index in range(repeats):
+        for method, run in runners.items():
+            seen = observe(run)
+            results.add(method, seen)
+            others = "" if seen.other_cpu_share is None else f", other processes {seen.other_cpu_share:.0%} of CPU"
+            log(
+                f"  round {round_index + 1}/{repeats} {method:18s} {results.rates[method][-1]:10.1f} inputs/s "
+                f"({seen.seconds:.2f} s, kernel {seen.kernel_share:.0%}{others})"
+            )
+    return results
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def markdown_table(measured: list[tuple[Setup, Results]]) -> str:
+    """Medians and ratios as a Markdown table: one row per layout and certify variant."""
+    header = (
+        "| config | layout | patches | k | c_max | draws n0 + n | patch images | batch (inputs/forward) "
+        "| raw inputs/s | certify variant | certify inputs/s | b/a |"
+    )
+    lines = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for setup, results in measured:
+        medians = results.median
+        for variant in (m for m in medians if m != "raw"):
+            lines.append(
+                f"| digits_cnn σ={SIGMA} ({setup.weights}), 32×32 | {layout_name(setup.smoothed.config.channels_last)} "
+                f"| {patch_desc(setup.patches)} | {setup.views} | {setup.c_max} "
+                f"| {setup.n0} + {setup.n} | {setup.useful_inputs:,} | {setup.draws_per_batch * setup.views} "
+                f"| {medians['raw']:,.0f} | {variant} | {medians[variant]:,.0f} | {medians[variant] / medians['raw']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def layout_name(channels_last: bool) -> str:
+    return "channels_last" if channels_last else "contiguous (NCHW)"
+
+
+def patch_desc(patches: vision_rs.Patches) -> str:
+    size = "×".join(str(v) for v in patches.size)  # type: ignore[union-attr]
+    if patches.count is not None:
+        return f"size {size}, {patches.count} random positions"
+    return f"size {size}, stride {'×'.join(str(v) for v in patches.stride)}"  # type: ignore[union-attr]
+
+
+def stream_gain(results: Results) -> str | None:
+    """certify with the most streams / with one stream, when both were measured."""
+    medians = results.median
+    counts = sorted(int(m.split("=")[1]) for m in medians if m.startswith("certify streams="))
+    if len(counts) < 2 or counts[0] != 1:
+        return None
+    most = counts[-1]
+    gain = medians[f"certify streams={most}"] / medians["certify streams=1"]
+    return f"multi-stream gain (certify streams={most} / streams=1, medians): {gain:.2f}×"
+
+
+def contention_note(all_results: list[Results]) -> str:
+    known = [r.worst_contention for r in all_results if r.worst_contention is not None]
+    worst = max(known) if known else None
+    if worst is None:
+        return "CPU used by other processes: not measured on this platform"
+    note = f"worst CPU share used by other processes during a measurement: {worst:.0%}"
+    if worst > CONTENTION_WARNING:
+        note += " - WARNING: the machine was busy, these numbers are disturbed; rerun on a quiet machine"
+    return note
+
+
+def kernel_note(all_results: list[Results], tuned: bool) -> str:
+    worst = max(r.worst_kernel_share for r in all_results)
+    note = f"worst kernel (system) share of this process's CPU time during a measurement: {worst:.0%}"
+    if worst > KERNEL_WARNING and not tuned:
+        note += (
+            " - large: likely malloc returning freed buffers to the OS every batch; rerun with"
+            " --keep-freed-memory (or MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000)"
+        )
+    return note
+
+
+def environment(device: torch.device) -> dict[str, object]:
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "vision_rs": vision_rs.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "malloc_env": " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "LD_PRELOAD"),
+    }
+
+
+# ---------------------------------------------------------------- command line
+
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n0", type=positive_int, default=100, help="selection draws n0 (default 100)")
+    parser.add_argument("--n", type=positive_int, default=5000, help="estimation draws n (default 5000)")
+    parser.add_argument("--batch", type=positive_int, default=200,
+                        help="certify batch_size: most model inputs per forward pass (default 200 = 50 draws × 4 views)")
+    parser.add_argument("--patch-size", type=positive_int, default=24, help="patch side in pixels (default 24)")
+    parser.add_argument("--patch-stride", type=positive_int, default=8, help="grid stride in pixels (default 8)")
+    parser.add_argument("--patch-count", type=positive_int, default=None, help="random patch positions instead of a grid")
+    parser.add_argument("--layout", choices=("both", "channels-last", "contiguous"), default="both",
+                        help="smooth(..., channels_last=True) and/or False (default: both, channels_last first)")
+    parser.add_argument("--repeats", type=positive_int, default=7, help="interleaved rounds; medians are reported (default 7)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--streams", type=positive_int, nargs="+", default=[1, 2],
+                        help="CUDA streams to compare for certify (default: 1 2); ignored on the CPU")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="apply the vision-rs command's mallopt settings (keep freed memory in the process) first")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers to this JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    tuned = False
+    if args.keep_freed_memory:
+        from vision_rs.cli import keep_freed_memory_in_process
+
+        tuned = keep_freed_memory_in_process()
+    env = environment(device)
+    streams = sorted(set(args.streams)) if device.type == "cuda" else None
+    layouts = {"both": (True, False), "channels-last": (True,), "contiguous": (False,)}[args.layout]
+    start = time.perf_counter()
+    measured: list[tuple[Setup, Results]] = []
+    activations = []
+    for channels_last in layouts:
+        setup = make_setup(args, device, channels_last)
+        activations.append(largest_activation_mb(setup, make_raw_inputs(setup)))
+        log(f"{layout_name(channels_last)}, {patch_desc(setup.patches)}: k={setup.views}, c_max={setup.c_max}; "
+            f"n0={setup.n0} n={setup.n} draws, {setup.draws_per_batch} draws × {setup.views} views per forward; "
+            f"warm-up then {args.repeats} rounds")
+        measured.append((setup, measure(setup, streams, args.repeats)))
+    elapsed = time.perf_counter() - start
+    setup = measured[0][0]
+    all_results = [results for _, results in measured]
+
+    print(f"device: {env['device_name']} ({env['device']}, {env['torch_threads']} torch threads)")
+    print(f"torch {env['torch']}, vision_rs {env['vision_rs']}, python {env['python']}")
+    if env["malloc_env"]:
+        print(f"allocator settings: {env['malloc_env']}")
+    print(f"malloc: {'freed memory kept in the process (mallopt, as the vision-rs command does)' if tuned else 'glibc defaults'}")
+    print(f"Smooth-Reduce mode vote + mean; largest activation tensor per forward pass: {max(activations):.1f} MB")
+    if streams is None:
+        print(f"streams: ignored on {device.type} (EngineConfig.streams only applies to CUDA); one certify variant measured")
+    print(f"medians of {args.repeats} interleaved rounds per layout; rates are model inputs (patch images) per second, "
+          f"k·(n0 + n) = {setup.useful_inputs:,} per certification; measured in {elapsed:.0f} s")
+    if setup.computed_inputs != setup.useful_inputs:
+        padded = setup.computed_inputs - setup.useful_inputs
+        print(f"note: certify computes {setup.computed_inputs:,} model inputs ({padded:,} padding in last batches, "
+              f"{padded / setup.computed_inputs:.0%}); raw runs only the {setup.useful_inputs:,} useful ones. "
+              f"Make n0 and n multiples of {setup.draws_per_batch} to avoid it")
+    print()
+    print(markdown_table(measured))
+    print()
+    for one_setup, results in measured:
+        gain = stream_gain(results)
+        if gain:
+            print(f"{layout_name(one_setup.smoothed.config.channels_last)}: {gain}")
+    print(contention_note(all_results))
+    if device.type == "cpu":
+        print(kernel_note(all_results, tuned))
+    if args.json is not None:
+        payload = {
+            "environment": env,
+            "malloc_kept": tuned,
+            "repeats": args.repeats,
+            "sigma": SIGMA,
+            "alpha": ALPHA,
+            "patches": setup.patches.describe(),
+            "views": setup.views,
+            "c_max": setup.c_max,
+            "n0": setup.n0,
+            "n": setup.n,
+            "batch": setup.batch,
+            "useful_inputs": setup.useful_inputs,
+            "computed_inputs": setup.computed_inputs,
+            "layouts": [
+                {
+                    "channels_last": one_setup.smoothed.config.channels_last,
+                    "inputs_per_s": results.rates,
+                    "median_inputs_per_s": results.median,
+                    "other_cpu_share": results.other_cpu_share,
+                    "kernel_share": results.kernel_share,
+                }
+                for one_setup, results in measured
+            ],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
