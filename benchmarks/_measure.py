@@ -7,7 +7,8 @@ import os
 import platform
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -95,3 +96,32 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
+
+
+@dataclass
+class Measurements:
+    """Rates (units/s) of every repeat per method, with what disturbed each measurement."""
+
+    units: int
+    """Work units per timed run (samples, model inputs): rate = units / seconds."""
+    rates: dict[str, list[float]] = field(default_factory=dict)
+    other_cpu_share: dict[str, list[float | None]] = field(default_factory=dict)
+    kernel_share: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, method: str, seen: Observation) -> None:
+        self.rates.setdefault(method, []).append(self.units / seen.seconds)
+        self.other_cpu_share.setdefault(method, []).append(seen.other_cpu_share)
+        self.kernel_share.setdefault(method, []).append(seen.kernel_share)
+
+    @property
+    def median(self) -> dict[str, float]:
+        return {method: statistics.median(values) for method, values in self.rates.items()}
+
+    @property
+    def worst_contention(self) -> float | None:
+        shares = [share for values in self.other_cpu_share.values() for share in values if share is not None]
+        return max(shares) if shares else None
+
+    @property
+    def worst_kernel_share(self) -> float:
+        return max(share for values in self.kernel_share.values() for share in values)

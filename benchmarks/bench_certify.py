@@ -51,10 +51,9 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +65,7 @@ import vision_rs
 from vision_rs import SmoothedClassifier
 from vision_rs.embedded import digits_split
 
-from _measure import Observation, device_name, load_digits_model, log, observe, positive_int, resolve_device, synchronize
+from _measure import Measurements, device_name, load_digits_model, log, observe, positive_int, resolve_device, synchronize
 
 SIGMA = 0.25
 ALPHA = 0.001
@@ -92,35 +91,14 @@ class Setup:
 
 
 @dataclass
-class Result:
+class Result(Measurements):
     """Samples/s of every repeat for each method of one configuration, and their medians and ratios."""
 
-    name: str
-    input_desc: str
-    n0: int
-    n: int
-    batch: int
-    samples_per_s: dict[str, list[float]] = field(default_factory=dict)
-    other_cpu_share: dict[str, list[float | None]] = field(default_factory=dict)
-    kernel_share: dict[str, list[float]] = field(default_factory=dict)
-
-    def add(self, method: str, observation: Observation) -> None:
-        self.samples_per_s.setdefault(method, []).append((self.n0 + self.n) / observation.seconds)
-        self.other_cpu_share.setdefault(method, []).append(observation.other_cpu_share)
-        self.kernel_share.setdefault(method, []).append(observation.kernel_share)
-
-    @property
-    def median(self) -> dict[str, float]:
-        return {method: statistics.median(values) for method, values in self.samples_per_s.items()}
-
-    @property
-    def worst_contention(self) -> float | None:
-        shares = [share for values in self.other_cpu_share.values() for share in values if share is not None]
-        return max(shares) if shares else None
-
-    @property
-    def worst_kernel_share(self) -> float:
-        return max(share for values in self.kernel_share.values() for share in values)
+    name: str = ""
+    input_desc: str = ""
+    n0: int = 0
+    n: int = 0
+    batch: int = 0
 
     @property
     def certify_over_raw(self) -> float:
@@ -258,7 +236,7 @@ def measure(setup: Setup, repeats: int) -> Result:
     runners = method_runners(setup)
     for method in METHODS:
         runners[method](setup.n0, setup.batch)
-    result = Result(setup.name, setup.input_desc, setup.n0, setup.n, setup.batch)
+    result = Result(units=setup.n0 + setup.n, name=setup.name, input_desc=setup.input_desc, n0=setup.n0, n=setup.n, batch=setup.batch)
     for round_index in range(repeats):
         for method in METHODS:
             seen = observe(lambda: runners[method](setup.n0, setup.n))
@@ -266,7 +244,7 @@ def measure(setup: Setup, repeats: int) -> Result:
             others = "" if seen.other_cpu_share is None else f", other processes {seen.other_cpu_share:.0%} of CPU"
             log(
                 f"  [{setup.name}] round {round_index + 1}/{repeats} {method:8s} "
-                f"{result.samples_per_s[method][-1]:10.1f} samples/s ({seen.seconds:.2f} s, kernel {seen.kernel_share:.0%}{others})"
+                f"{result.rates[method][-1]:10.1f} samples/s ({seen.seconds:.2f} s, kernel {seen.kernel_share:.0%}{others})"
             )
     return result
 

@@ -68,10 +68,9 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -80,7 +79,7 @@ import vision_rs
 from vision_rs import SmoothedClassifier
 from vision_rs.embedded import digits_split
 
-from _measure import Observation, device_name, load_digits_model, log, observe, positive_int, resolve_device, synchronize
+from _measure import Measurements, device_name, load_digits_model, log, observe, positive_int, resolve_device, synchronize
 
 MODEL = "digits_cnn.sigma_0.25"
 SIGMA = 0.25
@@ -126,32 +125,8 @@ class Setup:
         return self.views * (self.computed_draws(self.n0) + self.computed_draws(self.n))
 
 
-@dataclass
-class Results:
+class Results(Measurements):
     """Model inputs/s of every repeat for each method, with the conditions of each measurement."""
-
-    inputs: int
-    rates: dict[str, list[float]] = field(default_factory=dict)
-    other_cpu_share: dict[str, list[float | None]] = field(default_factory=dict)
-    kernel_share: dict[str, list[float]] = field(default_factory=dict)
-
-    def add(self, method: str, seen: Observation) -> None:
-        self.rates.setdefault(method, []).append(self.inputs / seen.seconds)
-        self.other_cpu_share.setdefault(method, []).append(seen.other_cpu_share)
-        self.kernel_share.setdefault(method, []).append(seen.kernel_share)
-
-    @property
-    def median(self) -> dict[str, float]:
-        return {method: statistics.median(values) for method, values in self.rates.items()}
-
-    @property
-    def worst_contention(self) -> float | None:
-        shares = [s for values in self.other_cpu_share.values() for s in values if s is not None]
-        return max(shares) if shares else None
-
-    @property
-    def worst_kernel_share(self) -> float:
-        return max(s for values in self.kernel_share.values() for s in values)
 
 
 # ---------------------------------------------------------------- environment
@@ -275,7 +250,7 @@ def measure(setup: Setup, streams: list[int] | None, repeats: int) -> Results:
     runners = method_runners(setup, streams)
     for run in runners.values():
         run()
-    results = Results(setup.useful_inputs)
+    results = Results(units=setup.useful_inputs)
     for round_index in range(repeats):
         for method, run in runners.items():
             seen = observe(run)
