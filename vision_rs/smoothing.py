@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .engine import EngineConfig, VoteTally, sample
+from .engine import EngineConfig, sample
 from .errors import InvalidParameterError
 from .hub import create_model
 from .images import ImageInput, to_unit_tensor
@@ -22,8 +21,6 @@ from .params import check_alpha, check_count, check_seed
 from .results import Certificate, Prediction
 from .stats import top_two_pvalue
 from .views import View
-
-log = logging.getLogger(__name__)
 
 
 def _nonzero_counts(counts: np.ndarray) -> dict[int, int]:
