@@ -6,7 +6,7 @@ import argparse
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +15,13 @@ import torch
 
 from vision_rs.embedded import load_embedded_model
 from vision_rs.errors import CheckpointError
+
+
+CONTENTION_WARNING = 0.05
+"""Warn when other processes used more than this share of the machine's CPU time during a measurement."""
+KERNEL_WARNING = 0.10
+"""Point at the allocator when more than this share of the process's CPU time was spent in the kernel."""
+MALLOC_ENV = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000"
 
 
 @dataclass(frozen=True)
@@ -125,3 +132,27 @@ class Measurements:
     @property
     def worst_kernel_share(self) -> float:
         return max(share for values in self.kernel_share.values() for share in values)
+
+
+def contention_note(results: Sequence[Measurements]) -> str:
+    """One line on how busy the machine was with other work while measuring."""
+    known = [r.worst_contention for r in results if r.worst_contention is not None]
+    if not known:
+        return "CPU used by other processes: not measured on this platform"
+    worst = max(known)
+    note = f"worst CPU share used by other processes during a measurement: {worst:.0%}"
+    if worst > CONTENTION_WARNING:
+        note += " - WARNING: the machine was busy, these numbers are disturbed; rerun on a quiet machine"
+    return note
+
+
+def kernel_note(results: Sequence[Measurements], rerun_hint: str | None) -> str:
+    """One line on the kernel's share of this process's CPU time (page faults, mostly, on CPU runs).
+
+    ``rerun_hint`` says how to keep freed memory in the process; None when it already was.
+    """
+    worst = max(r.worst_kernel_share for r in results)
+    note = f"worst kernel (system) share of this process's CPU time during a measurement: {worst:.0%}"
+    if worst > KERNEL_WARNING and rerun_hint:
+        note += f" - large: likely malloc returning freed buffers to the OS every batch; rerun with {rerun_hint}"
+    return note

@@ -65,15 +65,11 @@ import vision_rs
 from vision_rs import SmoothedClassifier
 from vision_rs.embedded import digits_split
 
-from _measure import Measurements, device_name, load_digits_model, log, observe, positive_int, resolve_device, synchronize
+from _measure import MALLOC_ENV, Measurements, contention_note, kernel_note, device_name, load_digits_model, log, observe, positive_int, resolve_device, synchronize
 
 SIGMA = 0.25
 ALPHA = 0.001
 METHODS = ("raw", "certify", "cohen")
-CONTENTION_WARNING = 0.05
-"""Warn when other processes used more than this share of the machine's CPU time during a measurement."""
-KERNEL_WARNING = 0.10
-"""Point at the allocator when more than this share of the process's CPU time was spent in the kernel."""
 
 
 @dataclass
@@ -267,30 +263,6 @@ def markdown_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def contention_note(results: list[Result]) -> str:
-    """One line on how busy the machine was with other work while measuring."""
-    known = [r.worst_contention for r in results if r.worst_contention is not None]
-    if not known:
-        return "CPU used by other processes: not measured on this platform"
-    worst = max(known)
-    note = f"worst CPU share used by other processes during a measurement: {worst:.0%}"
-    if worst > CONTENTION_WARNING:
-        note += " - WARNING: the machine was busy, these numbers are disturbed; rerun on a quiet machine"
-    return note
-
-
-def kernel_note(results: list[Result]) -> str:
-    """One line on the kernel's share of this process's CPU time (page faults, mostly, on CPU runs)."""
-    worst = max(r.worst_kernel_share for r in results)
-    note = f"worst kernel (system) share of this process's CPU time during a measurement: {worst:.0%}"
-    if worst > KERNEL_WARNING:
-        note += (
-            " - large: likely malloc returning activation buffers to the OS every batch; for steadier numbers"
-            " rerun with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000"
-        )
-    return note
-
-
 def environment(device: torch.device) -> dict[str, object]:
     """Device name and library versions, printed and stored with the numbers."""
     return {
@@ -369,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(contention_note(results))
     if device.type == "cpu":
-        print(kernel_note(results))
+        print(kernel_note(results, MALLOC_ENV))
     if args.json is not None:
         write_json(args.json, env, results, args.repeats)
         print(f"\nwrote {args.json}")

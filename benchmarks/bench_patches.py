@@ -79,15 +79,11 @@ import vision_rs
 from vision_rs import SmoothedClassifier
 from vision_rs.embedded import digits_split
 
-from _measure import Measurements, device_name, load_digits_model, log, observe, positive_int, resolve_device, synchronize
+from _measure import MALLOC_ENV, Measurements, contention_note, kernel_note, device_name, load_digits_model, log, observe, positive_int, resolve_device, synchronize
 
 MODEL = "digits_cnn.sigma_0.25"
 SIGMA = 0.25
 ALPHA = 0.001
-CONTENTION_WARNING = 0.05
-"""Warn when other processes used more than this share of the machine's CPU time during a measurement."""
-KERNEL_WARNING = 0.10
-"""Point at the allocator when more than this share of the process's CPU time was spent in the kernel."""
 
 
 @dataclass
@@ -307,28 +303,6 @@ def stream_gain(results: Results) -> str | None:
     return f"multi-stream gain (certify streams={most} / streams=1, medians): {gain:.2f}×"
 
 
-def contention_note(all_results: list[Results]) -> str:
-    known = [r.worst_contention for r in all_results if r.worst_contention is not None]
-    worst = max(known) if known else None
-    if worst is None:
-        return "CPU used by other processes: not measured on this platform"
-    note = f"worst CPU share used by other processes during a measurement: {worst:.0%}"
-    if worst > CONTENTION_WARNING:
-        note += " - WARNING: the machine was busy, these numbers are disturbed; rerun on a quiet machine"
-    return note
-
-
-def kernel_note(all_results: list[Results], tuned: bool) -> str:
-    worst = max(r.worst_kernel_share for r in all_results)
-    note = f"worst kernel (system) share of this process's CPU time during a measurement: {worst:.0%}"
-    if worst > KERNEL_WARNING and not tuned:
-        note += (
-            " - large: likely malloc returning freed buffers to the OS every batch; rerun with"
-            " --keep-freed-memory (or MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000)"
-        )
-    return note
-
-
 def environment(device: torch.device) -> dict[str, object]:
     return {
         "device": str(device),
@@ -415,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{layout_name(one_setup.smoothed.config.channels_last)}: {gain}")
     print(contention_note(all_results))
     if device.type == "cpu":
-        print(kernel_note(all_results, tuned))
+        print(kernel_note(all_results, None if tuned else f"--keep-freed-memory (or {MALLOC_ENV})"))
     if args.json is not None:
         payload = {
             "environment": env,

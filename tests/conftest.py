@@ -33,6 +33,21 @@ class LinearTwoClass(nn.Module):
         return float((x.flatten().double() @ self.weight + self.bias) / self.weight.norm())
 
 
+class Recorder(nn.Module):
+    """Votes class (first pixel > 0.5) and records the shape and values of every batch it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape))
+        self.inputs.append(x.clone())
+        above = (x[:, 0, 0, 0] > 0.5).float()
+        return torch.stack([1 - above, above], dim=1)
+
+
 @pytest.fixture
 def linear_setup() -> tuple[LinearTwoClass, torch.Tensor]:
     """A 3×4×4 image and a linear classifier with a random unit-norm direction (seeded)."""

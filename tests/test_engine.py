@@ -7,27 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import vision_rs
 from vision_rs.engine import EngineConfig, VoteTally, sample
 from vision_rs.noise import GaussianNoise
 from vision_rs.views import WholeImage, resize_and_center_crop
 
-
-class Recorder(nn.Module):
-    """Votes class (first pixel > 0.5) and records the shape and values of every batch it sees."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.shapes: list[tuple[int, ...]] = []
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.shapes.append(tuple(x.shape))
-        self.inputs.append(x.clone())
-        above = (x[:, 0, 0, 0] > 0.5).float()
-        return torch.stack([1 - above, above], dim=1)
+from tests.conftest import Recorder
 
 
 @pytest.mark.parametrize(("num", "batch"), [(1000, 256), (256, 256), (7, 256), (1, 3)])

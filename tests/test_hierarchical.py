@@ -17,7 +17,7 @@ from scipy.stats import beta, binom, norm
 from torch import nn
 
 import vision_rs
-from tests.conftest import LinearTwoClass
+from tests.conftest import LinearTwoClass, Recorder
 from vision_rs import Hierarchical, InvalidParameterError, ModelOutputError
 from vision_rs.certificates import gaussian_radius, hierarchical_bounds, hierarchical_certify, hierarchical_radius
 from vision_rs.engine import EngineConfig, VoteTally, sample
@@ -212,19 +212,6 @@ def test_bounds_cover_candidate_and_true_runner_up_at_once() -> None:
 # ---------------------------------------------------------------------------------------------
 # 3. The noise
 # ---------------------------------------------------------------------------------------------
-
-
-class Recorder(nn.Module):
-    """Records every batch it sees; votes by the sign of the first value minus 0.5."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.clone())
-        above = (x[:, 0, 0, 0] > 0.5).float()
-        return torch.stack([1 - above, above], dim=1)
 
 
 def draw(noise: HierarchicalNoise, image: torch.Tensor, num: int, seed: int) -> torch.Tensor:
