@@ -191,8 +191,9 @@ def _demo(args: argparse.Namespace) -> None:
     result = run_demo(args.out_dir, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed, limit=args.limit, device=args.device)
     print(f"Embedded digits test split, n0={args.n0}, n={args.n}, alpha={args.alpha} (radii in [0,1] pixel units, L2):")
     print(format_summaries(result.summaries))
-    print("\nHierarchical model: certified accuracy against any change of at most r pixels with total L2 <= ε:")
-    print(format_pixel_budget_table(result.hierarchical))
+    if result.hierarchical:
+        print("\nHierarchical model: certified accuracy against any change of at most r pixels with total L2 <= ε:")
+        print(format_pixel_budget_table(result.hierarchical))
     print(f"wrote {', '.join(str(p) for p in result.tables.values())} and {result.plot} "
           f"in {time.perf_counter() - started:.1f} s")
 

@@ -31,7 +31,7 @@ class DemoResult:
     """Run name → TSV file."""
     plot: Path
     hierarchical: dict[int, dict[float, float]]
-    """Hierarchical model: pixels changed r → L2 budget ε → certified accuracy."""
+    """Hierarchical model: pixels changed r → L2 budget ε → certified accuracy ({} without one)."""
 
 
 def run_demo(
@@ -61,6 +61,7 @@ def run_demo(
     items = dataset if limit is None else [dataset[i] for i in range(min(limit, len(dataset)))]
     summaries: dict[str, Summary] = {}
     tables: dict[str, Path] = {}
+    by_pixels: dict[int, dict[float, float]] = {}
     for name, info in EMBEDDED_MODELS.items():
         sigma = float(info["sigma"])  # type: ignore[arg-type]
         p = info.get("p")
