@@ -130,9 +130,12 @@ def hierarchical_radius(p_lower: float, p_upper: float, sigma: float, p: float, 
     return max(binary, multi, 0.0)
 
 
-def _two_sided_radius(p_lower: float, p_upper: float, sigma: float) -> float:
-    """σ/2 (Φ⁻¹(p̲A) − Φ⁻¹(p̄B)), the radius of Cohen et al.'s Theorem 1 with a separate bound on the runner-up."""
-    return 0.5 * sigma * (_probit(p_lower) - _probit(p_upper))
+def _two_sided_bound(candidate: int, p_lower: float, p_upper: float, sigma: float) -> Bound:
+    """Cohen et al.'s Theorem 1 with a separate bound on the runner-up: R = σ/2 (Φ⁻¹(p̲A) − Φ⁻¹(p̄B));
+    abstain when p̲A ≤ p̄B."""
+    if p_lower <= p_upper:
+        return Bound(label=None, p_lower=p_lower, radius=0.0, p_upper=p_upper)
+    return Bound(label=candidate, p_lower=p_lower, radius=0.5 * sigma * (_probit(p_lower) - _probit(p_upper)), p_upper=p_upper)
 
 
 def mean_of_views_certify(candidate: int, view_counts: np.ndarray, n: int, sigma: float, alpha: float) -> Bound:
@@ -149,9 +152,7 @@ def mean_of_views_certify(candidate: int, view_counts: np.ndarray, n: int, sigma
     p_lower = mean_lower_bound(float(means[candidate]), n, alpha / 2)
     others = np.delete(means, candidate)
     p_upper = min(mean_upper_bound(float(others.max(initial=0.0)), n, alpha / 2), 1.0 - p_lower)
-    if p_lower <= p_upper:
-        return Bound(label=None, p_lower=p_lower, radius=0.0, p_upper=p_upper)
-    return Bound(label=candidate, p_lower=p_lower, radius=_two_sided_radius(p_lower, p_upper, sigma), p_upper=p_upper)
+    return _two_sided_bound(candidate, p_lower, p_upper, sigma)
 
 
 def _per_view_bounds(candidate: int, view_counts: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -172,9 +173,7 @@ def max_of_views_certify(candidate: int, view_counts: np.ndarray, n: int, sigma:
     """
     lower, upper = _per_view_bounds(candidate, view_counts, n, alpha)
     p_lower, p_upper = float(lower.max()), float(upper.max())
-    if p_lower <= p_upper:
-        return Bound(label=None, p_lower=p_lower, radius=0.0, p_upper=p_upper)
-    return Bound(label=candidate, p_lower=p_lower, radius=_two_sided_radius(p_lower, p_upper, sigma), p_upper=p_upper)
+    return _two_sided_bound(candidate, p_lower, p_upper, sigma)
 
 
 def probit_mean_certify(
