@@ -148,3 +148,16 @@ def test_resume_refuses_a_tsv_whose_jsonl_is_missing(tmp_path: Path, smoothed, s
     with pytest.raises(vision_rs.OutputPathError, match="lacks the certificates"):
         vision_rs.certify_dataset(smoothed, six_digits, out, **{**SETTINGS, "n": 50})
     assert out.read_text() == before
+
+
+def test_pixel_budget_table_refuses_missing_files_and_unlabelled_runs(tmp_path: Path, smoothed, six_digits) -> None:
+    from vision_rs.evaluation import accuracy_over_pixels_and_budget, read_certificates
+
+    with pytest.raises(vision_rs.OutputPathError, match="no such results file"):
+        read_certificates(tmp_path / "missing.jsonl")
+    out = tmp_path / "unlabelled.tsv"
+    vision_rs.certify_dataset(smoothed, [(image, -1) for image, _ in six_digits[:2]], out, **SETTINGS)
+    pairs = read_certificates(out.with_suffix(".jsonl"))
+    assert len(pairs) == 2 and all(label == -1 for label, _ in pairs)
+    with pytest.raises(vision_rs.OutputPathError, match="needs true labels"):
+        accuracy_over_pixels_and_budget(pairs, [1], [0.1])
