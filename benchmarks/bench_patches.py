@@ -1,17 +1,24 @@
 """Throughput of Smooth-Reduce ``certify`` over patches against raw inference on the same patch images.
 
-One configuration, in two memory layouts: the embedded digits CNN (σ = 0.25
-weights) on digits test image 0 (3×32×32), with ``Patches(size=24, stride=8)``
-→ k = 4 views per noisy draw, each crop resized back to the model's 32×32
-input. In one run, on the same
-model, the same number of patch images and the same forward-pass batch shapes,
-the script measures:
+Two configurations, each in two memory layouts:
+
+* ``digits``: the embedded digits CNN (σ = 0.25 weights) on digits test image 0
+  (3×32×32) with ``Patches(size=24, stride=8)`` → k = 4 views per noisy draw,
+  each crop resized back to the model's 32×32 input. The model is tiny (~30k
+  inputs/s on 2 CPU cores), so this is the worst case for the engine's own
+  work: Gaussian noise, crops, resize and counting;
+* ``resnet50``: timm ``resnet50`` (random init, ``pretrained=False``: speed is
+  the same) on a random 3×224×224 image with ``Patches(size=192, stride=32)``
+  → k = 4, each crop resized to 224×224.
+
+In one run, on the same model, the same number of patch images and the same
+forward-pass batch shapes, the script measures:
 
 (a) raw     – the base model (``smoothed.base``, the normalising wrapper that
               ``vision_rs.smooth`` builds) on pre-made patch images: one batch of
               ``batch // k`` noisy draws, cropped and resized by the very view
-              that ``certify`` uses (and made ``channels_last`` when the engine
-              would), computed once outside the timings. It runs ``k·(n0 + n)``
+              that ``certify`` uses, in the memory layout the engine hands
+              the model, computed once outside the timings. It runs ``k·(n0 + n)``
               patch images in forward passes of ``k·(batch // k)`` images, the
               last one partial, under ``torch.inference_mode`` in eval mode; no
               noise, no crops, no resize, no counting;
@@ -28,7 +35,7 @@ After one warm-up pass of each method, they are interleaved (a, b, a, b, ...)
 for ``--repeats`` rounds; the table shows the median of each and the ratio b/a
 of the medians (how close certify gets to raw inference; target ≥ 0.9 on CPU).
 
-By default the configuration is measured twice, with ``smooth(...,
+By default each configuration is measured twice, with ``smooth(...,
 channels_last=True)`` and with ``channels_last=False`` (``--layout`` picks one):
 the memory layout changes the speed of the model and of the engine's noise
 buffer, and raw inference is measured in the same layout each time.
@@ -41,7 +48,9 @@ certify variant is measured, and the script says so.
 
 Batch size: the default 200 model inputs (50 draws × 4 views) per forward pass
 keeps the largest activation tensor of the digits CNN at 12.5 MB, under glibc
-malloc's 32 MB maximum mmap threshold; the script measures and prints it.
+malloc's 32 MB maximum mmap threshold; the script measures and prints it per
+configuration. resnet50 runs 32 inputs (8 draws × 4 views) per forward pass
+on the CPU by default.
 
 Two things disturb CPU timings, so the script records both for every
 measurement and notes the worst under the table (as ``bench_certify.py`` does):
@@ -56,9 +65,10 @@ measurement and notes the worst under the table (as ``bench_certify.py`` does):
 
 Run::
 
-    python benchmarks/bench_patches.py                         # ~1 min on 2 CPU cores
-    python benchmarks/bench_patches.py --layout channels-last --repeats 9 --keep-freed-memory
-    python benchmarks/bench_patches.py --device cuda --n 50000 --batch 1000 --streams 1 2 --json out.json
+    python benchmarks/bench_patches.py --keep-freed-memory     # ~5 min on 2 CPU cores
+    python benchmarks/bench_patches.py --models digits --layout channels-last --repeats 9
+    python benchmarks/bench_patches.py --device cuda --n 50000 --batch 1000 \\
+        --n-resnet50 2000 --batch-resnet50 256 --streams 1 2 --json out.json
 """
 
 from __future__ import annotations
@@ -81,8 +91,9 @@ from vision_rs.embedded import digits_split
 
 from _measure import MALLOC_ENV, Measurements, contention_note, kernel_note, device_name, load_digits_model, log, observe, positive_int, resolve_device, synchronize
 
-MODEL = "digits_cnn.sigma_0.25"
+DIGITS_MODEL = "digits_cnn.sigma_0.25"
 SIGMA = 0.25
+MODELS = ("digits", "resnet50")
 ALPHA = 0.001
 
 
@@ -90,8 +101,9 @@ ALPHA = 0.001
 class Setup:
     """The smoothed model, its patch view, the image and the sampling sizes."""
 
+    label: str
+    """The model and its input size, as the table shows it."""
     smoothed: SmoothedClassifier
-    weights: str
     image: torch.Tensor
     """uint8 [C, H, W] on the CPU, as a user would pass it to ``certify``."""
     patches: vision_rs.Patches
@@ -125,32 +137,35 @@ class Results(Measurements):
     """Model inputs/s of every repeat for each method, with the conditions of each measurement."""
 
 
-# ---------------------------------------------------------------- environment
-
-
-
-
-
-
-
-
 # ---------------------------------------------------------------- set-up
 
 
-def make_setup(args: argparse.Namespace, device: torch.device, channels_last: bool) -> Setup:
-    patches = (
-        vision_rs.Patches(size=args.patch_size, count=args.patch_count)
-        if args.patch_count is not None
-        else vision_rs.Patches(size=args.patch_size, stride=args.patch_stride)
-    )
-    model, weights = load_digits_model(MODEL)
+def make_setup(args: argparse.Namespace, model_name: str, device: torch.device, channels_last: bool) -> Setup:
+    """The ``digits`` or ``resnet50`` configuration (module docstring) in one memory layout."""
+    if model_name == "digits":
+        model, weights = load_digits_model(DIGITS_MODEL)
+        label = f"digits_cnn σ={SIGMA} ({weights}), 32×32"
+        image = digits_split("test")[0][0]
+        patches = (
+            vision_rs.Patches(size=args.patch_size, count=args.patch_count)
+            if args.patch_count is not None
+            else vision_rs.Patches(size=args.patch_size, stride=args.patch_stride)
+        )
+        n0, n, batch = args.n0, args.n, args.batch
+    else:
+        import timm
+
+        model = timm.create_model("resnet50", pretrained=False)
+        label = "timm resnet50 (random init), 224×224"
+        image = torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        patches = vision_rs.Patches(size=192, stride=32)
+        n0, n, batch = args.n0_resnet50, args.n_resnet50, args.batch_resnet50
     smoothed = vision_rs.smooth(
         model, sigma=SIGMA, patches=patches, reduce="mean", mode="vote", device=device,
-        batch_size=args.batch, channels_last=channels_last, progress=False,
+        batch_size=batch, channels_last=channels_last, progress=False,
     )
-    image = digits_split("test")[0][0]
     view = patch_view(smoothed, image, seed=0)
-    return Setup(smoothed, weights, image, patches, view.count, view.c_max, args.n0, args.n, args.batch)
+    return Setup(label, smoothed, image, patches, view.count, view.c_max, n0, n, batch)
 
 
 def patch_view(smoothed: SmoothedClassifier, image: torch.Tensor, seed: int):
@@ -188,8 +203,8 @@ def make_raw_inputs(setup: Setup) -> torch.Tensor:
     noise = torch.randn((setup.draws_per_batch, *pixels.shape), device=pixels.device, generator=generator) * SIGMA
     with torch.inference_mode():
         inputs = patch_view(smoothed, setup.image, seed=0)(pixels + noise)
-        if smoothed.config.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)  # as the engine feeds the model
+        layout = torch.channels_last if smoothed.config.channels_last else torch.contiguous_format
+        inputs = inputs.contiguous(memory_format=layout)  # as the engine feeds the model
     return inputs
 
 
@@ -273,7 +288,7 @@ def markdown_table(measured: list[tuple[Setup, Results]]) -> str:
         medians = results.median
         for variant in (m for m in medians if m != "raw"):
             lines.append(
-                f"| digits_cnn σ={SIGMA} ({setup.weights}), 32×32 | {layout_name(setup.smoothed.config.channels_last)} "
+                f"| {setup.label} | {layout_name(setup.smoothed.config.channels_last)} "
                 f"| {patch_desc(setup.patches)} | {setup.views} | {setup.c_max} "
                 f"| {setup.n0} + {setup.n} | {setup.useful_inputs:,} | {setup.draws_per_batch * setup.views} "
                 f"| {medians['raw']:,.0f} | {variant} | {medians[variant]:,.0f} | {medians[variant] / medians['raw']:.2f} |"
@@ -318,16 +333,21 @@ def environment(device: torch.device) -> dict[str, object]:
 # ---------------------------------------------------------------- command line
 
 
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n0", type=positive_int, default=100, help="selection draws n0 (default 100)")
-    parser.add_argument("--n", type=positive_int, default=5000, help="estimation draws n (default 5000)")
+    parser.add_argument("--models", choices=MODELS, nargs="+", default=list(MODELS),
+                        help="configurations to measure (default: digits resnet50)")
+    parser.add_argument("--n0", type=positive_int, default=100, help="selection draws n0, digits (default 100)")
+    parser.add_argument("--n", type=positive_int, default=5000, help="estimation draws n, digits (default 5000)")
     parser.add_argument("--batch", type=positive_int, default=200,
-                        help="certify batch_size: most model inputs per forward pass (default 200 = 50 draws × 4 views)")
-    parser.add_argument("--patch-size", type=positive_int, default=24, help="patch side in pixels (default 24)")
-    parser.add_argument("--patch-stride", type=positive_int, default=8, help="grid stride in pixels (default 8)")
-    parser.add_argument("--patch-count", type=positive_int, default=None, help="random patch positions instead of a grid")
+                        help="certify batch_size for digits: most model inputs per forward pass (default 200 = 50 draws × 4 views)")
+    parser.add_argument("--patch-size", type=positive_int, default=24, help="patch side in pixels, digits (default 24)")
+    parser.add_argument("--patch-stride", type=positive_int, default=8, help="grid stride in pixels, digits (default 8)")
+    parser.add_argument("--patch-count", type=positive_int, default=None, help="random patch positions instead of a grid, digits")
+    parser.add_argument("--n0-resnet50", type=positive_int, default=8, help="selection draws n0, resnet50 (default 8)")
+    parser.add_argument("--n-resnet50", type=positive_int, default=32, help="estimation draws n, resnet50 (default 32)")
+    parser.add_argument("--batch-resnet50", type=positive_int, default=32,
+                        help="certify batch_size for resnet50 (default 32 = 8 draws × 4 views)")
     parser.add_argument("--layout", choices=("both", "channels-last", "contiguous"), default="both",
                         help="smooth(..., channels_last=True) and/or False (default: both, channels_last first)")
     parser.add_argument("--repeats", type=positive_int, default=7, help="interleaved rounds; medians are reported (default 7)")
@@ -338,6 +358,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="apply the vision-rs command's mallopt settings (keep freed memory in the process) first")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers to this JSON file")
     return parser.parse_args(argv)
+
+
+def padding_note(setup: Setup) -> str | None:
+    """Says how much padding certify computes in its last partial batches, when it computes any."""
+    if setup.computed_inputs == setup.useful_inputs:
+        return None
+    padded = setup.computed_inputs - setup.useful_inputs
+    return (f"note: {setup.label}: certify computes {setup.computed_inputs:,} model inputs ({padded:,} padding in last "
+            f"batches, {padded / setup.computed_inputs:.0%}); raw runs only the {setup.useful_inputs:,} useful ones. "
+            f"Make n0 and n multiples of {setup.draws_per_batch} to avoid it")
+
+
+def json_payload(env: dict[str, object], tuned: bool, repeats: int, measured: list[tuple[Setup, Results, float]]) -> dict:
+    return {
+        "environment": env,
+        "malloc_kept": tuned,
+        "repeats": repeats,
+        "sigma": SIGMA,
+        "alpha": ALPHA,
+        "measurements": [
+            {
+                "config": setup.label,
+                "channels_last": setup.smoothed.config.channels_last,
+                "patches": setup.patches.describe(),
+                "views": setup.views,
+                "c_max": setup.c_max,
+                "n0": setup.n0,
+                "n": setup.n,
+                "batch": setup.batch,
+                "useful_inputs": setup.useful_inputs,
+                "computed_inputs": setup.computed_inputs,
+                "largest_activation_mb": activation,
+                "inputs_per_s": results.rates,
+                "median_inputs_per_s": results.median,
+                "other_cpu_share": results.other_cpu_share,
+                "kernel_share": results.kernel_share,
+            }
+            for setup, results, activation in measured
+        ],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -352,72 +412,46 @@ def main(argv: list[str] | None = None) -> None:
     streams = sorted(set(args.streams)) if device.type == "cuda" else None
     layouts = {"both": (True, False), "channels-last": (True,), "contiguous": (False,)}[args.layout]
     start = time.perf_counter()
-    measured: list[tuple[Setup, Results]] = []
-    activations = []
-    for channels_last in layouts:
-        setup = make_setup(args, device, channels_last)
-        activations.append(largest_activation_mb(setup, make_raw_inputs(setup)))
-        log(f"{layout_name(channels_last)}, {patch_desc(setup.patches)}: k={setup.views}, c_max={setup.c_max}; "
-            f"n0={setup.n0} n={setup.n} draws, {setup.draws_per_batch} draws × {setup.views} views per forward; "
-            f"warm-up then {args.repeats} rounds")
-        measured.append((setup, measure(setup, streams, args.repeats)))
+    measured: list[tuple[Setup, Results, float]] = []
+    for model_name in args.models:
+        for channels_last in layouts:
+            setup = make_setup(args, model_name, device, channels_last)
+            activation = largest_activation_mb(setup, make_raw_inputs(setup))
+            log(f"{setup.label}, {layout_name(channels_last)}, {patch_desc(setup.patches)}: k={setup.views}, "
+                f"c_max={setup.c_max}; n0={setup.n0} n={setup.n} draws, {setup.draws_per_batch} draws × {setup.views} "
+                f"views per forward; warm-up then {args.repeats} rounds")
+            measured.append((setup, measure(setup, streams, args.repeats), activation))
     elapsed = time.perf_counter() - start
-    setup = measured[0][0]
-    all_results = [results for _, results in measured]
+    all_results = [results for _, results, _ in measured]
 
     print(f"device: {env['device_name']} ({env['device']}, {env['torch_threads']} torch threads)")
     print(f"torch {env['torch']}, vision_rs {env['vision_rs']}, python {env['python']}")
     if env["malloc_env"]:
         print(f"allocator settings: {env['malloc_env']}")
     print(f"malloc: {'freed memory kept in the process (mallopt, as the vision-rs command does)' if tuned else 'glibc defaults'}")
-    print(f"Smooth-Reduce mode vote + mean; largest activation tensor per forward pass: {max(activations):.1f} MB")
+    activations = {setup.label: activation for setup, _, activation in measured}
+    print("Smooth-Reduce mode vote + mean; largest activation tensor per forward pass: "
+          + ", ".join(f"{label} {mb:.1f} MB" for label, mb in activations.items()))
     if streams is None:
         print(f"streams: ignored on {device.type} (EngineConfig.streams only applies to CUDA); one certify variant measured")
-    print(f"medians of {args.repeats} interleaved rounds per layout; rates are model inputs (patch images) per second, "
-          f"k·(n0 + n) = {setup.useful_inputs:,} per certification; measured in {elapsed:.0f} s")
-    if setup.computed_inputs != setup.useful_inputs:
-        padded = setup.computed_inputs - setup.useful_inputs
-        print(f"note: certify computes {setup.computed_inputs:,} model inputs ({padded:,} padding in last batches, "
-              f"{padded / setup.computed_inputs:.0%}); raw runs only the {setup.useful_inputs:,} useful ones. "
-              f"Make n0 and n multiples of {setup.draws_per_batch} to avoid it")
+    print(f"medians of {args.repeats} interleaved rounds per row; rates are model inputs (patch images) per second, "
+          f"k·(n0 + n) per certification; measured in {elapsed:.0f} s")
+    for note in dict.fromkeys(padding_note(setup) for setup, _, _ in measured):
+        if note:
+            print(note)
     print()
-    print(markdown_table(measured))
+    print(markdown_table([(setup, results) for setup, results, _ in measured]))
     print()
-    for one_setup, results in measured:
+    for setup, results, _ in measured:
         gain = stream_gain(results)
         if gain:
-            print(f"{layout_name(one_setup.smoothed.config.channels_last)}: {gain}")
+            print(f"{setup.label}, {layout_name(setup.smoothed.config.channels_last)}: {gain}")
     print(contention_note(all_results))
     if device.type == "cpu":
         print(kernel_note(all_results, None if tuned else f"--keep-freed-memory (or {MALLOC_ENV})"))
     if args.json is not None:
-        payload = {
-            "environment": env,
-            "malloc_kept": tuned,
-            "repeats": args.repeats,
-            "sigma": SIGMA,
-            "alpha": ALPHA,
-            "patches": setup.patches.describe(),
-            "views": setup.views,
-            "c_max": setup.c_max,
-            "n0": setup.n0,
-            "n": setup.n,
-            "batch": setup.batch,
-            "useful_inputs": setup.useful_inputs,
-            "computed_inputs": setup.computed_inputs,
-            "layouts": [
-                {
-                    "channels_last": one_setup.smoothed.config.channels_last,
-                    "inputs_per_s": results.rates,
-                    "median_inputs_per_s": results.median,
-                    "other_cpu_share": results.other_cpu_share,
-                    "kernel_share": results.kernel_share,
-                }
-                for one_setup, results in measured
-            ],
-        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+        args.json.write_text(json.dumps(json_payload(env, tuned, args.repeats, measured), indent=2) + "\n")
         print(f"\nwrote {args.json}")
 
 

@@ -234,6 +234,29 @@ def test_resize_happens_after_the_noise_at_the_image_resolution() -> None:
     assert Patches(size=4, stride=4, resize=False).view_for((height, width), (8, 8), torch.Generator()).out_size is None
 
 
+@pytest.mark.parametrize("out_size", [(16, 20), (5, 7)], ids=["upsample", "downsample"])
+def test_resized_patches_equal_resizing_each_crop_of_the_noisy_batch(out_size) -> None:
+    """The view's channels-last crop-and-resize gives what resizing each plain NCHW crop gives."""
+    from kornia.geometry.transform import resize
+
+    noisy = torch.randn(4, 3, 11, 13, generator=torch.Generator().manual_seed(0))
+    for patches in (Patches(size=(6, 8), stride=(3, 5)), Patches(size=(9, 10), count=3)):
+        view = patches.view_for((11, 13), out_size, torch.Generator().manual_seed(1))
+        crops = torch.stack([noisy[:, :, t : t + patches.size[0], l : l + patches.size[1]] for t, l in view.positions], 1)
+        expected = resize(crops.flatten(0, 1), out_size, interpolation="bilinear", side="short", antialias=True)
+        assert torch.allclose(view(noisy), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_model_gets_the_memory_layout_it_asked_for_with_resized_patches(channels_last: bool) -> None:
+    model = Recorder()
+    smoothed = vision_rs.smooth(model, SIGMA, patches=Patches(size=6, stride=3), input_size=(8, 8), mean=(0.0,) * 3,
+                                std=(1.0,) * 3, batch_size=40, channels_last=channels_last, progress=False)
+    smoothed.certify(torch.rand(3, 12, 12), n0=3, n=20, alpha=0.1, seed=0)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert all(batch.shape[1:] == (3, 8, 8) and batch.is_contiguous(memory_format=layout) for batch in model.inputs)
+
+
 # ====================================================================== 2. statistics
 
 

@@ -169,8 +169,7 @@ def _forward(
     num_classes: int | None,
 ) -> torch.Tensor:
     """Logits [N, classes] of N model inputs, in chunks of at most ``config.batch_size`` (views of one draw may be more)."""
-    if config.channels_last:
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    inputs = inputs.contiguous(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
     outputs = []
     for chunk in inputs.split(config.batch_size):
         with _autocast(inputs.device, config.autocast_dtype):
