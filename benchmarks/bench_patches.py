@@ -65,7 +65,7 @@ measurement and notes the worst under the table (as ``bench_certify.py`` does):
 
 Run::
 
-    python benchmarks/bench_patches.py --keep-freed-memory     # ~5 min on 2 CPU cores
+    python benchmarks/bench_patches.py --keep-freed-memory     # ~4 min on 2 CPU cores
     python benchmarks/bench_patches.py --models digits --layout channels-last --repeats 9
     python benchmarks/bench_patches.py --device cuda --n 50000 --batch 1000 \\
         --n-resnet50 2000 --batch-resnet50 256 --streams 1 2 --json out.json

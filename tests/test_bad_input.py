@@ -192,6 +192,12 @@ def test_bad_batch_size(smoothed, image, batch_size) -> None:
         certify(smoothed, image, batch_size=batch_size)
 
 
+@pytest.mark.parametrize("streams", [0, -1, 1.5])
+def test_bad_stream_count(streams) -> None:
+    with pytest.raises(InvalidParameterError, match="streams"):
+        vision_rs.smooth(tiny_model(), SIGMA, streams=streams, progress=False)
+
+
 @pytest.mark.parametrize("num_classes", [0, -2])
 def test_bad_num_classes(num_classes) -> None:
     with pytest.raises(InvalidParameterError, match="num_classes"):

@@ -729,8 +729,11 @@ def test_patches_together_with_hierarchical(one_channel_model) -> None:
 @pytest.mark.parametrize("mode", ["smoothed", "probit-mean"])
 def test_predict_with_a_per_view_mode_raises_our_error(one_channel_model, mode: str) -> None:
     smoothed = smooth_plain(one_channel_model, patches=Patches(size=4, stride=2), mode=mode)
+    calls = []
+    smoothed.base.register_forward_hook(lambda *_: calls.append(1))
     with pytest.raises(InvalidParameterError, match="certify"):
         smoothed.predict(torch.rand(1, 8, 8), n=20, seed=0)
+    assert not calls, "refused before sampling, not after"
     vote = smooth_plain(one_channel_model, patches=Patches(size=4, stride=2), mode="vote")
     prediction = vote.predict(torch.rand(1, 8, 8), n=20, seed=0)
     assert sum(prediction.counts.values()) == 20

@@ -44,6 +44,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         check_count("batch_size", self.batch_size)
+        check_count("streams", self.streams)
 
     def with_overrides(self, batch_size: int | None = None, progress: bool | None = None) -> EngineConfig:
         changes: dict[str, object] = {}

@@ -37,6 +37,11 @@ class Method(Protocol):
     @property
     def details(self) -> dict[str, Any]: ...
 
+    @property
+    def votes_once_per_draw(self) -> bool:
+        """True when each noisy draw casts one vote (what ``predict``'s binomial test needs)."""
+        ...
+
     def make_noise(self, sigma: float) -> Noise: ...
 
     def make_view(self, image_size: tuple[int, int], input_size: tuple[int, int] | None, generator: torch.Generator) -> View: ...
@@ -50,6 +55,8 @@ class Method(Protocol):
 
 class _WholeImageVotes:
     """One view (the whole image, resized to the model's input), argmax votes per class."""
+
+    votes_once_per_draw = True
 
     def make_view(self, image_size: tuple[int, int], input_size: tuple[int, int] | None, generator: torch.Generator) -> View:
         return WholeImage(input_size)
@@ -138,6 +145,10 @@ class SmoothReduce:
     @property
     def details(self) -> dict[str, Any]:
         return {"patches": self.patches.describe(), "reduce": self.reduce, "mode": self.mode}
+
+    @property
+    def votes_once_per_draw(self) -> bool:
+        return self.mode == "vote"  # the other modes count one vote per view
 
     def make_noise(self, sigma: float) -> Noise:
         return GaussianNoise(sigma)

@@ -64,7 +64,7 @@ class SmoothedClassifier:
 
     @property
     def method(self) -> str:
-        """Name of the smoothing method (``"gaussian"``, ``"hierarchical"``)."""
+        """Name of the smoothing method (``"gaussian"``, ``"hierarchical"``, ``"smooth-reduce"``)."""
         return self.smoothing.name
 
     @property
@@ -155,12 +155,12 @@ class SmoothedClassifier:
         """Cohen et al.'s PREDICT: the top class of ``n`` samples, unless a two-sided binomial test of the
         top two counts cannot reject a tie at level ``alpha`` (then abstain). Wrong with probability ≤ α."""
         n, alpha = check_count("n", n), check_alpha(alpha)
+        if not self.smoothing.votes_once_per_draw:
+            raise InvalidParameterError(f"predict needs one vote per draw; use certify for mode={self.details.get('mode')!r}")
         votes, _, seed = self._vote_counter(image, batch_size, progress, seed)
         start = time.perf_counter()
         with evaluation_mode(self.base):
             counts = votes(n, "predict (n)")
-        if counts.ndim == 2:
-            raise InvalidParameterError(f"predict needs one vote per draw; use certify for mode={self.details.get('mode')!r}")
         order = np.argsort(-counts, kind="stable")
         top, second = int(counts[order[0]]), int(counts[order[1]]) if counts.size > 1 else 0
         p_value = top_two_pvalue(top, second)
@@ -202,6 +202,7 @@ def smooth(
     batch_size: int = 256,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    streams: int = 2,
     progress: bool = True,
 ) -> SmoothedClassifier:
     """Wrap a classifier for randomized smoothing with noise std ``sigma`` (in [0, 1] pixel units).
@@ -221,7 +222,9 @@ def smooth(
     ``pretrained_cfg`` or torchvision ``weights=``; ``mean``/``std``/``input_size``
     override them. ``device`` moves the model there (in place); by default the
     model stays where it is. ``batch_size``, ``autocast_dtype``,
-    ``channels_last`` and ``progress`` only change speed and display.
+    ``channels_last``, ``streams`` (CUDA streams that consecutive batches
+    alternate between; ignored on the CPU) and ``progress`` only change speed
+    and display.
     """
     if hierarchical is not None and patches is not None:
         raise InvalidParameterError("choose hierarchical= or patches=, not both")
@@ -253,6 +256,7 @@ def smooth(
         base = base.to(torch.device(device))
     if channels_last:
         base = base.to(memory_format=torch.channels_last)
-    config = EngineConfig(batch_size=batch_size, autocast_dtype=autocast_dtype, channels_last=channels_last, progress=progress)
+    config = EngineConfig(batch_size=batch_size, autocast_dtype=autocast_dtype, channels_last=channels_last,
+                          streams=streams, progress=progress)
     size = spec.input_size[1:] if spec.input_size is not None else None
     return SmoothedClassifier(base, smoothing, sigma, size, model_device(base), config, num_classes=num_classes)

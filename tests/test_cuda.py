@@ -1,0 +1,94 @@
+"""The CUDA paths of the engine: streams, device-side counting, autocast and channels_last.
+
+Skipped on machines without a CUDA device (CI has none). On one, run them with
+``pytest tests/test_cuda.py``. They check that the speed knobs change nothing
+that is certified: the same seed gives the same counts with one stream or several,
+and that noise, crops and counts on the GPU match the CPU's definitions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vision_rs
+from vision_rs.embedded import digits_split
+from vision_rs import Patches
+from vision_rs.engine import EngineConfig, ViewVoteTally, VoteTally, sample
+from vision_rs.noise import GaussianNoise, HierarchicalNoise
+from vision_rs.views import WholeImage
+
+from tests.conftest import LinearTwoClass, Recorder
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+CUDA = torch.device("cuda")
+
+
+def linear_model(pixels: int, seed: int) -> LinearTwoClass:
+    """A linear two-class model in float64 on the GPU: its votes do not depend on kernel choice or stream timing."""
+    weight = torch.randn(pixels, generator=torch.Generator().manual_seed(seed))
+    return LinearTwoClass(weight / weight.norm(), bias=0.0).to(CUDA)
+
+
+def counts_with(streams: int, view, tally, noise, model, image: torch.Tensor, num: int, batch: int) -> np.ndarray:
+    config = EngineConfig(batch_size=batch, progress=False, streams=streams)
+    generator = torch.Generator(device=CUDA).manual_seed(0)
+    return sample(model, image.to(CUDA), noise, view, tally, num, generator, config)
+
+
+@pytest.mark.parametrize("streams", [2, 3])
+@pytest.mark.parametrize("num", [5000, 777])
+def test_several_streams_count_exactly_what_one_stream_counts(streams: int, num: int) -> None:
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    view = Patches(size=24, stride=8).view_for((32, 32), None, torch.Generator())
+    model = linear_model(3 * 24 * 24, seed=2)
+    for make_tally in (lambda: VoteTally("mean"), ViewVoteTally):
+        one = counts_with(1, view, make_tally(), GaussianNoise(0.5), model, image, num, batch=200)
+        many = counts_with(streams, view, make_tally(), GaussianNoise(0.5), model, image, num, batch=200)
+        assert one.sum() == num * (view.count if one.ndim == 2 else 1)
+        assert np.array_equal(one, many)
+
+
+def test_several_streams_feed_the_model_the_same_noisy_images() -> None:
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(1))
+    seen = {}
+    for streams in (1, 2):
+        model = Recorder()
+        counts_with(streams, WholeImage(), VoteTally(), GaussianNoise(0.3), model, image, 1000, batch=128)
+        seen[streams] = torch.cat(model.inputs).cpu()
+    assert torch.equal(seen[1], seen[2])
+    noise = seen[1] - image
+    assert float(noise.std()) == pytest.approx(0.3, rel=0.02)
+
+
+def test_hierarchical_noise_on_streams_matches_one_stream() -> None:
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(3))
+    model = linear_model(4 * 16 * 16, seed=4)
+    noise = HierarchicalNoise(0.25, 0.8, indicator=True)
+    one = counts_with(1, WholeImage(), VoteTally(), noise, model, image, 3000, batch=256)
+    two = counts_with(2, WholeImage(), VoteTally(), noise, model, image, 3000, batch=256)
+    assert np.array_equal(one, two)
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_certify_on_the_gpu_agrees_with_the_cpu_on_the_embedded_model(streams: int) -> None:
+    """Different random streams on each device, so labels and radii agree, not counts."""
+    images, labels = digits_split("test")
+    cpu = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", progress=False)
+    gpu = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cuda", channels_last=True,
+                           autocast_dtype=torch.bfloat16, streams=streams, progress=False)
+    for index in range(5):
+        on_cpu = cpu.certify(images[index], n0=100, n=2000, alpha=0.001, seed=0)
+        on_gpu = gpu.certify(images[index], n0=100, n=2000, alpha=0.001, seed=0)
+        assert on_gpu.label == on_cpu.label == int(labels[index])
+        assert on_gpu.radius == pytest.approx(on_cpu.radius, abs=0.1)
+
+
+def test_patch_certify_on_the_gpu_runs_with_resize_and_streams() -> None:
+    image = digits_split("test")[0][0]
+    smoothed = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cuda", channels_last=True,
+                                patches=Patches(size=24, stride=8), reduce="mean", mode="vote", progress=False)
+    cert = smoothed.certify(image, n0=100, n=1000, alpha=0.001, seed=0)
+    assert cert.views == 4 and sum(cert.counts.values()) == 1000
