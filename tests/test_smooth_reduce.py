@@ -137,6 +137,16 @@ def test_random_positions_coverage_c_max_uncovered_and_seeding() -> None:
     assert twice.c_max == 2 and twice.uncovered == 5
 
 
+def test_certificate_reports_the_pixels_random_patches_leave_uncovered() -> None:
+    patches = Patches(size=3, count=2)
+    smoothed = vision_rs.smooth(Recorder(), SIGMA, patches=patches, mean=(0.0,), std=(1.0,), progress=False)
+    cert = smoothed.certify(torch.rand(1, 8, 8), n0=5, n=20, alpha=0.1, seed=4)
+    view = patches.view_for((8, 8), None, torch.Generator().manual_seed(4))
+    expected = int((brute_coverage(view.positions, (3, 3), (8, 8)) == 0).sum())
+    assert cert.uncovered == expected >= 64 - 2 * 9
+    assert cert.to_dict()["uncovered"] == expected
+
+
 def test_crops_equal_direct_slicing_of_the_noisy_batch() -> None:
     noisy = torch.randn(3, 2, 7, 9, generator=torch.Generator().manual_seed(0))
     for patches in (Patches(size=(3, 4), stride=(2, 3)), Patches(size=(2, 5), count=5)):
@@ -218,7 +228,7 @@ def test_resize_happens_after_the_noise_at_the_image_resolution() -> None:
             batch_size=900, progress=False, **extra,
         )
         cert = smoothed.certify(image, n0=2, n=100, alpha=0.1, seed=5)
-        assert cert.views == 9 and cert.c_max == 1
+        assert cert.views == 9 and cert.c_max == 1 and cert.uncovered == 0
         runs[resize_on] = torch.cat(model.inputs)
     plain, resized = runs[False], runs[True]
     assert plain.shape[1:] == (1, 4, 4) and resized.shape[1:] == (1, 8, 8)

@@ -53,6 +53,8 @@ class Certificate:
     """Views (patches) per noisy image."""
     c_max: int = 1
     """Most views covering one pixel."""
+    uncovered: int = 0
+    """Pixels no view covers (random patch positions may leave some): they cannot change the prediction."""
 
     def radius_for(self, r: int) -> float:
         """Certified L2 radius against an adversary who changes at most ``r`` pixels (any channels of them).

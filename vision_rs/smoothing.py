@@ -140,6 +140,7 @@ class SmoothedClassifier:
             details=self.details,
             views=view.count,
             c_max=getattr(view, "c_max", 1),
+            uncovered=getattr(view, "uncovered", 0),
         )
 
     def predict(
