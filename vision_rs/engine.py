@@ -209,9 +209,13 @@ def sample(
     streams = _streams(image.device, config.streams)
     buffers = [torch.empty(shape, device=image.device, dtype=image.dtype) for _ in streams]
     main = torch.cuda.current_stream(image.device) if streams[0] is not None else None
-    for stream in streams:
+    for stream, buffer in zip(streams, buffers):
         if stream is not None:
             stream.wait_stream(main)  # the image and the buffers are ready before any side stream uses them
+            # made on the current stream, used on a side one: the allocator must not hand their memory out
+            # again before that stream is done with them, also when an error ends the loop early
+            buffer.record_stream(stream)
+            image.record_stream(stream)
     done, step = 0, 0
     with torch.inference_mode(), tqdm(total=num, desc=desc, disable=not config.progress, leave=False) as bar:
         while done < num:
