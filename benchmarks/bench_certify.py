@@ -10,9 +10,10 @@ input image, the same ``n0 + n`` noise samples and the same batch size:
               It runs the same batch shapes as the Cohen loop (``n0`` then
               ``n`` samples, in batches of at most ``batch``);
 (b) certify – ``smoothed.certify(image, n0, n, alpha=0.001, batch_size=batch,
-              seed=0, progress=False)``, timed around the call (it computes
-              a last partial batch whole, so keep n and n0 multiples of the
-              batch size, or below it, for a like-for-like comparison);
+              seed=0, progress=False)``, timed around the call (it splits
+              each phase into the fewest equal batches and computes the last
+              one whole: with n0 and n multiples of the batch size, or below
+              it, its batches are exactly raw's);
 (c) cohen   – a re-implementation of the sampling loop of Cohen et al.'s
               ``core.py`` (``Smooth._sample_noise`` + ``certify``): per batch,
               ``x.repeat``, ``randn_like * sigma``, ``argmax``, predictions

@@ -16,19 +16,18 @@ forward-pass batch shapes, the script measures:
 
 (a) raw     – the base model (``smoothed.base``, the normalising wrapper that
               ``vision_rs.smooth`` builds) on pre-made patch images: one batch of
-              ``batch // k`` noisy draws, cropped and resized by the very view
-              that ``certify`` uses, in the memory layout the engine hands
-              the model, computed once outside the timings. It runs ``k·(n0 + n)``
-              patch images in forward passes of ``k·(batch // k)`` images, the
-              last one partial, under ``torch.inference_mode`` in eval mode; no
-              noise, no crops, no resize, no counting;
+              noisy draws, cropped and resized by the very view that ``certify``
+              uses, in the memory layout the engine hands the model, computed
+              once outside the timings. It runs ``k·(n0 + n)`` patch images in
+              the engine's batch shapes (``vision_rs.engine.plan_batches``: per
+              phase, the fewest equal batches of at most ``batch // k`` draws),
+              the last batch of a phase partial, under ``torch.inference_mode``
+              in eval mode; no noise, no crops, no resize, no counting;
 (b) certify – ``smoothed.certify(image, n0, n, alpha=0.001, batch_size=batch,
               seed=0, progress=False)`` in Smooth-Reduce mode ``vote`` +
-              ``mean``, timed around the call. The engine draws ``batch // k``
-              noisy images per batch and computes a last partial batch whole, so
-              keep n0 and n multiples of ``batch // k`` for a like-for-like
-              comparison; otherwise the padded work is reported and counts
-              against certify.
+              ``mean``, timed around the call. The engine computes the last
+              batch of a phase whole (less than one draw of padding per batch);
+              any padding is reported and counts against certify.
 
 Every figure is model inputs (patch images) per second: ``k·(n0 + n) / seconds``.
 After one warm-up pass of each method, they are interleaved (a, b, a, b, ...)
@@ -88,6 +87,7 @@ import torch
 import vision_rs
 from vision_rs import SmoothedClassifier
 from vision_rs.embedded import digits_split
+from vision_rs.engine import plan_batches
 
 from _measure import MALLOC_ENV, Measurements, contention_note, kernel_note, device_name, load_digits_model, log, observe, positive_int, resolve_device, synchronize
 
@@ -114,15 +114,19 @@ class Setup:
     batch: int
     """``batch_size`` passed to certify: the most model inputs per forward pass."""
 
+    def plan(self, num: int) -> tuple[int, int]:
+        """(draws per batch, batches) the engine uses for ``num`` draws."""
+        return plan_batches(num, self.views, self.batch)
+
     @property
     def draws_per_batch(self) -> int:
-        """Noisy images per engine batch (as ``vision_rs.engine.sample`` computes it)."""
-        return max(1, self.batch // self.views)
+        """The most noisy images in one engine batch, over both phases."""
+        return max(self.plan(self.n0)[0], self.plan(self.n)[0])
 
     def computed_draws(self, num: int) -> int:
         """Draws the engine computes for ``num`` samples: whole batches, the last one padded."""
-        per_batch = min(self.draws_per_batch, num)
-        return -(-num // per_batch) * per_batch
+        draws, batches = self.plan(num)
+        return draws * batches
 
     @property
     def useful_inputs(self) -> int:
@@ -209,12 +213,11 @@ def make_raw_inputs(setup: Setup) -> torch.Tensor:
 
 
 def input_schedule(setup: Setup) -> list[int]:
-    """Patch images per forward pass for k·(n0 + n) images, in the engine's batch shape, the last ones partial."""
-    per_batch = setup.draws_per_batch * setup.views
+    """Patch images per forward pass for k·(n0 + n) images, in the engine's batch shapes, the last ones partial."""
     sizes = []
     for num in (setup.n0, setup.n):
-        total = num * setup.views
-        sizes += [min(per_batch, total - start) for start in range(0, total, per_batch)]
+        draws, batches = setup.plan(num)
+        sizes += [draws * setup.views] * (batches - 1) + [(num - draws * (batches - 1)) * setup.views]
     return sizes
 
 
@@ -366,8 +369,7 @@ def padding_note(setup: Setup) -> str | None:
         return None
     padded = setup.computed_inputs - setup.useful_inputs
     return (f"note: {setup.label}: certify computes {setup.computed_inputs:,} model inputs ({padded:,} padding in last "
-            f"batches, {padded / setup.computed_inputs:.0%}); raw runs only the {setup.useful_inputs:,} useful ones. "
-            f"Make n0 and n multiples of {setup.draws_per_batch} to avoid it")
+            f"batches, {padded / setup.computed_inputs:.1%}); raw runs only the {setup.useful_inputs:,} useful ones")
 
 
 def json_payload(env: dict[str, object], tuned: bool, repeats: int, measured: list[tuple[Setup, Results, float]]) -> dict:

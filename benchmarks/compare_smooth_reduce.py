@@ -31,9 +31,9 @@ settings in the same folder is refused: use another ``--out-dir``). Image
 ``idx`` is certified with seed ``--seed + idx``. The methods are interleaved
 image by image (every method certifies image 0, then image 1, ...), so machine
 load and thermal drift hit every method alike and seconds per image are
-comparable. Batches are chosen to hold at most ``--max-inputs`` model inputs
-(default 250, activations under glibc's 32 MB mmap threshold) and to divide n0
-and n where that is cheap, since the engine computes a last partial batch whole.
+comparable. Batches hold at most ``--max-inputs`` model inputs (default 250,
+activations under glibc's 32 MB mmap threshold); the engine splits each phase
+into the fewest equal batches within that limit.
 
 Output: a Markdown table, one row per σ × method, with clean accuracy, certified
 accuracy at radii 0.25, 0.5, 0.75 and 1.0, the average certified radius (ACR),
@@ -137,25 +137,6 @@ def geometry(patches: vision_rs.Patches, images: int, seed: int) -> tuple[int, l
     return views[0].count, [v.c_max for v in views], views[0].uncovered
 
 
-def computed_draws(num: int, per_batch: int) -> tuple[int, int]:
-    """(draws the engine computes, batches) for ``num`` draws: whole batches of min(per_batch, num), the last padded."""
-    size = min(per_batch, num)
-    batches = -(-num // size)
-    return batches * size, batches
-
-
-def draws_per_batch(n0: int, n: int, limit: int) -> int:
-    """Noisy draws per batch, at most ``limit``: the fewest computed draws (padding of last batches included),
-    plus a small cost per forward pass (limit/20 draws), so n0 and n are divided evenly where that is cheap."""
-    limit = max(1, limit)
-
-    def cost(per_batch: int) -> float:
-        (draws0, batches0), (draws1, batches1) = computed_draws(n0, per_batch), computed_draws(n, per_batch)
-        return draws0 + draws1 + (batches0 + batches1) * limit / 20
-
-    return min(range(limit, 0, -1), key=cost)  # ties: the larger batch
-
-
 def build_runs(args: argparse.Namespace, patches: vision_rs.Patches, views: int) -> list[Run]:
     runs = []
     for sigma in args.sigmas:
@@ -166,7 +147,7 @@ def build_runs(args: argparse.Namespace, patches: vision_rs.Patches, views: int)
             else:
                 n0, n, per_draw = args.n0, args.n, views
                 extra = {"patches": patches, "mode": mode, "reduce": reduce}
-            batch_size = per_draw * draws_per_batch(n0, n, args.max_inputs // per_draw)
+            batch_size = per_draw * max(1, args.max_inputs // per_draw)
             smoothed = vision_rs.smooth(
                 MODELS[sigma], sigma, device=args.device, batch_size=batch_size,
                 channels_last=args.channels_last, progress=False, **extra,

@@ -9,22 +9,32 @@ import pytest
 import torch
 
 import vision_rs
-from vision_rs.engine import EngineConfig, VoteTally, sample
+from vision_rs.engine import EngineConfig, VoteTally, plan_batches, sample
 from vision_rs.noise import GaussianNoise
 from vision_rs.views import WholeImage, resize_and_center_crop
 
 from tests.conftest import Recorder
 
 
-@pytest.mark.parametrize(("num", "batch"), [(1000, 256), (256, 256), (7, 256), (1, 3)])
+@pytest.mark.parametrize(("num", "batch"), [(1000, 256), (1024, 256), (256, 256), (7, 256), (1, 3), (100, 64), (257, 256)])
 def test_every_batch_has_one_shape_and_exactly_num_votes_are_counted(num: int, batch: int) -> None:
     model = Recorder()
     counts = sample(model, torch.full((3, 4, 4), 0.5), GaussianNoise(0.3), WholeImage(), VoteTally(), num,
                     torch.Generator().manual_seed(0), EngineConfig(batch_size=batch, progress=False))
     assert int(counts.sum()) == num
     assert len(set(model.shapes)) == 1
-    assert model.shapes[0][0] == min(batch, num)
-    assert len(model.shapes) == math.ceil(num / min(batch, num))
+    batches = math.ceil(num / min(batch, num))  # the fewest batches within the limit...
+    assert len(model.shapes) == batches
+    size = model.shapes[0][0]
+    assert size <= batch and size * batches - num < batches  # ...of one size, padded by less than a draw per batch
+    assert plan_batches(num, 1, batch) == (size, batches)
+
+
+def test_plan_batches_splits_evenly_within_the_limit() -> None:
+    assert plan_batches(100, 4, 256) == (50, 2)  # at most 64 draws of 4 views: 2 × 50, not 2 × 64
+    assert plan_batches(100_000, 1, 256) == (256, 391)
+    assert plan_batches(5, 10, 4) == (1, 5)  # more views than the batch size: one draw per forward pass
+    assert plan_batches(3, 1, 1000) == (3, 1)
 
 
 def test_noise_is_gaussian_with_std_sigma_around_the_image() -> None:

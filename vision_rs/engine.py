@@ -3,7 +3,8 @@
 noise → view → base model → tally, batch after batch, with
 
 * memory bounded in n: one noise buffer of ``batch_size`` images, reused;
-* fixed batch shapes: the last batch is computed whole and its extra rows masked;
+* one batch shape per phase: num draws split into the fewest equal batches (``plan_batches``),
+  the few extra rows of the last one computed and masked;
 * noise drawn on the model's device from a seeded ``torch.Generator``;
 * votes counted on the device, one host sync per phase (``Tally.result``);
 * ``torch.inference_mode``, optional autocast and ``channels_last``.
@@ -181,6 +182,18 @@ def _forward(
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
+def plan_batches(num: int, views: int, batch_size: int) -> tuple[int, int]:
+    """(draws per batch, batches) for ``num`` noisy draws of ``views`` model inputs each.
+
+    The fewest batches that keep a forward pass at most ``batch_size`` inputs (at
+    least one draw each), all of one size, so the padding computed in the last batch
+    is below one draw per batch: 100 draws at 64 per batch run as 2 × 50, not 2 × 64.
+    """
+    most = min(max(1, batch_size // views), num)
+    batches = -(-num // most)
+    return -(-num // batches), batches
+
+
 def sample(
     classifier: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
@@ -195,14 +208,14 @@ def sample(
 ) -> np.ndarray:
     """Push ``num`` noisy copies of ``image`` [C, H, W] through view and classifier into ``tally``; return its result.
 
-    Each batch holds ``batch_size // views`` noisy images (at least one), so the model
-    sees at most ``batch_size`` inputs per forward pass whatever ``num`` and the number
-    of views are. On CUDA, consecutive batches go to ``config.streams`` streams, each
+    Each batch holds at most ``batch_size // views`` noisy images (at least one; see
+    ``plan_batches``), so the model sees at most ``batch_size`` inputs per forward pass
+    whatever ``num`` and the number of views are. On CUDA, consecutive batches go to ``config.streams`` streams, each
     with its own noise buffer, so noise, crops and the model of one batch overlap the
     next; the tally runs on the current stream after waiting for the batch's stream.
     """
     check_count("num", num)
-    draws = min(max(1, config.batch_size // view.count), num)
+    draws, _ = plan_batches(num, view.count, config.batch_size)
     # always contiguous: normal_ into a channels_last buffer is ~9x slower on the CPU, and the layout would change
     # which noise value lands on which pixel; _forward hands the model channels_last inputs when asked
     shape = (draws, noise.output_channels(image.shape[0]), *image.shape[1:])
