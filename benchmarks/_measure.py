@@ -6,6 +6,7 @@ import argparse
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable, Sequence
 import statistics
 from dataclasses import dataclass, field
@@ -55,10 +56,56 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def environment(device: torch.device) -> dict[str, object]:
+    """Device name, library versions and allocator settings, printed and stored with the numbers."""
+    import timm
+
+    import vision_rs
+
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "vision_rs": vision_rs.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "malloc_env": " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "LD_PRELOAD"),
+    }
+
+
+def print_environment(env: dict[str, object]) -> None:
+    """The lines every benchmark report starts with."""
+    print(f"device: {env['device_name']} ({env['device']}, {env['torch_threads']} torch threads)")
+    print(f"torch {env['torch']}, timm {env['timm']}, vision_rs {env['vision_rs']}, python {env['python']}")
+    if env["malloc_env"]:
+        print(f"allocator settings: {env['malloc_env']}")
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so that wall-clock timings cover it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, run: Callable[[], object]) -> float:
+    """Seconds for ``run()``, the device's queued work finished before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    run()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_raw_inference(model: torch.nn.Module, inputs: torch.Tensor, sizes: Sequence[int], device: torch.device) -> float:
+    """Seconds for ``model`` to run ``inputs[:size]`` for each of ``sizes``, under ``torch.inference_mode``."""
+
+    def run() -> None:
+        with torch.inference_mode():
+            for size in sizes:
+                model(inputs[:size])
+
+    return timed(device, run)
 
 
 def machine_busy_seconds() -> float | None:
@@ -132,6 +179,24 @@ class Measurements:
     @property
     def worst_kernel_share(self) -> float:
         return max(share for values in self.kernel_share.values() for share in values)
+
+
+def time_interleaved(results: Measurements, runners: dict[str, Callable[[], float]], repeats: int, unit: str,
+                     label: str = "") -> None:
+    """Time every runner once per round, in turn, for ``repeats`` rounds, into ``results``; log each measurement.
+
+    Interleaving makes machine load and thermal drift hit every method alike.
+    """
+    width = max(len(method) for method in runners)
+    for round_index in range(repeats):
+        for method, run in runners.items():
+            seen = observe(run)
+            results.add(method, seen)
+            others = "" if seen.other_cpu_share is None else f", other processes {seen.other_cpu_share:.0%} of CPU"
+            log(
+                f"  {label}round {round_index + 1}/{repeats} {method:{width}s} {results.rates[method][-1]:10.1f} {unit}/s "
+                f"({seen.seconds:.2f} s, kernel {seen.kernel_share:.0%}{others})"
+            )
 
 
 def contention_note(results: Sequence[Measurements]) -> str:

@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -66,7 +64,10 @@ import vision_rs
 from vision_rs import SmoothedClassifier
 from vision_rs.embedded import digits_split
 
-from _measure import MALLOC_ENV, Measurements, contention_note, kernel_note, device_name, load_digits_model, log, observe, positive_int, resolve_device, synchronize
+from _measure import (
+    MALLOC_ENV, Measurements, contention_note, environment, print_environment, kernel_note, load_digits_model, log, positive_int,
+    resolve_device, synchronize, time_raw_inference, time_interleaved, timed,
+)
 
 SIGMA = 0.25
 ALPHA = 0.001
@@ -156,26 +157,14 @@ def make_raw_inputs(setup: Setup) -> torch.Tensor:
 
 def run_raw(setup: Setup, inputs: torch.Tensor, n0: int, n: int) -> float:
     """(a) Seconds for the base model to process n0 + n pre-made inputs in batches of the setup's size."""
-    base = setup.smoothed.base
-    device = setup.smoothed.device
     sizes = batch_schedule(n0, setup.batch) + batch_schedule(n, setup.batch)
-    synchronize(device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for size in sizes:
-            base(inputs[:size])
-    synchronize(device)
-    return time.perf_counter() - start
+    return time_raw_inference(setup.smoothed.base, inputs, sizes, setup.smoothed.device)
 
 
 def run_certify(setup: Setup, n0: int, n: int) -> float:
     """(b) Seconds for one ``smoothed.certify`` call."""
-    device = setup.smoothed.device
-    synchronize(device)
-    start = time.perf_counter()
-    setup.smoothed.certify(setup.image, n0=n0, n=n, alpha=ALPHA, batch_size=setup.batch, seed=0, progress=False)
-    synchronize(device)
-    return time.perf_counter() - start
+    return timed(setup.smoothed.device, lambda: setup.smoothed.certify(
+        setup.image, n0=n0, n=n, alpha=ALPHA, batch_size=setup.batch, seed=0, progress=False))
 
 
 def cohen_sample_counts(base: torch.nn.Module, x: torch.Tensor, num: int, batch: int) -> np.ndarray:
@@ -234,15 +223,8 @@ def measure(setup: Setup, repeats: int) -> Result:
     for method in METHODS:
         runners[method](setup.n0, setup.batch)
     result = Result(units=setup.n0 + setup.n, name=setup.name, input_desc=setup.input_desc, n0=setup.n0, n=setup.n, batch=setup.batch)
-    for round_index in range(repeats):
-        for method in METHODS:
-            seen = observe(lambda: runners[method](setup.n0, setup.n))
-            result.add(method, seen)
-            others = "" if seen.other_cpu_share is None else f", other processes {seen.other_cpu_share:.0%} of CPU"
-            log(
-                f"  [{setup.name}] round {round_index + 1}/{repeats} {method:8s} "
-                f"{result.rates[method][-1]:10.1f} samples/s ({seen.seconds:.2f} s, kernel {seen.kernel_share:.0%}{others})"
-            )
+    timed_runs = {method: (lambda run=runners[method]: run(setup.n0, setup.n)) for method in METHODS}
+    time_interleaved(result, timed_runs, repeats, "samples", label=f"[{setup.name}] ")
     return result
 
 
@@ -262,20 +244,6 @@ def markdown_table(results: list[Result]) -> str:
             f"{m['cohen']:,.0f} | {r.certify_over_raw:.2f} | {r.certify_over_cohen:.2f} |"
         )
     return "\n".join(lines)
-
-
-def environment(device: torch.device) -> dict[str, object]:
-    """Device name and library versions, printed and stored with the numbers."""
-    return {
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "vision_rs": vision_rs.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "malloc_env": " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "LD_PRELOAD"),
-    }
 
 
 def write_json(path: Path, env: dict[str, object], results: list[Result], repeats: int) -> None:
@@ -332,10 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"{setup.name}: n0={setup.n0} n={setup.n} batch={setup.batch}, warm-up then {args.repeats} rounds")
         results.append(measure(setup, args.repeats))
     elapsed = time.perf_counter() - start
-    print(f"device: {env['device_name']} ({env['device']}, {env['torch_threads']} torch threads)")
-    print(f"torch {env['torch']}, timm {env['timm']}, vision_rs {env['vision_rs']}, python {env['python']}")
-    if env["malloc_env"]:
-        print(f"allocator settings: {env['malloc_env']}")
+    print_environment(env)
     print(f"medians of {args.repeats} interleaved rounds; n = n0 + n samples per certification; measured in {elapsed:.0f} s")
     print()
     print(markdown_table(results))

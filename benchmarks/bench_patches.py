@@ -75,8 +75,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,7 +87,10 @@ from vision_rs import SmoothedClassifier
 from vision_rs.embedded import digits_split
 from vision_rs.engine import plan_batches
 
-from _measure import MALLOC_ENV, Measurements, contention_note, kernel_note, device_name, load_digits_model, log, observe, positive_int, resolve_device, synchronize
+from _measure import (
+    MALLOC_ENV, Measurements, contention_note, environment, print_environment, kernel_note, load_digits_model, log, positive_int,
+    resolve_device, time_raw_inference, time_interleaved, timed,
+)
 
 DIGITS_MODEL = "digits_cnn.sigma_0.25"
 SIGMA = 0.25
@@ -223,27 +224,16 @@ def input_schedule(setup: Setup) -> list[int]:
 
 def run_raw(setup: Setup, inputs: torch.Tensor) -> float:
     """(a) Seconds for the base model to process k·(n0 + n) pre-made patch images."""
-    base, device = setup.smoothed.base, setup.smoothed.device
-    sizes = input_schedule(setup)
-    synchronize(device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for size in sizes:
-            base(inputs[:size])
-    synchronize(device)
-    return time.perf_counter() - start
+    return time_raw_inference(setup.smoothed.base, inputs, input_schedule(setup), setup.smoothed.device)
 
 
 def run_certify(setup: Setup, streams: int | None) -> float:
     """(b) Seconds for one ``certify`` call (with ``streams`` CUDA streams when given)."""
-    smoothed, device = setup.smoothed, setup.smoothed.device
+    smoothed = setup.smoothed
     if streams is not None:
         smoothed.config = dataclasses.replace(smoothed.config, streams=streams)
-    synchronize(device)
-    start = time.perf_counter()
-    smoothed.certify(setup.image, n0=setup.n0, n=setup.n, alpha=ALPHA, batch_size=setup.batch, seed=0, progress=False)
-    synchronize(device)
-    return time.perf_counter() - start
+    return timed(smoothed.device, lambda: smoothed.certify(
+        setup.image, n0=setup.n0, n=setup.n, alpha=ALPHA, batch_size=setup.batch, seed=0, progress=False))
 
 
 def method_runners(setup: Setup, streams: list[int] | None) -> dict[str, Callable[[], float]]:
@@ -265,15 +255,7 @@ def measure(setup: Setup, streams: list[int] | None, repeats: int) -> Results:
     for run in runners.values():
         run()
     results = Results(units=setup.useful_inputs)
-    for round_index in range(repeats):
-        for method, run in runners.items():
-            seen = observe(run)
-            results.add(method, seen)
-            others = "" if seen.other_cpu_share is None else f", other processes {seen.other_cpu_share:.0%} of CPU"
-            log(
-                f"  round {round_index + 1}/{repeats} {method:18s} {results.rates[method][-1]:10.1f} inputs/s "
-                f"({seen.seconds:.2f} s, kernel {seen.kernel_share:.0%}{others})"
-            )
+    time_interleaved(results, runners, repeats, "inputs")
     return results
 
 
@@ -319,18 +301,6 @@ def stream_gain(results: Results) -> str | None:
     most = counts[-1]
     gain = medians[f"certify streams={most}"] / medians["certify streams=1"]
     return f"multi-stream gain (certify streams={most} / streams=1, medians): {gain:.2f}×"
-
-
-def environment(device: torch.device) -> dict[str, object]:
-    return {
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "vision_rs": vision_rs.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "malloc_env": " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "LD_PRELOAD"),
-    }
 
 
 # ---------------------------------------------------------------- command line
@@ -426,10 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     elapsed = time.perf_counter() - start
     all_results = [results for _, results, _ in measured]
 
-    print(f"device: {env['device_name']} ({env['device']}, {env['torch_threads']} torch threads)")
-    print(f"torch {env['torch']}, vision_rs {env['vision_rs']}, python {env['python']}")
-    if env["malloc_env"]:
-        print(f"allocator settings: {env['malloc_env']}")
+    print_environment(env)
     print(f"malloc: {'freed memory kept in the process (mallopt, as the vision-rs command does)' if tuned else 'glibc defaults'}")
     activations = {setup.label: activation for setup, _, activation in measured}
     print("Smooth-Reduce mode vote + mean; largest activation tensor per forward pass: "
