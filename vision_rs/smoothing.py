@@ -224,8 +224,9 @@ def smooth(
     override them. ``device`` moves the model there (in place); by default the
     model stays where it is. ``batch_size``, ``autocast_dtype``,
     ``channels_last``, ``streams`` (CUDA streams that consecutive batches
-    alternate between; ignored on the CPU) and ``progress`` only change speed
-    and display.
+    alternate between; ignored on the CPU) and ``progress`` change speed and
+    display, never the guarantee (``batch_size`` and autocast may change which
+    noise values or roundings a seed gives).
     """
     if hierarchical is not None and patches is not None:
         raise InvalidParameterError("choose hierarchical= or patches=, not both")
