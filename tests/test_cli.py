@@ -134,3 +134,36 @@ def test_certify_with_patches_records_the_method_views_and_mode(tmp_path: Path, 
 def test_patch_options_need_a_patch_size(image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--patch-count", "3"])
     assert code == 2 and "--patch-size" in capsys.readouterr().err
+
+
+def test_speed_options_reach_smooth_and_certify_the_same(image_folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    import vision_rs.smoothing
+
+    seen = {}
+    real_smooth = vision_rs.smoothing.smooth
+
+    def recording_smooth(*args, **kwargs):
+        seen.update(kwargs)
+        return real_smooth(*args, **kwargs)
+
+    monkeypatch.setattr(vision_rs.smoothing, "smooth", recording_smooth)
+    common = ["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25",
+              "--n0", "20", "--n", "100", "--device", "cpu", "--no-progress"]
+    assert main(common) == 0
+    plain = capsys.readouterr().out
+    assert (seen["channels_last"], seen["autocast_dtype"], seen["streams"]) == (False, None, 2)
+    assert main([*common, "--channels-last", "--streams", "1"]) == 0
+    # channels_last feeds the model the same noise (only conv rounding may differ): the same predictions
+    assert [line.split("\t")[:2] for line in capsys.readouterr().out.splitlines()] == \
+        [line.split("\t")[:2] for line in plain.splitlines()]
+    assert (seen["channels_last"], seen["streams"]) == (True, 1)
+    assert main([*common, "--autocast", "bf16"]) == 0
+    assert seen["autocast_dtype"] is torch.bfloat16
+
+
+def test_bad_stream_count_exits_2(image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--streams", "0"])
+    assert code == 2 and "streams" in capsys.readouterr().err

@@ -41,6 +41,18 @@ def _add_sampling_options(parser: argparse.ArgumentParser, n_default: int) -> No
     parser.add_argument("--batch-size", type=int, default=256, help="noisy images per forward pass (default: 256)")
 
 
+AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def _add_speed_options(parser: argparse.ArgumentParser) -> None:
+    speed = parser.add_argument_group("speed (never changes the guarantee)")
+    speed.add_argument("--channels-last", action="store_true", help="run the model on channels_last tensors")
+    speed.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES),
+                       help="run the model under torch.autocast with this dtype (default: fp32)")
+    speed.add_argument("--streams", type=int, default=2,
+                       help="CUDA streams that consecutive batches alternate between; 1 saves GPU memory (default: 2)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vision-rs",
@@ -87,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--std", type=float, nargs="+", help="override the model's input std (per channel)")
     certify.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="override the model's input size")
     _add_sampling_options(certify, n_default=100_000)
+    _add_speed_options(certify)
     certify.add_argument("--out", type=Path, help="write results to this .tsv (and .jsonl beside it); resumes if it exists")
     certify.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -120,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _certify(args: argparse.Namespace) -> None:
+    import torch
+
     from .errors import InvalidParameterError
     from .evaluation import DEFAULT_RADII, certify_dataset, collect_image_files, format_summaries
     from .images import to_unit_tensor
@@ -140,6 +155,8 @@ def _certify(args: argparse.Namespace) -> None:
         pretrained=not args.no_pretrained, mean=args.mean, std=args.std,
         input_size=args.input_size, num_classes=args.num_classes, arch=args.arch, checkpoint=args.checkpoint,
         device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
+        channels_last=args.channels_last, streams=args.streams,
+        autocast_dtype=getattr(torch, AUTOCAST_DTYPES[args.autocast]) if args.autocast else None,
     )
     if args.out is not None:
         summary = certify_dataset(
