@@ -210,9 +210,10 @@ def sample(
 
     Each batch holds at most ``batch_size // views`` noisy images (at least one; see
     ``plan_batches``), so the model sees at most ``batch_size`` inputs per forward pass
-    whatever ``num`` and the number of views are. On CUDA, consecutive batches go to ``config.streams`` streams, each
-    with its own noise buffer, so noise, crops and the model of one batch overlap the
-    next; the tally runs on the current stream after waiting for the batch's stream.
+    whatever ``num`` and the number of views are. On CUDA, consecutive batches go to
+    ``config.streams`` streams, each with its own noise buffer, so noise, crops and the
+    model of one batch overlap the next; the tally runs on the current stream after
+    waiting for the batch's stream.
     """
     check_count("num", num)
     draws, _ = plan_batches(num, view.count, config.batch_size)
