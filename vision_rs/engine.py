@@ -2,7 +2,7 @@
 
 noise → view → base model → tally, batch after batch, with
 
-* memory bounded in n: one noise buffer of ``batch_size`` images, reused;
+* memory bounded in n: one reused noise buffer of at most ``batch_size // views`` images (one per CUDA stream);
 * one batch shape per phase: num draws split into the fewest equal batches (``plan_batches``),
   the few extra rows of the last one computed and masked;
 * noise drawn on the model's device from a seeded ``torch.Generator``;
