@@ -3,7 +3,7 @@
 Skipped on machines without a CUDA device (CI has none). On one, run them with
 ``pytest tests/test_cuda.py``. They check that the speed knobs change nothing
 that is certified: the same seed gives the same counts with one stream or several,
-and that noise, crops and counts on the GPU match the CPU's definitions.
+and that crops, resizes and certificates on the GPU match the CPU's.
 """
 
 from __future__ import annotations
@@ -84,6 +84,14 @@ def test_certify_on_the_gpu_agrees_with_the_cpu_on_the_embedded_model(streams: i
         on_gpu = gpu.certify(images[index], n0=100, n=2000, alpha=0.001, seed=0)
         assert on_gpu.label == on_cpu.label == int(labels[index])
         assert on_gpu.radius == pytest.approx(on_cpu.radius, abs=0.1)
+
+
+@pytest.mark.parametrize("out_size", [(32, 32), (12, 12)], ids=["upsample", "downsample"])
+def test_patch_crops_and_resize_on_the_gpu_match_the_cpu(out_size) -> None:
+    noisy = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for patches in (Patches(size=24, stride=8), Patches(size=20, count=5)):
+        view = patches.view_for((32, 32), out_size, torch.Generator().manual_seed(1))
+        assert torch.allclose(view(noisy.to(CUDA)).cpu(), view(noisy), atol=1e-5)
 
 
 def test_patch_certify_on_the_gpu_runs_with_resize_and_streams() -> None:

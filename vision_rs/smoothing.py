@@ -225,8 +225,8 @@ def smooth(
     model stays where it is. ``batch_size``, ``autocast_dtype``,
     ``channels_last``, ``streams`` (CUDA streams that consecutive batches
     alternate between; ignored on the CPU) and ``progress`` change speed and
-    display, never the guarantee (``batch_size`` and autocast may change which
-    noise values or roundings a seed gives).
+    display, never the guarantee (``batch_size`` and ``device`` may change which
+    noise values a seed gives, ``channels_last`` and autocast the model's rounding).
     """
     if hierarchical is not None and patches is not None:
         raise InvalidParameterError("choose hierarchical= or patches=, not both")
