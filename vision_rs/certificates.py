@@ -13,8 +13,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from .errors import InvalidParameterError
-from .params import check_selection_probability, check_sigma
+from .params import check_changed_pixels, check_selection_probability, check_sigma
 from .stats import clopper_pearson_lower, clopper_pearson_upper, mean_lower_bound, mean_upper_bound
 
 
@@ -96,9 +95,7 @@ def hierarchical_radius(p_lower: float, p_upper: float, sigma: float, p: float, 
     always 0.0 when p^r ≤ 1/2). The multi-class condition is decreasing in ε and is
     solved by bracketed root-finding (brentq, xtol 1e-12). σ = ∞ is allowed (ablation limit).
     """
-    p = check_selection_probability(p)
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise InvalidParameterError(f"r (number of changed pixels) must be >= 1, got {r}")
+    p, r = check_selection_probability(p), check_changed_pixels(r)
     if sigma != math.inf:  # σ = ∞ is the ablation limit; anything else must be a valid noise std
         sigma = check_sigma(sigma)
     kept = p**r  # 1 − Δ: probability that every changed pixel is selected, i.e. hidden under noise

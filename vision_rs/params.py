@@ -44,6 +44,13 @@ def check_seed(seed: int | None) -> int | None:
     return int(seed)
 
 
+def check_changed_pixels(r: int) -> int:
+    """Return r, the number of pixels an adversary may change (hierarchical smoothing): an integer >= 1."""
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise InvalidParameterError(f"r (number of changed pixels) must be an integer >= 1, got {r!r}")
+    return int(r)
+
+
 def check_selection_probability(p: float) -> float:
     """Return the hierarchical selection probability p, which must lie in (0, 1]."""
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 < p <= 1.0:

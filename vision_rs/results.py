@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .certificates import hierarchical_radius
-from .errors import InvalidParameterError
+from .params import check_changed_pixels
 
 ABSTAIN = -1
 """Label written to Cohen-compatible TSV files when the smoothed classifier abstains."""
@@ -63,8 +63,7 @@ class Certificate:
         pixels it touches, so this is ``radius`` for every r. Hierarchical smoothing
         certifies budgets that shrink with r, and nothing once p^r ≤ 1/2.
         """
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise InvalidParameterError(f"r (number of changed pixels) must be an integer >= 1, got {r!r}")
+        r = check_changed_pixels(r)
         if self.abstained:
             return 0.0
         if self.method != "hierarchical":
