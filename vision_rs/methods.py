@@ -169,6 +169,6 @@ class SmoothReduce:
         if self.mode == "vote":
             return cohen_certify(candidate, int(votes[candidate]), n, sigma, alpha)
         if self.mode == "probit-mean":
-            return probit_mean_certify(candidate, votes, n, sigma, alpha, view.c_max)  # type: ignore[attr-defined]
+            return probit_mean_certify(candidate, votes, n, sigma, alpha, view.c_max)
         certify = max_of_views_certify if self.reduce == "max" else mean_of_views_certify
         return certify(candidate, votes, n, sigma, alpha)

@@ -139,8 +139,8 @@ class SmoothedClassifier:
             seed=seed,
             details=self.details,
             views=view.count,
-            c_max=getattr(view, "c_max", 1),
-            uncovered=getattr(view, "uncovered", 0),
+            c_max=view.c_max,
+            uncovered=view.uncovered,
         )
 
     def predict(

@@ -14,6 +14,16 @@ class View(Protocol):
 
     count: int
 
+    @property
+    def c_max(self) -> int:
+        """The most views covering one pixel."""
+        ...
+
+    @property
+    def uncovered(self) -> int:
+        """Pixels no view covers."""
+        ...
+
     def __call__(self, noisy: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -40,6 +50,14 @@ class WholeImage:
 
     input_size: tuple[int, int] | None = None
     count: int = 1
+
+    @property
+    def c_max(self) -> int:
+        return 1  # one view covers every pixel once
+
+    @property
+    def uncovered(self) -> int:
+        return 0
 
     def __call__(self, noisy: torch.Tensor) -> torch.Tensor:
         return noisy if self.input_size is None else resize_and_center_crop(noisy, self.input_size)
