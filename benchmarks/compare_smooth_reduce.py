@@ -161,7 +161,7 @@ def radius_cap(run: Run, alpha: float) -> float:
     """The largest radius ``run`` can certify: every draw's every view votes for one class, bounded by the method."""
     generator = torch.Generator().manual_seed(0)
     view = run.smoothed.smoothing.make_view((IMAGE_SIZE, IMAGE_SIZE), run.smoothed.input_size, generator)
-    per_view = run.smoothed.details.get("mode") not in (None, "vote")  # smoothed / probit-mean tally votes per view
+    per_view = not run.smoothed.smoothing.votes_once_per_draw  # smoothed / probit-mean tally votes per view
     votes = np.zeros((run.views, NUM_CLASSES) if per_view else NUM_CLASSES, np.int64)
     votes[..., 0] = run.n
     return run.smoothed.smoothing.bound(0, votes, run.n, alpha, run.sigma, view).radius
