@@ -164,6 +164,9 @@ def test_speed_options_reach_smooth_and_certify_the_same(image_folder: Path, mon
     assert seen["autocast_dtype"] is torch.bfloat16
 
 
-def test_bad_stream_count_exits_2(image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--streams", "0"])
+def test_bad_stream_count_exits_2(tmp_path: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run.tsv"
+    code = main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--streams", "0",
+                 "--out", str(out)])
     assert code == 2 and "streams" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [], "nothing written before the error"
