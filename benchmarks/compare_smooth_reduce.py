@@ -68,6 +68,7 @@ from vision_rs import SmoothedClassifier
 from vision_rs.embedded import DigitsDataset
 from vision_rs.embedded.digits import IMAGE_SIZE, NUM_CLASSES
 from vision_rs.errors import OutputPathError
+from vision_rs.preprocess import EvalTransform
 from _measure import log, positive_int
 from vision_rs.evaluation import Row, Summary, certify_dataset, plot_certified_accuracy, read_rows, summarize
 
@@ -131,7 +132,8 @@ def geometry(patches: vision_rs.Patches, images: int, seed: int) -> tuple[int, l
     (seed + idx), which draws them before any noise, so this reproduces the views certify uses.
     """
     views = [
-        patches.view_for((IMAGE_SIZE, IMAGE_SIZE), (IMAGE_SIZE, IMAGE_SIZE), torch.Generator().manual_seed(seed + idx))
+        patches.view_for((IMAGE_SIZE, IMAGE_SIZE), EvalTransform((IMAGE_SIZE, IMAGE_SIZE), (IMAGE_SIZE, IMAGE_SIZE)),
+                          torch.Generator().manual_seed(seed + idx))
         for idx in range(images if patches.count is not None else 1)
     ]
     return views[0].count, [v.c_max for v in views], views[0].uncovered
@@ -160,7 +162,7 @@ def build_runs(args: argparse.Namespace, patches: vision_rs.Patches, views: int)
 def radius_cap(run: Run, alpha: float) -> float:
     """The largest radius ``run`` can certify: every draw's every view votes for one class, bounded by the method."""
     generator = torch.Generator().manual_seed(0)
-    view = run.smoothed.smoothing.make_view((IMAGE_SIZE, IMAGE_SIZE), run.smoothed.input_size, generator)
+    view = run.smoothed.smoothing.make_view((IMAGE_SIZE, IMAGE_SIZE), run.smoothed.spec.transform, generator)
     per_view = not run.smoothed.smoothing.votes_once_per_draw  # smoothed / probit-mean tally votes per view
     votes = np.zeros((run.views, NUM_CLASSES) if per_view else NUM_CLASSES, np.int64)
     votes[..., 0] = run.n

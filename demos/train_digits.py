@@ -56,7 +56,8 @@ def _train(sigma: float, epochs: int, seed: int, p: float | None, batch_size: in
     images, labels = digits_split("train")
     pixels = images.float() / 255.0
     model = DigitsCNN(in_chans=3 if p is None else 4)
-    classifier = NormalizedClassifier(model, read_input_spec(model))  # noise on [0,1] pixels, normalisation inside
+    # noise on [0,1] pixels, normalisation inside; the hierarchical indicator passes through unnormalised
+    classifier = NormalizedClassifier(model, read_input_spec(model), extra_channels=0 if p is None else 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = (len(labels) + batch_size - 1) // batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)

@@ -44,6 +44,10 @@ def certify(smoothed: vision_rs.SmoothedClassifier, image, seed: int = 7, n: int
     return smoothed.certify(image, n0=10, n=n, alpha=0.01, seed=seed, progress=False)
 
 
+def certify_seeded(smoothed: vision_rs.SmoothedClassifier, image, n: int, alpha: float, seed: int) -> vision_rs.Certificate:
+    return smoothed.certify(image, n0=20, n=n, alpha=alpha, seed=seed, progress=False)
+
+
 # ------------------------------------------------------------------ normalisation and input size
 
 
@@ -57,7 +61,7 @@ def test_timm_model_spec_comes_from_its_pretrained_cfg() -> None:
     assert smoothed.spec.input_size == (3, 224, 224)
     assert smoothed.base.model is model
     torch.testing.assert_close(smoothed.base.mean.flatten(), torch.tensor(config["mean"], dtype=torch.float32))
-    assert WholeImage(smoothed.input_size)(torch.rand(1, 3, 100, 80)).shape == (1, 3, 224, 224)
+    assert WholeImage(smoothed.spec.transform)(torch.rand(1, 3, 100, 80)).shape == (1, 3, 224, 224)
 
 
 def test_timm_model_with_other_normalisation_is_read() -> None:
@@ -270,15 +274,81 @@ def test_all_image_forms_give_identical_certificates(tmp_path) -> None:
     assert len(results["PIL"][3]) > 1, "votes should be spread, or the comparison says little"
 
 
-def test_grey_images_are_expanded_to_rgb() -> None:
+class EqualChannelLinear(nn.Module):
+    """Logits [0, s] with s = Σ_p a_p (R_p + G_p + B_p) + b: the same weight on the three channels of a pixel."""
+
+    def __init__(self, per_pixel: torch.Tensor, bias: float) -> None:
+        super().__init__()
+        self.register_buffer("per_pixel", per_pixel.flatten().double())
+        self.bias = bias
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x[:4].clone())
+        score = x.double().sum(dim=1).flatten(1) @ self.per_pixel + self.bias
+        return torch.stack([torch.zeros_like(score), score], dim=1).float()
+
+
+def grey_setup(distance: float) -> tuple[EqualChannelLinear, np.ndarray]:
+    """A 4×4 uint8 grey image and an RGB model at true L2 distance ``distance`` in grey units.
+
+    On grey inputs the model is linear in the grey pixels with weights u = 3a, so the smoothed
+    classifier of noise added to the grey image has p_1 = Φ(d_g/σ) with d_g = (u·x + b)/‖u‖; a grey
+    change of norm d_g crosses the boundary. Noise added after repeating to RGB would instead see
+    d_rgb = (u·x + b)/(√3‖a‖) = √3 d_g.
+    """
+    rng = np.random.default_rng(8)
+    grey = rng.integers(0, 256, size=(4, 4), dtype=np.uint8)
+    per_pixel = torch.from_numpy(rng.normal(size=16))
+    grey_weights = 3 * per_pixel
+    x = torch.from_numpy(grey.astype(np.float64).flatten() / 255.0)
+    bias = distance * float(grey_weights.norm()) - float(grey_weights @ x)
+    return EqualChannelLinear(per_pixel, bias), grey
+
+
+def test_grey_images_are_certified_in_grey_units() -> None:
+    """Issue 8: the radius of a grey image is L2 over its grey pixels; repeating to RGB before the noise
+    over-claims by √3. Failures of a sound certificate are at most α of the trials (false failure
+    ≤ 1e-4 from the binomial); the RGB-first certificate must fail the same check (power)."""
+    from scipy.stats import binom
+
+    sigma, distance, alpha, trials, n = 0.25, 0.25, 0.05, 200, 500
+    model, grey = grey_setup(distance)
+    smoothed = vision_rs.smooth(model, sigma=sigma, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), batch_size=500, progress=False)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    too_far_grey = too_far_rgb_first = 0
+    for seed in range(trials):
+        too_far_grey += certify_seeded(smoothed, grey, n, alpha, seed).radius > distance
+        too_far_rgb_first += certify_seeded(smoothed, rgb, n, alpha, seed).radius > distance
+    tolerance = binom.ppf(1 - 1e-4, trials, alpha)
+    assert too_far_grey <= tolerance, f"{too_far_grey}/{trials} grey radii above the true grey distance"
+    assert too_far_rgb_first > tolerance, "the check has no power: noise added after the RGB repeat passes it"
+    # the model sees one grey noise value repeated on R, G and B
+    certify_seeded(smoothed, grey, n, alpha, 0)
+    seen = model.seen[-1]
+    torch.testing.assert_close(seen[:, 0], seen[:, 2], rtol=0, atol=0)
+
+
+def test_grey_radius_is_tight_and_a_grey_change_of_that_size_crosses() -> None:
+    sigma, distance = 0.25, 0.25
+    model, grey = grey_setup(distance)
+    smoothed = vision_rs.smooth(model, sigma=sigma, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), batch_size=10_000, progress=False)
+    cert = certify_seeded(smoothed, grey, 100_000, 0.001, 0)
+    assert cert.label == 1 and 0.9 * distance <= cert.radius <= distance
+    # the grey change of norm `distance` along −u reaches the boundary: nothing beyond the true radius is claimed
+    grey_weights = 3 * model.per_pixel
+    x = torch.from_numpy(grey.astype(np.float64).flatten() / 255.0)
+    moved = x - distance * grey_weights / grey_weights.norm()
+    assert float(grey_weights @ moved + model.bias) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_every_grey_form_gives_the_same_certificate() -> None:
     smoothed = vision_rs.smooth(tiny_model(), sigma=0.5, progress=False)
     grey = np.random.default_rng(5).integers(0, 256, size=(8, 8), dtype=np.uint8)
-    rgb = np.repeat(grey[:, :, None], 3, axis=2)
-    expected = outcome(certify(smoothed, rgb))
-    for form in (Image.fromarray(grey, mode="L"), grey, grey[:, :, None], torch.from_numpy(grey), torch.from_numpy(grey)[None]):
+    expected = outcome(certify(smoothed, grey))
+    for form in (Image.fromarray(grey, mode="L"), grey[:, :, None], torch.from_numpy(grey), torch.from_numpy(grey)[None]):
         unit = to_unit_tensor(form, channels=3)
-        assert unit.shape == (3, 8, 8)
-        torch.testing.assert_close(unit[0], unit[2], rtol=0, atol=0)
+        assert unit.shape == (1, 8, 8)  # the image keeps its own channel: the noise is added in grey
         assert outcome(certify(smoothed, form)) == expected
 
 
@@ -322,7 +392,7 @@ class RecordingModel(nn.Module):
 def test_noise_at_native_resolution_then_resize_and_centre_crop() -> None:
     model = RecordingModel(tiny_model(size=32))
     smoothed = vision_rs.smooth(model, SIGMA, input_size=(3, 32, 32), batch_size=16, progress=False)
-    assert WholeImage(smoothed.input_size)(torch.rand(2, 3, 64, 48)).shape == (2, 3, 32, 32)
+    assert WholeImage(smoothed.spec.transform)(torch.rand(2, 3, 64, 48)).shape == (2, 3, 32, 32)
     smoothed.noise = RecordingNoise(SIGMA)
     image = np.random.default_rng(8).integers(0, 256, size=(64, 48, 3), dtype=np.uint8)  # H=64, W=48
     cert = smoothed.certify(image, n0=5, n=40, alpha=0.01, seed=0, progress=False)
@@ -332,8 +402,8 @@ def test_noise_at_native_resolution_then_resize_and_centre_crop() -> None:
     assert set(model.shapes) == {(5, 3, 32, 32), (14, 3, 32, 32)}
     # the view resizes the shorter side to 32 and crops the centre of the longer one
     ramp = torch.linspace(0, 1, 64).view(1, 1, 64, 1).expand(1, 3, 64, 48)
-    viewed = WholeImage(smoothed.input_size)(ramp)
+    viewed = WholeImage(smoothed.spec.transform)(ramp)
     assert viewed[0, 0, :, 0].min() > 0.1 and viewed[0, 0, :, 0].max() < 0.9
     # an image already at the input size is passed through untouched
     same = torch.rand(2, 3, 32, 32)
-    assert WholeImage(smoothed.input_size)(same) is same
+    assert WholeImage(smoothed.spec.transform)(same) is same

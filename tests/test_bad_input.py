@@ -113,14 +113,14 @@ def test_transparent_grey_alpha_for_an_rgb_model(smoothed) -> None:
 
 
 def test_five_channels_for_an_rgb_model(smoothed) -> None:
-    with pytest.raises(InvalidImageError, match="5 channels"):
+    with pytest.raises(InvalidImageError, match=r"1 to 4 channels.*\(5, 8, 8\)"):
         certify(smoothed, torch.rand(5, 8, 8))
 
 
 def test_rgb_image_for_a_one_channel_model(image) -> None:
     grey_model = vision_rs.smooth(tiny_model(channels=1), SIGMA, mean=(0.5,), std=(0.25,), progress=False)
     assert grey_model.spec.channels == 1
-    with pytest.raises(InvalidImageError, match="3 channels but the model wants 1"):
+    with pytest.raises(InvalidImageError, match="3 channels but the model reads 1"):
         certify(grey_model, image)
     assert sum(certify(grey_model, image[:1]).counts.values()) == 20  # a grey image is fine
 

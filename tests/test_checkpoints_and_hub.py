@@ -314,7 +314,10 @@ def test_embedded_model_ships_weights_that_classify_the_test_split(name) -> None
         accuracy = (model(normalised).argmax(1) == labels).float().mean().item()
     assert accuracy > 0.95
     # the smoothed wrapper applies that same normalisation, to the colour channels only
-    smoothed = vision_rs.smooth(name, sigma=float(EMBEDDED_MODELS[name]["sigma"]), device="cpu", progress=False)
+    p = EMBEDDED_MODELS[name].get("p")
+    hierarchical = vision_rs.Hierarchical(p=float(p), indicator=True) if p is not None else None
+    smoothed = vision_rs.smooth(name, sigma=float(EMBEDDED_MODELS[name]["sigma"]), hierarchical=hierarchical, device="cpu",
+                                progress=False)
     with torch.no_grad():
         wrapped = (smoothed.base.eval()(pixels).argmax(1) == labels).float().mean().item()
     assert wrapped == accuracy

@@ -16,6 +16,7 @@ import vision_rs
 from vision_rs.embedded import digits_split
 from vision_rs import Patches
 from vision_rs.engine import EngineConfig, ViewVoteTally, VoteTally, sample
+from vision_rs.preprocess import EvalTransform
 from vision_rs.noise import GaussianNoise, HierarchicalNoise
 from vision_rs.views import WholeImage
 
@@ -90,7 +91,7 @@ def test_certify_on_the_gpu_agrees_with_the_cpu_on_the_embedded_model(streams: i
 def test_patch_crops_and_resize_on_the_gpu_match_the_cpu(out_size) -> None:
     noisy = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for patches in (Patches(size=24, stride=8), Patches(size=20, count=5)):
-        view = patches.view_for((32, 32), out_size, torch.Generator().manual_seed(1))
+        view = patches.view_for((32, 32), EvalTransform(out_size, out_size), torch.Generator().manual_seed(1))
         assert torch.allclose(view(noisy.to(CUDA)).cpu(), view(noisy), atol=1e-5)
 
 

@@ -11,7 +11,7 @@ import torch
 import vision_rs
 from vision_rs.engine import EngineConfig, VoteTally, plan_batches, sample
 from vision_rs.noise import GaussianNoise
-from vision_rs.views import WholeImage, resize_and_center_crop
+from vision_rs.views import WholeImage
 
 from tests.conftest import Recorder
 
@@ -92,16 +92,6 @@ def test_channels_last_and_bfloat16_autocast_paths_run() -> None:
     label = int(vision_rs.embedded.digits_split("test")[1][1])
     assert plain.certify(image, n0=20, n=200, seed=0).label == label
     assert fast.certify(image, n0=20, n=200, seed=0).label == label
-
-
-def test_resize_and_center_crop_keeps_aspect_and_size() -> None:
-    batch = torch.rand(2, 3, 64, 48)
-    out = resize_and_center_crop(batch, (32, 32))
-    assert out.shape == (2, 3, 32, 32)
-    assert resize_and_center_crop(batch, (64, 48)) is batch
-    # a constant image stays constant: interpolation weights sum to one
-    flat = resize_and_center_crop(torch.full((1, 3, 50, 70), 0.3), (32, 32))
-    assert torch.allclose(flat, torch.full_like(flat, 0.3), atol=1e-6)
 
 
 def test_vote_tally_counts_argmax_per_class() -> None:

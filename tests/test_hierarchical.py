@@ -434,11 +434,22 @@ def test_radius_for_zero_pixels_is_refused(linear_setup) -> None:
 
 
 def test_indicator_with_a_three_channel_model_says_in_chans_4() -> None:
-    smoothed = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, hierarchical=Hierarchical(p=0.85, indicator=True),
-                                device="cpu", progress=False)
-    image = vision_rs.embedded.digits_split("test")[0][0]
+    """Refused when smoothing is set up, from the model's first convolution, before any sampling."""
+    with pytest.raises(InvalidParameterError, match="in_chans=4"):
+        vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, hierarchical=Hierarchical(p=0.85, indicator=True),
+                         device="cpu", progress=False)
+
+
+def test_indicator_with_a_model_of_unknown_channels_says_in_chans_4_on_the_first_batch() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))  # no convolution: its channels are not known up front
+    smoothed = vision_rs.smooth(model, sigma=0.25, hierarchical=Hierarchical(p=0.85, indicator=True), progress=False)
     with pytest.raises(ModelOutputError, match="in_chans=4"):
-        smoothed.certify(image, n0=10, n=20, alpha=0.01, seed=0)
+        smoothed.certify(torch.rand(3, 8, 8), n0=10, n=20, alpha=0.01, seed=0)
+
+
+def test_the_hierarchical_model_without_the_indicator_suggests_it() -> None:
+    with pytest.raises(InvalidParameterError, match="indicator=True.*--indicator"):
+        vision_rs.smooth("digits_cnn_hier.p_0.85_sigma_0.25", sigma=0.25, device="cpu", progress=False)
 
 
 # ---------------------------------------------------------------------------------------------

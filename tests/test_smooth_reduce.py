@@ -35,6 +35,7 @@ from vision_rs import InvalidImageError, InvalidParameterError, Patches
 from vision_rs.engine import EngineConfig, ViewVoteTally, VoteTally, plan_batches, sample
 from vision_rs.noise import GaussianNoise
 from vision_rs.patches import PatchView
+from vision_rs.preprocess import EvalTransform
 from vision_rs.stats import clopper_pearson_lower, clopper_pearson_upper, mean_lower_bound, mean_upper_bound
 
 SIGMA = 0.5
@@ -215,7 +216,7 @@ def test_the_views_of_one_draw_are_crops_of_one_noisy_image_with_noise_std_sigma
 
 
 def test_resize_happens_after_the_noise_at_the_image_resolution() -> None:
-    from kornia.geometry.transform import resize
+    import torchvision.transforms.v2.functional as TF
 
     height = width = 12
     image = torch.full((1, height, width), 0.5)
@@ -233,27 +234,29 @@ def test_resize_happens_after_the_noise_at_the_image_resolution() -> None:
     plain, resized = runs[False], runs[True]
     assert plain.shape[1:] == (1, 4, 4) and resized.shape[1:] == (1, 8, 8)
     # the same seed draws the same noise on the 12×12 image; the resized run resizes those very crops
-    expected = resize(plain, (8, 8), interpolation="bilinear", side="short", antialias=True)
+    expected = TF.resize(plain, [8, 8], antialias=True)  # bilinear, the model's (default) evaluation resize
     assert torch.allclose(resized, expected, atol=1e-5)
     assert float((plain - 0.5).std(dim=0).mean()) == pytest.approx(SIGMA, rel=0.05)
     # noise added after the resize would have std σ per model pixel; resized image noise is smoother
     assert float((resized - 0.5).std(dim=0).mean()) < 0.8 * SIGMA
     # a model input size equal to the patch size: nothing to resize
-    same = Patches(size=4, stride=4).view_for((height, width), (4, 4), torch.Generator())
-    assert same.out_size is None
-    assert Patches(size=4, stride=4, resize=False).view_for((height, width), (8, 8), torch.Generator()).out_size is None
+    same = Patches(size=4, stride=4).view_for((height, width), EvalTransform((4, 4), (4, 4)), torch.Generator())
+    assert same.transform.is_identity(4, 4)
+    no_resize = Patches(size=4, stride=4, resize=False).view_for((height, width), EvalTransform((8, 8), (8, 8)), torch.Generator())
+    assert no_resize.transform is None
 
 
 @pytest.mark.parametrize("out_size", [(16, 20), (5, 7)], ids=["upsample", "downsample"])
-def test_resized_patches_equal_resizing_each_crop_of_the_noisy_batch(out_size) -> None:
-    """The view's channels-last crop-and-resize gives what resizing each plain NCHW crop gives."""
-    from kornia.geometry.transform import resize
-
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_resized_patches_equal_resizing_each_crop_of_the_noisy_batch(out_size, interpolation) -> None:
+    """The view's channels-last crop-and-resize gives what the model's transform gives on each plain NCHW crop."""
     noisy = torch.randn(4, 3, 11, 13, generator=torch.Generator().manual_seed(0))
+    transform = EvalTransform(out_size, out_size, mode="squash", interpolation=interpolation)
     for patches in (Patches(size=(6, 8), stride=(3, 5)), Patches(size=(9, 10), count=3)):
-        view = patches.view_for((11, 13), out_size, torch.Generator().manual_seed(1))
+        view = patches.view_for((11, 13), transform, torch.Generator().manual_seed(1))
         crops = torch.stack([noisy[:, :, t : t + patches.size[0], l : l + patches.size[1]] for t, l in view.positions], 1)
-        expected = resize(crops.flatten(0, 1), out_size, interpolation="bilinear", side="short", antialias=True)
+        expected = transform(crops.flatten(0, 1).contiguous())
+        assert view(noisy).shape == (4 * view.count, 3, *out_size)
         assert torch.allclose(view(noisy), expected, atol=1e-5)
 
 

@@ -2,7 +2,8 @@
 
 noise → view → base model → tally, batch after batch, with
 
-* memory bounded in n: one reused noise buffer of at most ``batch_size // views`` images (one per CUDA stream);
+* memory bounded in n and in input size: one reused noise buffer of at most ``batch_size // views`` draws
+  (one per CUDA stream), fewer when the draws and their model inputs would exceed ``memory_budget``;
 * one batch shape per phase: num draws split into the fewest equal batches (``plan_batches``),
   the few extra rows of the last one computed and masked;
 * noise drawn on the model's device from a seeded ``torch.Generator``;
@@ -22,10 +23,12 @@ import torch
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from .errors import ModelOutputError
+from .errors import InvalidImageError, ModelOutputError
 from .noise import Noise
 from .params import check_count
 from .views import View
+
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,13 @@ class EngineConfig:
     """Show a tqdm progress bar per sampling phase."""
     streams: int = 2
     """CUDA streams that consecutive batches alternate between (1: no overlap); ignored on the CPU."""
+    memory_budget: int = 2 * GIB
+    """Bytes the noisy draws of one batch and their model inputs may take, over all streams."""
 
     def __post_init__(self) -> None:
         check_count("batch_size", self.batch_size)
         check_count("streams", self.streams)
+        check_count("memory_budget", self.memory_budget)
 
     def with_overrides(self, batch_size: int | None = None, progress: bool | None = None) -> EngineConfig:
         changes: dict[str, object] = {}
@@ -57,9 +63,13 @@ class EngineConfig:
 
 
 class Tally(Protocol):
-    """Accumulates model outputs [B, views, classes] on the device; ``result`` is the phase's one host sync."""
+    """Accumulates model outputs [B, views, ...] on the device; ``result`` is the phase's one host sync."""
 
-    def update(self, logits: torch.Tensor) -> None: ...
+    def check(self, outputs: object, rows: int) -> torch.Tensor:
+        """The outputs of one forward pass over ``rows`` inputs, validated; raises ModelOutputError."""
+        ...
+
+    def update(self, outputs: torch.Tensor) -> None: ...
 
     def result(self) -> np.ndarray: ...
 
@@ -68,12 +78,19 @@ class _DeviceCounts:
     """Counts kept on the device, with a count of non-finite model outputs; ``result`` is one host sync.
 
     Counting uses ``index_add_`` into preallocated counters: unlike ``bincount``, whose output
-    size depends on the data, it never waits for the device.
+    size depends on the data, it never waits for the device. Model outputs are class logits
+    [rows, num_classes] (``num_classes`` fixed by the first batch when not given).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int | None = None) -> None:
+        self.num_classes = num_classes
         self.counts: torch.Tensor | None = None
         self.non_finite: torch.Tensor | None = None
+
+    def check(self, outputs: object, rows: int) -> torch.Tensor:
+        logits = check_logits(outputs, rows, self.num_classes)
+        self.num_classes = logits.shape[1]
+        return logits
 
     def _add(self, cells: torch.Tensor, shape: tuple[int, ...], logits: torch.Tensor) -> None:
         """Count one vote for each flat index in ``cells`` into counters of ``shape``."""
@@ -102,8 +119,8 @@ class VoteTally(_DeviceCounts):
     reduced classifier is an ordinary base classifier of the noisy image.
     """
 
-    def __init__(self, reduce: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, reduce: str | None = None, num_classes: int | None = None) -> None:
+        super().__init__(num_classes)
         self.reduce = reduce
 
     def update(self, logits: torch.Tensor) -> None:
@@ -166,32 +183,67 @@ def _streams(device: torch.device, count: int) -> list[torch.cuda.Stream | None]
     return [torch.cuda.Stream(device=device) for _ in range(count)]
 
 
+def _memory_format(inputs: torch.Tensor, channels_last: bool) -> torch.memory_format:
+    if channels_last and inputs.ndim in (4, 5):
+        return torch.channels_last if inputs.ndim == 4 else torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def _forward(
     classifier: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, config: EngineConfig, note: str | None,
-    num_classes: int | None,
+    check: Callable[[object, int], torch.Tensor],
 ) -> torch.Tensor:
-    """Logits [N, classes] of N model inputs, in chunks of at most ``config.batch_size`` (views of one draw may be more)."""
-    inputs = inputs.contiguous(memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
+    """Outputs [N, ...] of N model inputs, in chunks of at most ``config.batch_size`` (views of one draw may be more),
+    each validated by ``check``."""
+    inputs = inputs.contiguous(memory_format=_memory_format(inputs, config.channels_last))
     outputs = []
     for chunk in inputs.split(config.batch_size):
         with _autocast(inputs.device, config.autocast_dtype):
-            logits = classifier(chunk) if note is None else _first_forward(classifier, chunk, note)
-        logits = check_logits(logits, chunk.shape[0], num_classes).float()
-        num_classes, note = logits.shape[1], None
-        outputs.append(logits)
+            output = classifier(chunk) if note is None else _first_forward(classifier, chunk, note)
+        outputs.append(check(output, chunk.shape[0]).float())
+        note = None
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
-def plan_batches(num: int, views: int, batch_size: int) -> tuple[int, int]:
+def plan_batches(num: int, views: int, batch_size: int, max_draws: int | None = None) -> tuple[int, int]:
     """(draws per batch, batches) for ``num`` noisy draws of ``views`` model inputs each.
 
     The fewest batches that keep a forward pass at most ``batch_size`` inputs (at
-    least one draw each), all of one size, so the padding computed in the last batch
-    is below one draw per batch: 100 draws at 64 per batch run as 2 × 50, not 2 × 64.
+    least one draw each) and a batch at most ``max_draws`` draws, all of one size, so the
+    padding computed in the last batch is below one draw per batch: 100 draws at 64 per
+    batch run as 2 × 50, not 2 × 64.
     """
-    most = min(max(1, batch_size // views), num)
+    most = min(max(1, batch_size // views), num, max_draws or num)
     batches = -(-num // most)
     return -(-num // batches), batches
+
+
+def _format_bytes(count: int) -> str:
+    return f"{count / GIB:.2f} GiB" if count >= GIB else f"{count / (1 << 20):.1f} MiB"
+
+
+def draw_bytes(image_shape: tuple[int, ...], noise: Noise, view: View, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes one noisy draw takes with its model inputs (shapes worked out on the meta device, nothing computed)."""
+    noisy = torch.empty((1, image_shape[0] + noise.extra_channels, *image_shape[1:]), device="meta", dtype=dtype)
+    inputs = view(noisy)
+    return (noisy.numel() + inputs.numel()) * noisy.element_size()
+
+
+def max_draws_per_batch(image_shape: tuple[int, ...], noise: Noise, view: View, config: EngineConfig, streams: int = 1) -> int:
+    """How many noisy draws fit ``config.memory_budget`` per batch (each of ``streams`` keeps one batch).
+
+    Raises InvalidImageError when not even one draw fits: the input is too large for the budget.
+    """
+    per_draw = draw_bytes(image_shape, noise, view)
+    most = config.memory_budget // (per_draw * streams) - 1  # one draw's worth for the image itself
+    if most < 1:
+        raise InvalidImageError(
+            f"an input of shape {tuple(image_shape)} takes {_format_bytes(per_draw)} per noisy draw with its model "
+            f"inputs, more than the memory budget of {_format_bytes(config.memory_budget)} allows (x{streams} "
+            "streams, plus the input itself): pass a smaller input (resize it to the model's input size first), "
+            "or raise memory_budget= (CLI: --memory-budget)"
+        )
+    return most
 
 
 def sample(
@@ -203,24 +255,26 @@ def sample(
     num: int,
     generator: torch.Generator,
     config: EngineConfig,
-    num_classes: int | None = None,
     desc: str = "sampling",
 ) -> np.ndarray:
-    """Push ``num`` noisy copies of ``image`` [C, H, W] through view and classifier into ``tally``; return its result.
+    """Push ``num`` noisy copies of ``image`` [C, H, W] (or [T, C, H, W]) through view and classifier into
+    ``tally``; return its result.
 
-    Each batch holds at most ``batch_size // views`` noisy images (at least one; see
+    Each batch holds at most ``batch_size // views`` noisy draws (at least one; see
     ``plan_batches``), so the model sees at most ``batch_size`` inputs per forward pass
-    whatever ``num`` and the number of views are. On CUDA, consecutive batches go to
+    whatever ``num`` and the number of views are, and fewer when the draws would exceed the
+    memory budget (see ``max_draws_per_batch``). On CUDA, consecutive batches go to
     ``config.streams`` streams, each with its own noise buffer, so noise, crops and the
     model of one batch overlap the next; the tally runs on the current stream after
     waiting for the batch's stream.
     """
     check_count("num", num)
-    draws, _ = plan_batches(num, view.count, config.batch_size)
+    streams = _streams(image.device, config.streams)
+    most = max_draws_per_batch(tuple(image.shape), noise, view, config, len(streams))
+    draws, _ = plan_batches(num, view.count, config.batch_size, most)
     # always contiguous: normal_ into a channels_last buffer is ~9x slower on the CPU, and the layout would change
     # which noise value lands on which pixel; _forward hands the model channels_last inputs when asked
-    shape = (draws, noise.output_channels(image.shape[0]), *image.shape[1:])
-    streams = _streams(image.device, config.streams)
+    shape = (draws, image.shape[0] + noise.extra_channels, *image.shape[1:])
     buffers = [torch.empty(shape, device=image.device, dtype=image.dtype) for _ in streams]
     main = torch.cuda.current_stream(image.device) if streams[0] is not None else None
     for stream, buffer in zip(streams, buffers):
@@ -238,12 +292,11 @@ def sample(
             with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                 inputs = view(noise.perturb_(buffer, image, generator))
                 note = noise.input_note(image.shape[0]) if done == 0 else None
-                logits = _forward(classifier, inputs, config, note, num_classes)
+                outputs = _forward(classifier, inputs, config, note, tally.check)
             if stream is not None:
                 main.wait_stream(stream)  # counting waits for this batch, the next batch may already run
-                logits.record_stream(main)
-            num_classes = logits.shape[1]
-            tally.update(rearrange(logits, "(b k) c -> b k c", k=view.count)[:valid])
+                outputs.record_stream(main)
+            tally.update(rearrange(outputs, "(b k) ... -> b k ...", k=view.count)[:valid])
             done, step = done + valid, step + 1
             bar.update(valid)
     return tally.result()

@@ -19,6 +19,7 @@ from torch import nn
 
 from .checkpoints import load_checkpoint_into
 from .errors import CheckpointError, InvalidParameterError, ModelUnavailableError
+from .record import ModelSource, file_sha256
 
 TORCHVISION_PREFIX = "torchvision:"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -72,24 +73,36 @@ def local_timm_weights(name: str) -> Path:
             f"pretrained weights for timm model {name!r} are not on this machine "
             f"(looked in the Hugging Face cache {hf_hub_cache_dir()} for {cfg.hf_hub_id!r} "
             f"and in {torch_hub_checkpoints_dir()}); vision-rs never downloads. "
-            "Pass a local file with --checkpoint (or checkpoint=...), or set pretrained=False."
+            "Pass a local file with checkpoint= (CLI: --checkpoint), or random weights with pretrained=False "
+            "(CLI: --no-pretrained)."
         )
     return found
 
 
-def create_timm_model(name: str, *, pretrained: bool, num_classes: int | None = None) -> nn.Module:
-    """``timm.create_model`` that reads pretrained weights from the local cache only."""
+def _unknown_name(name: str, where: str) -> InvalidParameterError:
+    from .embedded import EMBEDDED_MODELS
+
+    return InvalidParameterError(
+        f"unknown {where} model {name!r}. Embedded models: {', '.join(sorted(EMBEDDED_MODELS))}; timm names "
+        "(timm.list_models()); torchvision:NAME (torchvision.models.list_models()); or a checkpoint file with an "
+        "architecture (arch=, CLI --arch). `vision-rs models` lists them."
+    )
+
+
+def create_timm_model(name: str, *, pretrained: bool, num_classes: int | None = None) -> tuple[nn.Module, ModelSource]:
+    """``timm.create_model`` that reads pretrained weights from the local cache only; returns the model and its source."""
     import timm
 
     if not timm.is_model(name):
-        raise InvalidParameterError(f"unknown timm model {name!r}; see timm.list_models()")
+        raise _unknown_name(name, "timm")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if not pretrained:
-        return timm.create_model(name, pretrained=False, **kwargs)
+        return timm.create_model(name, pretrained=False, **kwargs), ModelSource(name, pretrained=False)
     weights = local_timm_weights(name)
     overlay = {"file": str(weights), "source": "", "hf_hub_id": None, "url": None}
+    source = ModelSource(name, pretrained=True, weights=str(weights), weights_sha256=file_sha256(weights))
     try:
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs), source
     except Exception as exc:  # a corrupt or mismatched cached file: SafetensorError, RuntimeError, UnpicklingError, ...
         raise CheckpointError(
             f"cannot load the cached pretrained weights {weights} of timm model {name!r}: {exc!r}. "
@@ -97,31 +110,43 @@ def create_timm_model(name: str, *, pretrained: bool, num_classes: int | None = 
         ) from exc
 
 
-def create_torchvision_model(name: str, *, pretrained: bool, num_classes: int | None = None) -> nn.Module:
-    """A torchvision classifier with its weights' normalisation attached as a timm-style ``pretrained_cfg``."""
+def create_torchvision_model(name: str, *, pretrained: bool, num_classes: int | None = None) -> tuple[nn.Module, ModelSource]:
+    """A torchvision model with its weights' preset (mean, std, resize, crop) attached as a timm-style
+    ``pretrained_cfg``; returns the model and its source."""
     import torchvision.models as tvm
 
     try:
         weights_enum = tvm.get_model_weights(name)
     except ValueError as exc:
-        raise InvalidParameterError(f"unknown torchvision model {name!r}; see torchvision.models.list_models()") from exc
+        raise _unknown_name(name, "torchvision") from exc
     weights = weights_enum.DEFAULT
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     model = tvm.get_model(name, weights=None, **kwargs)
+    source = ModelSource(TORCHVISION_PREFIX + name, pretrained=pretrained)
     if pretrained:
         cached = _cached_url_file(weights.url)
         if cached is None:
             raise ModelUnavailableError(
                 f"pretrained weights for torchvision model {name!r} are not on this machine "
                 f"(looked for {os.path.basename(weights.url)} in {torch_hub_checkpoints_dir()}); "
-                "vision-rs never downloads. Pass a local file with --checkpoint (or checkpoint=...)."
+                "vision-rs never downloads. Pass a local file with checkpoint= (CLI: --checkpoint), or random "
+                "weights with pretrained=False (CLI: --no-pretrained)."
             )
         load_checkpoint_into(model, cached)
+        source = ModelSource(source.name, True, f"{weights} ({cached})", file_sha256(cached))
+    model.pretrained_cfg = torchvision_pretrained_cfg(weights)
+    return model, source
+
+
+def torchvision_pretrained_cfg(weights: object) -> dict[str, object]:
+    """A timm-style ``pretrained_cfg`` dict holding a torchvision weights preset (with its exact ``resize_size``)."""
     from .models import spec_from_torchvision_weights
 
     spec = spec_from_torchvision_weights(weights)
-    model.pretrained_cfg = {"mean": spec.mean, "std": spec.std, "input_size": spec.input_size}
-    return model
+    return {
+        "mean": spec.mean, "std": spec.std, "input_size": spec.input_size, "crop_pct": spec.crop_pct,
+        "crop_mode": spec.crop_mode, "interpolation": spec.interpolation, "resize_size": spec.resize_size,
+    }
 
 
 def is_checkpoint_path(name: str) -> bool:
@@ -137,6 +162,18 @@ def create_model(
     checkpoint: str | os.PathLike | None = None,
 ) -> nn.Module:
     """Build a classifier from a name or a checkpoint path (see the module docstring for the forms)."""
+    return create_model_with_source(name, pretrained=pretrained, num_classes=num_classes, arch=arch, checkpoint=checkpoint)[0]
+
+
+def create_model_with_source(
+    name: str,
+    *,
+    pretrained: bool = True,
+    num_classes: int | None = None,
+    arch: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+) -> tuple[nn.Module, ModelSource]:
+    """:func:`create_model`, also returning where the model and its weights came from."""
     from . import embedded
 
     if is_checkpoint_path(name):
@@ -153,10 +190,13 @@ def create_model(
         pretrained = False
     if name in embedded.EMBEDDED_MODELS:
         model = embedded.load_embedded_model(name, pretrained=pretrained)
+        weights = embedded.weights_path(name) if pretrained else None
+        source = ModelSource(name, pretrained, str(weights) if weights else None, file_sha256(weights) if weights else None)
     elif name.startswith(TORCHVISION_PREFIX):
-        model = create_torchvision_model(name[len(TORCHVISION_PREFIX):], pretrained=pretrained, num_classes=num_classes)
+        model, source = create_torchvision_model(name[len(TORCHVISION_PREFIX):], pretrained=pretrained, num_classes=num_classes)
     else:
-        model = create_timm_model(name, pretrained=pretrained, num_classes=num_classes)
+        model, source = create_timm_model(name, pretrained=pretrained, num_classes=num_classes)
     if checkpoint is not None:
         load_checkpoint_into(model, checkpoint)
-    return model
+        source = source.with_checkpoint(checkpoint)
+    return model, source

@@ -3,9 +3,12 @@
 Accepted inputs: a file path, a PIL image, a uint8 or float numpy array
 (``[H, W]`` or ``[H, W, C]``, the numpy/OpenCV/PIL convention) or a uint8 or
 float torch tensor (``[H, W]`` or ``[C, H, W]``, the torch convention). uint8
-is divided by 255; floats must already lie in [0, 1]. Channel conversions are
-made only where they are unambiguous: grey → RGB by repetition, and RGBA →
-RGB only when the alpha channel is fully opaque.
+is divided by 255; floats must already lie in [0, 1] (up to 1e-6 of rounding,
+which is clipped). An image keeps its own channels: the noise is added there,
+so a grey image is certified in grey units and repeated to RGB only inside the
+base classifier. A fully opaque alpha channel is dropped (a transparent one is
+refused). Files in palette, CMYK or YCbCr modes are decoded to RGB, which is
+then the space the radius is measured in.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from .errors import InvalidImageError
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+MAX_CHANNELS = 4
+"""Most channels an image may have (RGBA); a larger channel dimension is a layout mistake."""
 
 _PIL_MODES_AS_IS = {"L", "LA", "RGB", "RGBA"}
 _PIL_MODES_CONVERTED = {"1": "L", "P": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "PA": "RGBA", "La": "LA", "RGBa": "RGBA"}
@@ -62,6 +68,11 @@ def _numpy_to_chw(array: np.ndarray) -> torch.Tensor:
         raise InvalidImageError(
             f"a numpy image must be [H, W] or [H, W, C], got shape {tuple(array.shape)}"
         )
+    if array.shape[-1] > MAX_CHANNELS:
+        hint = "; it looks like [C, H, W]: pass array.transpose(1, 2, 0)" if array.shape[0] <= MAX_CHANNELS else ""
+        raise InvalidImageError(
+            f"a numpy image must be [H, W] or [H, W, C] with 1 to {MAX_CHANNELS} channels, got shape {tuple(array.shape)}{hint}"
+        )
     if array.dtype not in (np.uint8, np.float16, np.float32, np.float64):
         raise InvalidImageError(
             f"numpy image dtype {array.dtype} is not supported: use uint8 (0..255) or float in [0, 1]"
@@ -75,6 +86,12 @@ def _tensor_to_chw(tensor: torch.Tensor) -> torch.Tensor:
     elif tensor.ndim != 3:
         hint = " (a batch? pass one image at a time)" if tensor.ndim == 4 else ""
         raise InvalidImageError(f"an image tensor must be [C, H, W] or [H, W], got shape {tuple(tensor.shape)}{hint}")
+    if tensor.shape[0] > MAX_CHANNELS:
+        hint = f"; it looks like [H, W, C]: pass tensor.permute(2, 0, 1)" if tensor.shape[-1] <= MAX_CHANNELS else ""
+        raise InvalidImageError(
+            f"an image tensor must be [C, H, W] with 1 to {MAX_CHANNELS} channels (or [H, W]), "
+            f"got shape {tuple(tensor.shape)}{hint}"
+        )
     if tensor.dtype != torch.uint8 and not tensor.is_floating_point():
         raise InvalidImageError(
             f"tensor dtype {tensor.dtype} is not supported: use uint8 (0..255) or float in [0, 1]"
@@ -82,47 +99,53 @@ def _tensor_to_chw(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+ROUNDING_SLACK = 1e-6
+"""Float pixels at most this far outside [0, 1] are rounding error and clipped, not refused."""
+
+
 def _to_unit_float(chw: torch.Tensor) -> torch.Tensor:
-    """uint8 → /255; float → checked finite and inside [0, 1]."""
+    """uint8 → /255; float → checked finite and inside [0, 1] (clipping rounding error up to 1e-6)."""
     if chw.dtype == torch.uint8:
         return chw.to(torch.float32) / 255.0
     chw = chw.to(torch.float32)
     if not torch.isfinite(chw).all():
         raise InvalidImageError("image contains NaN or Inf pixels; fix the input before certifying")
     low, high = float(chw.min()), float(chw.max())
-    if low < 0.0 or high > 1.0:
+    if low < -ROUNDING_SLACK or high > 1.0 + ROUNDING_SLACK:
         raise InvalidImageError(
             f"float pixels must lie in [0, 1], found range [{low:.4g}, {high:.4g}]. "
             "Pass uint8 for 0..255 data, or undo any normalisation: vision-rs normalises inside the model."
         )
-    return chw
+    return chw.clamp(0.0, 1.0) if low < 0.0 or high > 1.0 else chw
 
 
-def _match_channels(chw: torch.Tensor, channels: int) -> torch.Tensor:
+def _fit_channels(chw: torch.Tensor, channels: int) -> torch.Tensor:
+    """The image in its own space, checked against a model reading ``channels`` colour channels.
+
+    Equal channels pass; a grey image passes for an RGB model (repeated inside the base classifier,
+    after the noise); a fully opaque alpha channel is dropped; anything else is refused.
+    """
     have = chw.shape[0]
-    if have == channels:
+    if have == channels or (have == 1 and channels == 3):
         return chw
-    if have == 1 and channels == 3:
-        return chw.expand(3, -1, -1).clone()
-    if have == 4 and channels == 3:
-        if bool((chw[3] < 1.0).any()):
+    if have in (2, 4):  # grey + alpha, RGB + alpha
+        if bool((chw[-1] < 1.0).any()):
             raise InvalidImageError(
-                "image has 4 channels with a transparent alpha; the model wants 3. "
-                "Composite it onto a background of your choice and pass RGB."
+                f"image has {have} channels with a transparent alpha; the model reads {channels}. "
+                "Composite it onto a background of your choice and pass it without alpha."
             )
-        return chw[:3].clone()
-    if have == 2 and channels in (1, 3):  # grey + alpha
-        if bool((chw[1] < 1.0).any()):
-            raise InvalidImageError("grey+alpha image is transparent; composite it and pass grey or RGB")
-        return _match_channels(chw[:1], channels)
+        return _fit_channels(chw[:-1].clone(), channels)
     raise InvalidImageError(
-        f"image has {have} channels but the model wants {channels}; no unambiguous conversion exists. "
+        f"image has {have} channels but the model reads {channels}; no unambiguous conversion exists. "
         "Convert the image yourself (for RGB → grey, choose the weights)."
     )
 
 
 def to_unit_tensor(image: ImageInput, channels: int | None = None) -> torch.Tensor:
-    """Return the image as float32 ``[C, H, W]`` in [0, 1] on the CPU, with ``channels`` channels if given.
+    """Return the image as float32 ``[C, H, W]`` in [0, 1] on the CPU, in its own channels.
+
+    With ``channels`` (the colour channels the model reads), an image that cannot be fed to that model
+    is refused, and an opaque alpha channel is dropped; a grey image stays grey (see the module docstring).
 
     Raises :class:`InvalidImageError` with a message saying what to do for NaN/Inf
     pixels, floats outside [0, 1], a wrong rank or dtype, channels that cannot be
@@ -143,4 +166,4 @@ def to_unit_tensor(image: ImageInput, channels: int | None = None) -> torch.Tens
     if chw.shape[-1] < 1 or chw.shape[-2] < 1:
         raise InvalidImageError(f"image has an empty side: shape {tuple(chw.shape)}")
     unit = _to_unit_float(chw)
-    return unit if channels is None else _match_channels(unit, channels)
+    return unit if channels is None else _fit_channels(unit, channels)

@@ -26,6 +26,7 @@ from .errors import InvalidParameterError
 from .noise import GaussianNoise, HierarchicalNoise, Noise
 from .params import check_selection_probability
 from .patches import Patches
+from .preprocess import EvalTransform
 from .views import View, WholeImage
 
 
@@ -44,9 +45,11 @@ class Method(Protocol):
 
     def make_noise(self, sigma: float) -> Noise: ...
 
-    def make_view(self, image_size: tuple[int, int], input_size: tuple[int, int] | None, generator: torch.Generator) -> View: ...
+    def make_view(self, image_size: tuple[int, int], transform: EvalTransform | None, generator: torch.Generator) -> View:
+        """The views of an image of ``image_size`` (H, W); ``transform`` is the model's evaluation resize and crop."""
+        ...
 
-    def make_tally(self) -> Tally: ...
+    def make_tally(self, num_classes: int | None) -> Tally: ...
 
     def select(self, selection: np.ndarray) -> int: ...
 
@@ -58,11 +61,11 @@ class _WholeImageVotes:
 
     votes_once_per_draw = True
 
-    def make_view(self, image_size: tuple[int, int], input_size: tuple[int, int] | None, generator: torch.Generator) -> View:
-        return WholeImage(input_size)
+    def make_view(self, image_size: tuple[int, int], transform: EvalTransform | None, generator: torch.Generator) -> View:
+        return WholeImage(transform)
 
-    def make_tally(self) -> Tally:
-        return VoteTally()
+    def make_tally(self, num_classes: int | None) -> Tally:
+        return VoteTally(num_classes=num_classes)
 
     def select(self, selection: np.ndarray) -> int:
         return int(selection.argmax())
@@ -153,11 +156,11 @@ class SmoothReduce:
     def make_noise(self, sigma: float) -> Noise:
         return GaussianNoise(sigma)
 
-    def make_view(self, image_size: tuple[int, int], input_size: tuple[int, int] | None, generator: torch.Generator) -> View:
-        return self.patches.view_for(image_size, input_size, generator)
+    def make_view(self, image_size: tuple[int, int], transform: EvalTransform | None, generator: torch.Generator) -> View:
+        return self.patches.view_for(image_size, transform, generator)
 
-    def make_tally(self) -> Tally:
-        return VoteTally(self.reduce) if self.mode == "vote" else ViewVoteTally()
+    def make_tally(self, num_classes: int | None) -> Tally:
+        return VoteTally(self.reduce, num_classes) if self.mode == "vote" else ViewVoteTally(num_classes)
 
     def select(self, selection: np.ndarray) -> int:
         if self.mode == "vote":

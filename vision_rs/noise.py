@@ -15,8 +15,9 @@ class Noise(Protocol):
 
     sigma: float
 
-    def output_channels(self, channels: int) -> int:
-        """Channels of a noisy copy of an image with ``channels`` channels."""
+    @property
+    def extra_channels(self) -> int:
+        """Channels a noisy copy has beyond the image's own (the hierarchical indicator)."""
         ...
 
     def input_note(self, channels: int) -> str:
@@ -37,8 +38,7 @@ class GaussianNoise:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sigma", check_sigma(self.sigma))
 
-    def output_channels(self, channels: int) -> int:
-        return channels
+    extra_channels = 0
 
     def input_note(self, channels: int) -> str:
         return ""
@@ -65,8 +65,9 @@ class HierarchicalNoise:
         object.__setattr__(self, "sigma", check_sigma(self.sigma))
         object.__setattr__(self, "p", check_selection_probability(self.p))
 
-    def output_channels(self, channels: int) -> int:
-        return channels + int(self.indicator)
+    @property
+    def extra_channels(self) -> int:
+        return int(self.indicator)
 
     def input_note(self, channels: int) -> str:
         if not self.indicator:

@@ -1,8 +1,8 @@
 """Overlapping patches as views of the noisy image (Smooth-Reduce, Joshi et al. 2022).
 
 The noise is added to the whole image at its own resolution; patches are cropped
-from the noisy image afterwards and, when the model has a fixed input size,
-resized to it with kornia. A crop of isotropic Gaussian noise is isotropic
+from the noisy image afterwards and, when the model has a fixed input size, go
+through the model's evaluation resize and crop like any image. A crop of isotropic Gaussian noise is isotropic
 Gaussian noise on the crop, which is what makes every per-patch certificate a
 Gaussian-smoothing certificate in image space.
 """
@@ -16,6 +16,7 @@ import torch
 from einops import rearrange
 
 from .errors import InvalidImageError, InvalidParameterError
+from .preprocess import EvalTransform
 
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -43,8 +44,8 @@ class Patches:
     Sizes are in pixels of the image as passed in, ``(height, width)`` or one int.
     Random positions are drawn once per ``certify`` call from its seeded generator
     and reused for the selection and estimation phases. With ``resize=True`` each
-    patch is resized to the model's input size when the model has one (needed for
-    fixed-size models such as ViTs).
+    patch goes through the model's evaluation resize and crop, as a whole image would
+    (needed for fixed-size models such as ViTs); ``resize=False`` feeds it at its own size.
     """
 
     size: int | tuple[int, int]
@@ -73,9 +74,10 @@ class Patches:
                 "count": self.count, "resize": self.resize}
 
     def view_for(
-        self, image_size: tuple[int, int], input_size: tuple[int, int] | None, generator: torch.Generator
+        self, image_size: tuple[int, int], transform: EvalTransform | None, generator: torch.Generator
     ) -> PatchView:
-        """The patch view of an image of ``image_size`` (H, W); random positions come from ``generator``."""
+        """The patch view of an image of ``image_size`` (H, W); random positions come from ``generator``;
+        ``transform`` is the model's evaluation resize and crop (None: the model takes any size)."""
         height, width = image_size
         patch_h, patch_w = self.size  # type: ignore[misc]
         if patch_h > height or patch_w > width:
@@ -88,18 +90,17 @@ class Patches:
             tops = torch.randint(0, height - patch_h + 1, (self.count,), generator=generator, device=device)
             lefts = torch.randint(0, width - patch_w + 1, (self.count,), generator=generator, device=device)
             positions = list(zip(tops.tolist(), lefts.tolist()))
-        out_size = input_size if self.resize and input_size is not None and tuple(input_size) != (patch_h, patch_w) else None
-        return PatchView(tuple(positions), (patch_h, patch_w), (height, width), out_size)
+        return PatchView(tuple(positions), (patch_h, patch_w), (height, width), transform if self.resize else None)
 
 
 @dataclass(frozen=True)
 class PatchView:
-    """k = ``len(positions)`` crops of size ``size`` from each noisy image, optionally resized to ``out_size``."""
+    """k = ``len(positions)`` crops of size ``size`` from each noisy image, then ``transform`` (the model's resize)."""
 
     positions: tuple[tuple[int, int], ...]
     size: tuple[int, int]
     image_size: tuple[int, int]
-    out_size: tuple[int, int] | None = None
+    transform: EvalTransform | None = None
 
     @property
     def count(self) -> int:
@@ -125,14 +126,11 @@ class PatchView:
 
     def __call__(self, noisy: torch.Tensor) -> torch.Tensor:
         height, width = self.size
-        if self.out_size is None:
+        if self.transform is None or self.transform.is_identity(height, width):
             crops = torch.stack([noisy[:, :, t : t + height, l : l + width] for t, l in self.positions], dim=1)
             return rearrange(crops, "b k c h w -> (b k) c h w")
-        from kornia.geometry.transform import resize
-
-        # crops stacked channels-last: bilinear resize reads and writes that layout ~1.7x faster on the CPU;
-        # the engine hands the model whichever layout it asked for
+        # crops stacked channels-last: the antialiased resize reads and writes that layout ~1.7x faster on the
+        # CPU; the engine hands the model whichever layout it asked for
         pixels_last = noisy.permute(0, 2, 3, 1)
         crops = torch.stack([pixels_last[:, t : t + height, l : l + width] for t, l in self.positions], dim=1)
-        patches = rearrange(crops, "b k h w c -> (b k) c h w")
-        return resize(patches, self.out_size, interpolation="bilinear", side="short", antialias=True)
+        return self.transform(rearrange(crops, "b k h w c -> (b k) c h w"))  # type: ignore[misc]

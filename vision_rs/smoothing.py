@@ -2,25 +2,48 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .engine import EngineConfig, sample
+from .engine import EngineConfig, max_draws_per_batch, sample
 from .errors import InvalidParameterError
-from .hub import create_model
+from .hub import create_model_with_source
 from .images import ImageInput, to_unit_tensor
-from .models import NormalizedClassifier, as_normalized_classifier, evaluation_mode, model_device, read_input_spec
+from .models import (
+    InputSpec,
+    NormalizedClassifier,
+    as_normalized_classifier,
+    check_is_classifier,
+    evaluation_mode,
+    fit_to_channels,
+    model_device,
+    model_input_channels,
+    read_input_spec,
+)
 from .methods import Gaussian, Hierarchical, Method, SmoothReduce
+from .noise import Noise
 from .patches import Patches
 from .params import check_alpha, check_count, check_seed
+from .record import ModelSource, state_sha256
 from .results import Certificate, Prediction
 from .stats import top_two_pvalue
 from .views import View
+
+log = logging.getLogger(__name__)
+
+UPSCALE_WARNING = 4.0
+"""Warn when the model's input is more than this many times larger (per side) than the image."""
+DOWNSCALE_WARNING = 16.0
+"""Warn when the image is more than this many times larger (per side) than the model's input."""
+SLOW_RUN_SECONDS = 60.0
+"""Log how long a certification will take when it will take longer than this."""
 
 
 def _nonzero_counts(counts: np.ndarray) -> dict[int, int]:
@@ -36,6 +59,12 @@ def _generator(device: torch.device, seed: int | None) -> tuple[torch.Generator,
     return generator, seed
 
 
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
 class SmoothedClassifier:
     """A base classifier smoothed with noise: ``certify`` gives a label with a certified L2 radius, ``predict`` a label.
 
@@ -47,20 +76,21 @@ class SmoothedClassifier:
         self,
         base: NormalizedClassifier,
         smoothing: Method,
-        sigma: float,
-        input_size: tuple[int, int] | None,
+        noise: Noise,
         device: torch.device,
         config: EngineConfig,
         num_classes: int | None = None,
+        source: ModelSource | None = None,
     ) -> None:
         self.base = base
         self.smoothing = smoothing
-        self.noise = smoothing.make_noise(sigma)
-        self.input_size = input_size
-        """(H, W) the model runs at, or None (any size)."""
+        self.noise = noise
         self.device = device
         self.config = config
         self.num_classes = num_classes
+        self.source = source or ModelSource.of_module(base.model)
+        """Where the base model and its weights came from (recorded with dataset runs)."""
+        self._warned: set[str] = set()
 
     @property
     def method(self) -> str:
@@ -78,24 +108,86 @@ class SmoothedClassifier:
         return self.smoothing.details
 
     @property
-    def spec(self):
-        """The base model's :class:`~vision_rs.models.InputSpec` (mean, std, input size)."""
+    def spec(self) -> InputSpec:
+        """The base model's :class:`~vision_rs.models.InputSpec` (mean, std, input size, resize and crop)."""
         return self.base.spec
+
+    def describe(self) -> dict[str, Any]:
+        """What defines this smoothed classifier, JSON-ready: model source and weights fingerprint, input spec,
+        method, σ and the engine settings (the run record of :func:`~vision_rs.certify_dataset`)."""
+        autocast = self.config.autocast_dtype
+        return {
+            "model": self.source.to_dict(),
+            "state_sha256": state_sha256(self.base.model),
+            "spec": self.spec.describe(),
+            "method": self.method,
+            "details": self.details,
+            "sigma": self.sigma,
+            "num_classes": self.num_classes,
+            "autocast": None if autocast is None else str(autocast).removeprefix("torch."),
+            "device": str(self.device),
+            "batch_size": self.config.batch_size,
+            "channels_last": self.config.channels_last,
+            "streams": self.config.streams,
+            "memory_budget": self.config.memory_budget,
+        }
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    def _pixels(self, image: ImageInput) -> torch.Tensor:
+        """The image as float [C, H, W] in [0, 1] in its own channels, checked against the model."""
+        return to_unit_tensor(image, channels=self.spec.channels)
+
+    def _warn_about_scale(self, height: int, width: int) -> None:
+        transform = self.spec.transform
+        if transform is None:
+            return
+        out_h, out_w = transform.resized_size(height, width)
+        factor = max(out_h / height, out_w / width)
+        if factor > UPSCALE_WARNING:
+            self._warn_once("upscale", "the %d×%d image is upscaled %.1f× to the model's input: its certificate is about "
+                            "the small image, and the model sees little detail", height, width, factor)
+        elif factor < 1 / DOWNSCALE_WARNING:
+            self._warn_once("downscale", "the %d×%d image is shrunk %.0f× to the model's input: the noise and the radius "
+                            "live at the full resolution (radii grow with the pixel count); resize it first if you "
+                            "want the usual convention", height, width, 1 / factor)
+
+    def check_fits(self, image_shape: Sequence[int]) -> None:
+        """Raise InvalidImageError when one noisy draw of an image of ``image_shape`` (C, H, W) cannot fit the
+        memory budget; run before any output is written."""
+        shape = tuple(int(v) for v in image_shape)
+        view = self.smoothing.make_view(shape[-2:], self.spec.transform, torch.Generator())
+        streams = self.config.streams if self.device.type == "cuda" else 1
+        max_draws_per_batch(shape, self.noise, view, self.config, streams)
 
     def _vote_counter(
         self, image: ImageInput, batch_size: int | None, progress: bool | None, seed: int | None
     ) -> tuple[Callable[[int, str], np.ndarray], View, int]:
         """Validate the image once; return ``votes(num, desc)`` drawing from one seeded stream, the view, the seed."""
         config = self.config.with_overrides(batch_size, progress)
-        pixels = to_unit_tensor(image, channels=self.base.spec.channels).to(self.device)
+        pixels = self._pixels(image)
+        self._warn_about_scale(*pixels.shape[-2:])
+        pixels = pixels.to(self.device)
         generator, seed = _generator(self.device, seed)
-        view = self.smoothing.make_view(tuple(pixels.shape[-2:]), self.input_size, generator)
+        view = self.smoothing.make_view(tuple(pixels.shape[-2:]), self.spec.transform, generator)
 
         def votes(num: int, desc: str) -> np.ndarray:
-            tally = self.smoothing.make_tally()
-            return sample(self.base, pixels, self.noise, view, tally, num, generator, config, self.num_classes, desc)
+            tally = self.smoothing.make_tally(self.num_classes)
+            return sample(self.base, pixels, self.noise, view, tally, num, generator, config, desc)
 
         return votes, view, seed
+
+    def _estimate_time(self, draws: int, seconds: float, n: int) -> None:
+        """Log, once, how long ``n`` draws will take at the rate of the first ``draws``."""
+        if "time" in self._warned or seconds <= 0:
+            return
+        rate = draws / seconds
+        if n / rate > SLOW_RUN_SECONDS:
+            self._warn_once("time", "n=%d will take about %s per input at the measured %.0f draws/s on %s; "
+                            "lower n, or use a GPU", n, _duration(n / rate), rate, self.device)
 
     def certify(
         self,
@@ -120,6 +212,7 @@ class SmoothedClassifier:
         start = time.perf_counter()
         with evaluation_mode(self.base):
             candidate = self.smoothing.select(votes(n0, "select (n0)"))
+            self._estimate_time(n0, time.perf_counter() - start, n)
             estimation = votes(n, "estimate (n)")
         bound = self.smoothing.bound(candidate, estimation, n, alpha, self.sigma, view)
         return Certificate(
@@ -183,6 +276,25 @@ class SmoothedClassifier:
         return f"{type(self).__name__}(method={self.method!r}, sigma={self.sigma}, device={self.device}, spec={self.spec})"
 
 
+def _colour_channels(model: nn.Module, noise: Noise, spec: InputSpec, overridden: bool) -> InputSpec:
+    """The spec fitted to the colour channels the model's first convolution reads (beyond the noise's extras)."""
+    in_chans = model_input_channels(model)
+    if in_chans is None or overridden:
+        return spec
+    colours = in_chans - noise.extra_channels
+    if colours == spec.channels:
+        return spec
+    if noise.extra_channels == 0 and colours == spec.channels + 1:
+        raise InvalidParameterError(
+            f"the model reads {in_chans} input channels for images of {spec.channels}: it was built for hierarchical "
+            "smoothing with the noise-indicator channel. Pass hierarchical=Hierarchical(p=..., indicator=True) "
+            "(CLI: --hierarchical-p P --indicator)"
+        )
+    if noise.extra_channels and (colours < 1 or in_chans == spec.channels):
+        raise InvalidParameterError(f"the model reads {in_chans} input channels, but {noise.input_note(spec.channels)}")
+    return fit_to_channels(spec, colours)
+
+
 def smooth(
     model: nn.Module | str,
     sigma: float,
@@ -196,6 +308,9 @@ def smooth(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     input_size: Sequence[int] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    use_test_size: bool = False,
     num_classes: int | None = None,
     arch: str | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -204,6 +319,7 @@ def smooth(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     streams: int = 2,
+    memory_budget: int = EngineConfig.memory_budget,
     progress: bool = True,
 ) -> SmoothedClassifier:
     """Wrap a classifier for randomized smoothing with noise std ``sigma`` (in [0, 1] pixel units).
@@ -217,16 +333,21 @@ def smooth(
     your own) or a name: a timm name, ``"torchvision:<name>"``, an embedded name
     such as ``"digits_cnn.sigma_0.25"``, or a checkpoint path with ``arch=``.
     Names load pretrained weights from the local caches only (``pretrained``),
-    or ``checkpoint=`` (safetensors or a weights-only torch file).
+    or ``checkpoint=`` (safetensors or a weights-only torch file). Feature extractors
+    (timm ``num_classes=0``, an identity head) are refused.
 
-    Normalisation (mean/std) and input size are read from timm's
-    ``pretrained_cfg`` or torchvision ``weights=``; ``mean``/``std``/``input_size``
-    override them. ``device`` moves the model there (in place); by default the
-    model stays where it is. ``batch_size``, ``autocast_dtype``,
-    ``channels_last``, ``streams`` (CUDA streams that consecutive batches
-    alternate between; ignored on the CPU) and ``progress`` change speed and
-    display, never the guarantee (``batch_size`` and ``device`` may change which
-    noise values a seed gives, ``channels_last`` and autocast the model's rounding).
+    The model's evaluation preprocessing is read from timm's ``pretrained_cfg`` or torchvision
+    ``weights=`` (mean/std, input size, crop_pct or resize size, crop mode, interpolation) and
+    applied after the noise; ``mean``/``std``/``input_size``/``crop_pct``/``interpolation``
+    override it and ``use_test_size`` takes timm's ``test_input_size``. Grey images are certified
+    in grey units and repeated to the model's colour channels after the noise.
+
+    ``device`` moves the model there (in place); by default the model stays where it is.
+    ``batch_size``, ``autocast_dtype``, ``channels_last``, ``streams`` (CUDA streams that
+    consecutive batches alternate between; ignored on the CPU), ``memory_budget`` (bytes the
+    noisy draws of a batch and their model inputs may take) and ``progress`` change speed, memory
+    and display, never the guarantee (``batch_size``, ``memory_budget`` and ``device`` may change
+    which noise values a seed gives, ``channels_last`` and autocast the model's rounding).
     """
     if hierarchical is not None and patches is not None:
         raise InvalidParameterError("choose hierarchical= or patches=, not both")
@@ -237,28 +358,68 @@ def smooth(
         else SmoothReduce(patches, reduce, mode) if patches is not None
         else Gaussian()
     )
-    smoothing.make_noise(sigma)  # validates sigma before any model is built
+    noise = smoothing.make_noise(sigma)  # validates sigma before any model is built
+    config = EngineConfig(batch_size=batch_size, autocast_dtype=autocast_dtype, channels_last=channels_last,
+                          streams=streams, memory_budget=memory_budget, progress=progress)
     if num_classes is not None:
         check_count("num_classes", num_classes)
-    if isinstance(model, (str, os.PathLike)):
-        model = create_model(os.fspath(model), pretrained=pretrained, num_classes=num_classes, arch=arch, checkpoint=checkpoint)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif not isinstance(model, nn.Module):
-        raise InvalidParameterError(f"model must be an nn.Module or a model name, got {type(model).__name__}")
-    elif checkpoint is not None:
-        from .checkpoints import load_checkpoint_into
-
-        load_checkpoint_into(model, checkpoint)
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module  # certification is single-process inference; DDP's forward adds collectives
-    spec = read_input_spec(model, weights=weights, mean=mean, std=std, input_size=input_size)
-    base = as_normalized_classifier(model, spec)
+    model, source, device = load_model(model, pretrained=pretrained, num_classes=num_classes, arch=arch,
+                                       checkpoint=checkpoint, device=device)
+    check_is_classifier(model)
+    spec = read_input_spec(model, weights=weights, mean=mean, std=std, input_size=input_size, crop_pct=crop_pct,
+                           interpolation=interpolation, use_test_size=use_test_size)
+    spec = _colour_channels(model, noise, spec, overridden=mean is not None)
+    base = as_normalized_classifier(model, spec, noise.extra_channels)
     if device is not None:
         base = base.to(torch.device(device))
     if channels_last:
         base = base.to(memory_format=torch.channels_last)
-    config = EngineConfig(batch_size=batch_size, autocast_dtype=autocast_dtype, channels_last=channels_last,
-                          streams=streams, progress=progress)
-    size = spec.input_size[1:] if spec.input_size is not None else None
-    return SmoothedClassifier(base, smoothing, sigma, size, model_device(base), config, num_classes=num_classes)
+    warn_about_model(source, sigma)
+    return SmoothedClassifier(base, smoothing, noise, model_device(base), config, num_classes=num_classes, source=source)
+
+
+def load_model(
+    model: nn.Module | str | os.PathLike,
+    *,
+    pretrained: bool,
+    num_classes: int | None,
+    arch: str | None,
+    checkpoint: str | os.PathLike | None,
+    device: str | torch.device | None,
+) -> tuple[nn.Module, ModelSource, str | torch.device | None]:
+    """The model to smooth, where it came from, and the device to put it on.
+
+    A name is built (offline) on the GPU when there is one; a module stays where it is unless
+    ``device`` says otherwise, and gets ``checkpoint`` loaded into it. DDP wrappers are removed:
+    certification is single-process inference, and DDP's forward adds collectives.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        model, source = create_model_with_source(os.fspath(model), pretrained=pretrained, num_classes=num_classes,
+                                                 arch=arch, checkpoint=checkpoint)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif not isinstance(model, nn.Module):
+        raise InvalidParameterError(f"model must be an nn.Module or a model name, got {type(model).__name__}")
+    else:
+        source = ModelSource.of_module(model)
+        if checkpoint is not None:
+            from .checkpoints import load_checkpoint_into
+
+            load_checkpoint_into(model, checkpoint)
+            source = source.with_checkpoint(checkpoint)
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    return model, source, device
+
+
+def warn_about_model(source: ModelSource, sigma: float) -> None:
+    """Warn when the certificates would say little: random weights, or an embedded model at another σ."""
+    from .embedded import EMBEDDED_MODELS
+
+    if source.pretrained is False and source.checkpoint is None:
+        log.warning("%s has random weights (pretrained=False, CLI --no-pretrained): its certificates say nothing "
+                    "about a trained model", source.name)
+    trained = EMBEDDED_MODELS.get(source.name, {}).get("sigma")
+    if trained is not None and source.pretrained and abs(float(trained) - sigma) > 1e-9:  # type: ignore[arg-type]
+        log.warning("embedded model %s was trained with noise σ=%g, but smoothing uses σ=%g: expect abstentions "
+                    "and small radii", source.name, trained, sigma)

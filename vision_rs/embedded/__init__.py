@@ -51,6 +51,9 @@ class DigitsCNN(nn.Module):
             "mean": DIGITS_MEAN,
             "std": DIGITS_STD,
             "input_size": (3, IMAGE_SIZE, IMAGE_SIZE),
+            "crop_pct": 1.0,  # the images are the model's input: nothing to crop
+            "interpolation": "bilinear",
+            "first_conv": "features.0.0",
             "num_classes": num_classes,
         }
 
