@@ -70,7 +70,10 @@ from vision_rs.embedded.digits import IMAGE_SIZE, NUM_CLASSES
 from vision_rs.errors import OutputPathError
 from vision_rs.preprocess import EvalTransform
 from _measure import log, positive_int
-from vision_rs.evaluation import Row, Summary, certify_dataset, plot_certified_accuracy, read_rows, summarize
+from vision_rs.evaluation import certify_dataset
+from vision_rs.plots import plot_certified_accuracy
+from vision_rs.runs import Row, read_rows
+from vision_rs.summaries import Summary, summarize
 
 MODELS = {0.25: "digits_cnn.sigma_0.25", 0.5: "digits_cnn.sigma_0.50"}
 """σ → the embedded model trained with Gaussian noise of that σ."""

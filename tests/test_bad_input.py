@@ -312,8 +312,9 @@ def test_model_name_whose_weights_are_not_local(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelUnavailableError, match="--checkpoint"):
+    with pytest.raises(ModelUnavailableError, match=r"checkpoint=\.\.\., or set pretrained=False") as caught:
         vision_rs.smooth("resnet18", SIGMA, progress=False)
+    assert "--checkpoint" in caught.value.cli_message and "--no-pretrained" in caught.value.cli_message
 
 
 # ------------------------------------------------------------------ data set runs
@@ -382,13 +383,13 @@ def test_resume_with_other_settings_is_refused_and_leaves_files_unchanged(smooth
     summary = _run(smoothed, image_folder, out, n=20)
     assert summary.images == 4 and summary.labelled == 4
     tsv, jsonl = out.read_bytes(), out.with_suffix(".jsonl").read_bytes()
-    assert tsv.count(b"\n") == 5 and jsonl.count(b"\n") == 4
+    assert tsv.count(b"\n") == 5 and jsonl.count(b"\n") == 5  # the run record, then one line per image
     for other in ({"n": 30}, {"n0": 6}, {"alpha": 0.05}):
-        with pytest.raises(OutputPathError, match="different settings"):
+        with pytest.raises(OutputPathError, match="other settings"):
             _run(smoothed, image_folder, out, **other)
         assert out.read_bytes() == tsv and out.with_suffix(".jsonl").read_bytes() == jsonl
     other_sigma = vision_rs.smooth(tiny_model(), 0.5, progress=False)
-    with pytest.raises(OutputPathError, match="different settings"):
+    with pytest.raises(OutputPathError, match="other settings"):
         _run(other_sigma, image_folder, out)
     assert out.read_bytes() == tsv and out.with_suffix(".jsonl").read_bytes() == jsonl
     # the same settings resume (nothing left to do) and leave the rows as they were

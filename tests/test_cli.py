@@ -13,7 +13,7 @@ from PIL import Image
 
 from vision_rs.cli import main
 from vision_rs.embedded import DigitsDataset
-from vision_rs.evaluation import read_rows
+from vision_rs.runs import read_rows
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,10 @@ def test_certify_folder_then_report(tmp_path: Path, image_folder: Path, capsys: 
     capsys.readouterr()
     assert main(["report", str(out), "--radii", "0", "0.25", "0.5"]) == 0
     report = capsys.readouterr().out
-    assert "cert acc r=0.25" in report and "run.tsv" in report
-    assert out.with_suffix(".png").is_file()
+    assert "| cert acc R>0 | cert acc R>0.25 |" in report and "run.tsv" in report  # an explicit 0 keeps its column
+    assert out.with_suffix(".png").is_file() and "wrote" in report
+    assert main(["report", str(out)]) == 0
+    assert "replaced" in capsys.readouterr().out  # never overwritten silently
 
 
 def test_certify_single_files_prints_a_row_each(image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,13 +106,13 @@ def test_certify_hierarchical_with_indicator_then_report(tmp_path: Path, image_f
                  "--hierarchical-p", "0.85", "--indicator", "--n0", "20", "--n", "200", "--device", "cpu",
                  "--out", str(out), "--no-progress"])
     assert code == 0
-    record = json.loads(out.with_suffix(".jsonl").read_text().splitlines()[0])
+    record = json.loads(out.with_suffix(".jsonl").read_text().splitlines()[1])
     assert record["certificate"]["method"] == "hierarchical"
     assert record["certificate"]["details"] == {"p": 0.85, "indicator": True}
     capsys.readouterr()
     assert main(["report", str(out), "--radii", "0", "0.1", "0.25"]) == 0
     report = capsys.readouterr().out
-    assert "| pixels changed r | ε=0.1 | ε=0.25 |" in report and "\n| 4 | " in report
+    assert "| pixels changed r | R>0.1 | R>0.25 |" in report and "\n| 4 | " in report
 
 
 def test_indicator_without_hierarchical_is_refused(image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -124,7 +126,7 @@ def test_certify_with_patches_records_the_method_views_and_mode(tmp_path: Path, 
                  "--patch-size", "24", "--patch-stride", "8", "--reduce", "max", "--mode", "smoothed",
                  "--n0", "10", "--n", "50", "--device", "cpu", "--out", str(out), "--no-progress"])
     assert code == 0
-    cert = json.loads(out.with_suffix(".jsonl").read_text().splitlines()[0])["certificate"]
+    cert = json.loads(out.with_suffix(".jsonl").read_text().splitlines()[1])["certificate"]
     assert cert["method"] == "smooth-reduce" and cert["views"] == 4 and cert["c_max"] == 4
     assert cert["details"]["mode"] == "smoothed" and cert["details"]["reduce"] == "max"
     assert cert["details"]["patches"] == {"size": [24, 24], "stride": [8, 8], "count": None, "resize": True}
@@ -170,3 +172,173 @@ def test_bad_stream_count_exits_2(tmp_path: Path, image_folder: Path, capsys: py
                  "--out", str(out)])
     assert code == 2 and "streams" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [], "nothing written before the error"
+
+
+# ------------------------------------------------------------------ runs a user can trust (issue 9), through the CLI
+
+
+def certify_args(folder: Path, out: Path, model: str = "digits_cnn.sigma_0.25", *extra: str) -> list[str]:
+    return ["certify", str(folder), "--model", model, "--sigma", "0.25", "--n0", "10", "--n", "50",
+            "--device", "cpu", "--out", str(out), "--no-progress", *extra]
+
+
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, calls: int) -> None:
+    """Make the third certification (say) raise KeyboardInterrupt, as Ctrl-C does."""
+    import vision_rs.smoothing
+
+    real = vision_rs.smoothing.SmoothedClassifier.certify
+    left = [calls]
+
+    def certify(self, *args, **kwargs):
+        if left[0] == 0:
+            raise KeyboardInterrupt
+        left[0] -= 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(vision_rs.smoothing.SmoothedClassifier, "certify", certify)
+
+
+def test_ctrl_c_keeps_finished_rows_and_resume_refuses_another_model(
+    tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mix.tsv"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 3)
+        assert main(certify_args(image_folder, out)) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: 3 finished rows are saved" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err and len(read_rows(out)) == 3
+    assert main(certify_args(image_folder, out, "digits_cnn.sigma_0.50")) == 2
+    err = capsys.readouterr().err
+    assert "classifier.model.name: was 'digits_cnn.sigma_0.25', now 'digits_cnn.sigma_0.50'" in err
+    assert main(certify_args(image_folder, out, "digits_cnn.sigma_0.25", "--seed", "1")) == 2
+    assert "seed: was 0, now 1" in capsys.readouterr().err
+    assert main(certify_args(image_folder, out)) == 0
+    assert "resuming after row 3 of 8" in capsys.readouterr().err
+    assert len(read_rows(out)) == 8
+
+
+def test_report_keeps_runs_that_share_a_file_name(tmp_path: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("expA", "expB"):
+        (tmp_path / name).mkdir()
+        assert main(certify_args(image_folder, tmp_path / name / "run.tsv")) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "expA" / "run.tsv"), str(tmp_path / "expB" / "run.tsv")]) == 0
+    out = capsys.readouterr().out
+    assert "| expA/run.tsv | 8 |" in out and "| expB/run.tsv | 8 |" in out
+    assert (tmp_path / "expA" / "run+run.png").is_file()
+
+
+def test_cohen_layout_gets_whole_names_and_one_plot_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    header = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+    for noise in ("noise_0.25", "noise_0.50"):
+        for sigma in ("sigma_0.25", "sigma_0.50"):
+            (tmp_path / noise).mkdir(exist_ok=True)
+            (tmp_path / noise / sigma).write_text(header + "0\t3\t3\t0.5\t1\t0:00:01.5\n1\t2\t2\t0.1\t1\t0:00:01\n")
+    runs = [tmp_path / "noise_0.25" / "sigma_0.50", tmp_path / "noise_0.50" / "sigma_0.50"]
+    assert main(["report", *map(str, runs)]) == 0
+    out = capsys.readouterr().out
+    assert "| noise_0.25/sigma_0.50 | 2 |" in out and "| noise_0.50/sigma_0.50 | 2 |" in out
+    for sigma in ("sigma_0.25", "sigma_0.50"):
+        assert main(["report", str(tmp_path / "noise_0.25" / sigma)]) == 0
+        assert (tmp_path / "noise_0.25" / f"{sigma}.png").is_file()  # not both "sigma_0.png"
+
+
+def test_without_matplotlib_tables_are_printed_and_the_exit_is_0(
+    tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import vision_rs.plots
+    from vision_rs.errors import MissingDependencyError
+
+    out = tmp_path / "run.tsv"
+    assert main(certify_args(image_folder, out)) == 0
+    capsys.readouterr()
+
+    def no_matplotlib():
+        raise MissingDependencyError("plots need matplotlib: pip install 'vision-rs[demo]' (or matplotlib)")
+
+    monkeypatch.setattr(vision_rs.plots, "_pyplot", no_matplotlib)
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| run.tsv | 8 |" in printed and "plots skipped: plots need matplotlib" in printed
+    assert main(["demo", "--out-dir", str(tmp_path / "demo"), "--limit", "3", "--n", "20", "--n0", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "| σ=0.25 | 3 |" in printed and "plots skipped" in printed
+    assert main(["report", str(out), "--no-plot"]) == 0
+    assert "plot" not in capsys.readouterr().out.replace("| ", "")
+
+
+def test_report_of_a_run_without_labels_says_labels_are_needed(tmp_path: Path, image_folder: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    files = sorted(str(p) for p in image_folder.rglob("*.png"))[:3]
+    out = tmp_path / "unlabelled.tsv"
+    assert main(["certify", *files, "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--n0", "10", "--n", "40",
+                 "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "certified accuracy needs true labels" in printed and "nan" not in printed
+    assert "no plot" in printed and not out.with_suffix(".png").exists()
+
+
+def test_an_image_too_large_for_the_memory_budget_exits_2_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(__import__("numpy").zeros((1200, 1500, 3), dtype="uint8")).save(folder / "huge.png")
+    out = tmp_path / "out" / "run.tsv"
+    out.parent.mkdir()
+    assert main(certify_args(folder, out, "digits_cnn.sigma_0.25", "--memory-budget", "32MiB")) == 2
+    err = capsys.readouterr().err
+    assert "memory budget of 32.0 MiB" in err and "--memory-budget" in err and "memory_budget=" not in err
+    assert list(out.parent.iterdir()) == []
+
+
+def test_models_lists_the_embedded_models_and_how_to_name_others(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("digits_cnn.sigma_0.25", "digits_cnn.sigma_0.50", "digits_cnn_hier.p_0.85_sigma_0.25"):
+        assert f"| {name} |" in out
+    assert "torchvision:NAME" in out and "--arch" in out
+
+
+def test_messages_speak_the_command_line(tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert main(["certify", str(image_folder), "--model", "resnet18", "--sigma", "0.25", "--n", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "--no-pretrained" in err and "pretrained=False" not in err
+    assert main(["certify", str(image_folder), "--model", "no_such_net", "--sigma", "0.25"]) == 2
+    assert "digits_cnn.sigma_0.25" in capsys.readouterr().err  # an unknown name lists the embedded ones
+    assert main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed" in err and "None" not in err
+    assert main(["certify", str(image_folder), "--model", "digits_cnn_hier.p_0.85_sigma_0.25", "--sigma", "0.25"]) == 2
+    assert "--hierarchical-p P --indicator" in capsys.readouterr().err
+    assert main(["certify", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert all(name in help_text for name in ("digits_cnn.sigma_0.25", "digits_cnn.sigma_0.50", "digits_cnn_hier.p_0.85_sigma_0.25"))
+    assert main(["demo", "--help"]) == 0
+    demo_help = capsys.readouterr().out
+    assert "noise seed" in demo_help and "torch device" in demo_help
+
+
+def test_version_and_help_answer_without_importing_torch() -> None:
+    code = ("import sys; from vision_rs.cli import main; "
+            "assert main(['--version']) == 0 and main(['--help']) == 0; assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("vision-rs ")
+
+
+def test_python_dash_m_runs_the_command_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "vision_rs", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("vision-rs ")
+
+
+def test_licence_file_matches_the_declared_licence() -> None:
+    root = Path(__file__).resolve().parents[1]
+    assert 'license = "Apache-2.0"' in (root / "pyproject.toml").read_text()
+    assert "Apache License" in (root / "LICENSE").read_text() and "Version 2.0" in (root / "LICENSE").read_text()

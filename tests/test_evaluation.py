@@ -10,7 +10,9 @@ import pytest
 
 import vision_rs
 from vision_rs.embedded import DigitsDataset
-from vision_rs.evaluation import Row, plot_certified_accuracy, read_rows, summarize
+from vision_rs.plots import plot_certified_accuracy
+from vision_rs.runs import Row, read_rows
+from vision_rs.summaries import summarize
 
 SETTINGS = dict(n0=10, n=100, alpha=0.01, seed=0, progress=False)
 
@@ -52,7 +54,10 @@ def test_dataset_run_writes_cohen_tsv_and_full_jsonl(tmp_path: Path, smoothed, s
     lines = out.read_text().splitlines()
     assert lines[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime"
     assert len(lines) == 7
-    records = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    record, records = lines[0]["run"], lines[1:]
+    assert record["kind"] == "image-classification" and record["n"] == 100 and record["seed"] == 0
+    assert record["classifier"]["model"]["name"] == "digits_cnn.sigma_0.25" and record["classifier"]["sigma"] == 0.25
     assert [r["idx"] for r in records] == list(range(6))
     for row, record in zip(read_rows(out), records):
         cert = record["certificate"]
@@ -83,7 +88,7 @@ def test_a_killed_run_resumes_without_redoing_or_losing_rows(tmp_path: Path, smo
     assert resumed.calls == 3
     assert columns(out) == columns(reference)
     records = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
-    assert [r["idx"] for r in records] == list(range(6))
+    assert "run" in records[0] and [r["idx"] for r in records[1:]] == list(range(6))
 
     again = CountingCertifier(smoothed)
     vision_rs.certify_dataset(again, six_digits, out, **SETTINGS)
@@ -114,10 +119,11 @@ def test_summary_metrics_by_hand() -> None:
         Row(3, 4, -1, 0.0, 0, 2.0),  # abstained
         Row(4, -1, 7, 0.5, -1, 4.0),  # unknown label: only in abstention rate and time
     ]
-    summary = summarize(rows, radii=(0.0, 0.25, 0.5, 1.0))
+    summary = summarize(rows, radii=(0.0, 0.25, 0.3, 0.5, 1.0))
     assert summary.images == 5 and summary.labelled == 4
     assert summary.clean_accuracy == pytest.approx(0.5)
-    assert summary.certified_accuracy == pytest.approx({0.0: 0.5, 0.25: 0.5, 0.5: 0.25, 1.0: 0.0})
+    # certified at ε means R > ε: the radius-0.3 row covers norms below 0.3, not 0.3 itself
+    assert summary.certified_accuracy == pytest.approx({0.0: 0.5, 0.25: 0.5, 0.3: 0.25, 0.5: 0.25, 1.0: 0.0})
     assert summary.acr == pytest.approx((0.8 + 0.3) / 4)
     assert summary.abstention_rate == pytest.approx(1 / 5)
     assert summary.mean_seconds == pytest.approx(2.0)
@@ -145,13 +151,14 @@ def test_resume_refuses_a_tsv_whose_jsonl_is_missing(tmp_path: Path, smoothed, s
     vision_rs.certify_dataset(smoothed, six_digits[:2], out, **SETTINGS)
     out.with_suffix(".jsonl").unlink()
     before = out.read_text()
-    with pytest.raises(vision_rs.OutputPathError, match="lacks the certificates"):
+    with pytest.raises(vision_rs.OutputPathError, match="without a run record"):
         vision_rs.certify_dataset(smoothed, six_digits, out, **{**SETTINGS, "n": 50})
     assert out.read_text() == before
 
 
 def test_pixel_budget_table_refuses_missing_files_and_unlabelled_runs(tmp_path: Path, smoothed, six_digits) -> None:
-    from vision_rs.evaluation import accuracy_over_pixels_and_budget, read_certificates
+    from vision_rs.runs import read_certificates
+    from vision_rs.summaries import accuracy_over_pixels_and_budget
 
     with pytest.raises(vision_rs.OutputPathError, match="no such results file"):
         read_certificates(tmp_path / "missing.jsonl")
@@ -161,3 +168,36 @@ def test_pixel_budget_table_refuses_missing_files_and_unlabelled_runs(tmp_path: 
     assert len(pairs) == 2 and all(label == -1 for label, _ in pairs)
     with pytest.raises(vision_rs.OutputPathError, match="needs true labels"):
         accuracy_over_pixels_and_budget(pairs, [1], [0.1])
+
+
+def hierarchical_certificate(label: int | None, p_lower: float, p_upper: float) -> vision_rs.Certificate:
+    radius = 0.0 if label is None else vision_rs.hierarchical_radius(p_lower, p_upper, 0.25, 0.85, 1)
+    return vision_rs.Certificate(label=label, radius=radius, p_lower=p_lower, counts={}, n0=10, n=100, alpha=0.01,
+                                 sigma=0.25, abstained=label is None, seconds=0.1, method="hierarchical",
+                                 candidate=label if label is not None else 0, details={"p": 0.85, "indicator": True},
+                                 p_upper=p_upper)
+
+
+def test_pixel_budget_table_values_by_hand() -> None:
+    """Issue 8.4: the values, not just the header. Budgets R_r from the pure radius function, counted by hand."""
+    from vision_rs.summaries import accuracy_over_pixels_and_budget, format_pixel_budget_table
+
+    # p = 0.85, σ = 0.25, p̄B = 0.02: R_1 = 0.510 and R_2 = 0.425 at p̲A = 0.99; R_1 = 0.336 and R_2 = 0.239 at 0.9
+    r1_confident = vision_rs.hierarchical_radius(0.99, 0.02, 0.25, 0.85, 1)
+    assert r1_confident == pytest.approx(0.5104, abs=1e-4)
+    assert vision_rs.hierarchical_radius(0.9, 0.02, 0.25, 0.85, 2) == pytest.approx(0.2389, abs=1e-4)
+    pairs = [
+        (3, hierarchical_certificate(3, 0.99, 0.02)),  # correct, confident
+        (4, hierarchical_certificate(4, 0.9, 0.02)),   # correct, less confident
+        (5, hierarchical_certificate(6, 0.99, 0.02)),  # wrong label: never counts
+        (7, hierarchical_certificate(None, 0.4, 0.3)),  # abstained: never counts
+        (-1, hierarchical_certificate(1, 0.99, 0.02)),  # unknown label: left out of the fractions
+    ]
+    table = accuracy_over_pixels_and_budget(pairs, [1, 2], [0.3, 0.45, r1_confident])
+    expected = {  # R > ε strictly: a budget equal to ε does not count
+        1: {0.3: 2 / 4, 0.45: 1 / 4, r1_confident: 0 / 4},
+        2: {0.3: 1 / 4, 0.45: 0 / 4, r1_confident: 0 / 4},
+    }
+    assert table == expected  # fractions of 4: exact in binary floating point
+    printed = format_pixel_budget_table(table)
+    assert "| 1 | 0.500 | 0.250 | 0.000 |" in printed and "| 2 | 0.250 | 0.000 | 0.000 |" in printed

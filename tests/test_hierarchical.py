@@ -448,8 +448,9 @@ def test_indicator_with_a_model_of_unknown_channels_says_in_chans_4_on_the_first
 
 
 def test_the_hierarchical_model_without_the_indicator_suggests_it() -> None:
-    with pytest.raises(InvalidParameterError, match="indicator=True.*--indicator"):
+    with pytest.raises(InvalidParameterError, match=r"Hierarchical\(p=\.\.\., indicator=True\)") as caught:
         vision_rs.smooth("digits_cnn_hier.p_0.85_sigma_0.25", sigma=0.25, device="cpu", progress=False)
+    assert "--hierarchical-p P --indicator" in caught.value.cli_message
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,56 +1,151 @@
-"""The ``vision-rs`` command line: ``certify``, ``report``, ``demo``."""
+"""The ``vision-rs`` command line: ``certify``, ``report``, ``demo``, ``models``.
+
+Importing this module does not import torch: ``vision-rs --help`` and ``--version`` answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import ctypes
 import logging
+import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import VisionRSError
+from . import __version__
+from .errors import InvalidParameterError, MissingDependencyError, VisionRSError
+from .params import check_alpha, check_sigma
+
+EMBEDDED_NAMES = "digits_cnn.sigma_0.25, digits_cnn.sigma_0.50, digits_cnn_hier.p_0.85_sigma_0.25"
+EXIT_INTERRUPTED = 130
 
 UNITS = """\
 Units: sigma (noise std) and every radius are in [0,1] pixel units, i.e. pixel
 values divided by 255; a radius is the L2 norm over all pixels and channels of
-the image at its own resolution (before any resize to the model's input).
+the image at its own resolution (before any resize to the model's input; a
+grey image is measured in grey units).
 Example: sigma=0.25 is noise of std 64 grey levels on each pixel and channel.
 """
 
 COLUMNS = """\
-Output (--out run.tsv, Cohen et al.'s format; run.jsonl beside it has the full
+Output (--out run.tsv, Cohen et al.'s format; run.jsonl beside it starts with the
+run record -- model, weights fingerprint, settings, versions -- then the full
 certificate of each row):
   idx      position of the image in the input list (folders sorted, recursive)
-  label    true class: the integer name of the image's folder, else -1 (unknown)
+  label    true class: from the image's class folder (ImageFolder: sorted names,
+           or the integer a folder is named by; --classes overrides), else -1
   predict  certified class, or -1 when the smoothed classifier abstains
-  radius   certified L2 radius (0 when abstaining)
+  radius   certified L2 radius: every perturbation of norm < radius keeps the
+           prediction (0 when abstaining)
   correct  1 if predict == label, 0 if not, -1 if the label is unknown
   time     seconds spent on the image
-A killed run resumes where it stopped when the same command is run again.
+A killed or interrupted run resumes where it stopped when the same command is
+run again; it refuses to mix runs whose settings differ.
+"""
+
+MODELS_HELP = f"""\
+Models (--model):
+  embedded    {EMBEDDED_NAMES} (offline, shipped)
+  timm        any timm name, e.g. resnet50 or resnet50.a1_in1k (weights from the
+              local Hugging Face / torch hub cache; --no-pretrained for random)
+  torchvision torchvision:NAME, e.g. torchvision:resnet18
+  checkpoint  a .safetensors / .pt file, with --arch NAME (and --num-classes)
 """
 
 
+# ---------------------------------------------------------------------------- argument types
+
+
+def _checked(check: Callable[[float], float], kind: type = float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            return check(kind(text))
+        except (ValueError, InvalidParameterError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """'2GiB', '512MiB', '1.5G', '1000000' → bytes (binary units)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"must be a size such as 2GiB or 512MiB, got {text!r}")
+    number, unit = float(match.group(1)), (match.group(2) or "").upper()[:1]
+    value = int(number * _UNITS[unit])
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive size, got {text!r}")
+    return value
+
+
+POSITIVE = _at_least(1)
+NON_NEGATIVE = _at_least(0)
+SIGMA = _checked(check_sigma)
+ALPHA = _checked(check_alpha)
+
+
+# ---------------------------------------------------------------------------- parser
+
+
 def _add_sampling_options(parser: argparse.ArgumentParser, n_default: int) -> None:
-    parser.add_argument("--n0", type=int, default=100, help="selection samples that choose the class (default: 100)")
-    parser.add_argument("--n", type=int, default=n_default, help=f"estimation samples for the bound (default: {n_default})")
-    parser.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate (default: 0.001)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed; image idx uses seed+idx (default: 0)")
+    parser.add_argument("--n0", type=POSITIVE, default=100, help="selection samples that choose the class (default: 100)")
+    parser.add_argument("--n", "--num-samples", dest="n", type=POSITIVE, default=n_default,
+                        help=f"estimation samples for the bound (default: {n_default}); --num-samples under torchrun")
+    parser.add_argument("--alpha", type=ALPHA, default=0.001, help="failure probability of each certificate (default: 0.001)")
+    parser.add_argument("--seed", type=NON_NEGATIVE, default=0, help="noise seed; input idx uses seed+idx (default: 0)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
-    parser.add_argument("--batch-size", type=int, default=256, help="noisy images per forward pass (default: 256)")
+    parser.add_argument("--batch-size", type=POSITIVE, default=256, help="noisy inputs per forward pass (default: 256)")
 
 
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 def _add_speed_options(parser: argparse.ArgumentParser) -> None:
-    speed = parser.add_argument_group("speed (never changes the guarantee)")
+    speed = parser.add_argument_group("speed and memory (never change the guarantee)")
     speed.add_argument("--channels-last", action="store_true", help="run the model on channels_last tensors")
     speed.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES),
                        help="run the model under torch.autocast with this dtype (default: fp32)")
-    speed.add_argument("--streams", type=int, default=2,
+    speed.add_argument("--streams", type=POSITIVE, default=2,
                        help="CUDA streams that consecutive batches alternate between; 1 saves GPU memory (default: 2)")
+    speed.add_argument("--memory-budget", type=parse_bytes, default=None, metavar="SIZE",
+                       help="memory the noisy draws of a batch and their model inputs may take, e.g. 4GiB (default: 2GiB); "
+                            "an input that cannot fit one draw is refused before anything is written")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="timm name, torchvision:NAME, embedded name "
+                        f"({EMBEDDED_NAMES}), or a checkpoint file with --arch; see `vision-rs models`")
+    parser.add_argument("--arch", help="architecture of a checkpoint given as --model (timm name or torchvision:NAME)")
+    parser.add_argument("--checkpoint", help="weights to load into --model (safetensors or weights-only torch file)")
+    parser.add_argument("--num-classes", type=POSITIVE, help="classes of the model's head (for checkpoints)")
+    parser.add_argument("--no-pretrained", action="store_true", help="random weights instead of pretrained ones (a warning says so)")
+    preprocessing = parser.add_argument_group(
+        "preprocessing (the model's own evaluation transform, applied after the noise; these override it)")
+    preprocessing.add_argument("--mean", type=float, nargs="+", help="input mean per channel")
+    preprocessing.add_argument("--std", type=float, nargs="+", help="input std per channel")
+    preprocessing.add_argument("--input-size", type=POSITIVE, nargs=2, metavar=("H", "W"), help="model input size")
+    preprocessing.add_argument("--crop-pct", type=float, help="resize to size/crop_pct, then crop the centre (timm)")
+    preprocessing.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"], help="resize interpolation")
+    preprocessing.add_argument("--test-size", action="store_true", help="use timm's test_input_size and test_crop_pct")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Certify image classifiers with randomized smoothing: predictions with a provable L2 radius.",
         epilog=UNITS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"vision-rs {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -67,20 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
         "certify",
         help="certify images, folders of images, with a timm/torchvision model or a checkpoint",
         description="Certify each image with randomized smoothing: Gaussian (Cohen et al. 2019) by default, "
-        "hierarchical (--hierarchical-p) or Smooth-Reduce over patches (--patch-size).",
-        epilog=UNITS + "\n" + COLUMNS,
+        "hierarchical (--hierarchical-p) or Smooth-Reduce over patches (--patch-size). The smoothed classifier "
+        "abstains when its vote is not clear enough to certify.",
+        epilog=UNITS + "\n" + COLUMNS + "\n" + MODELS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     certify.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    certify.add_argument(
-        "--model", required=True,
-        help="timm name (resnet18), torchvision:NAME, embedded name (digits_cnn.sigma_0.25), or a checkpoint file with --arch",
-    )
-    certify.add_argument("--arch", help="architecture of a checkpoint given as --model (timm name or torchvision:NAME)")
-    certify.add_argument("--checkpoint", help="weights to load into --model (safetensors or weights-only torch file)")
-    certify.add_argument("--num-classes", type=int, help="classes of the model's head (for checkpoints)")
-    certify.add_argument("--no-pretrained", action="store_true", help="do not load pretrained weights for a model name")
-    certify.add_argument("--sigma", type=float, required=True, help="noise std in [0,1] pixel units, e.g. 0.25")
+    _add_model_options(certify)
+    certify.add_argument("--sigma", type=SIGMA, required=True, help="noise std in [0,1] pixel units, e.g. 0.25")
     certify.add_argument(
         "--hierarchical-p", type=float, metavar="P",
         help="hierarchical smoothing: noise each pixel only with probability P, certify against r changed pixels",
@@ -88,131 +180,215 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--indicator", action="store_true",
                          help="with --hierarchical-p: append the noise mask as an extra input channel (model needs C+1)")
     patches = certify.add_argument_group("Smooth-Reduce (overlapping patches; noise is added before cropping)")
-    patches.add_argument("--patch-size", type=int, help="patch side in pixels of the input image")
-    patches.add_argument("--patch-stride", type=int, help="grid of patches with this stride")
-    patches.add_argument("--patch-count", type=int, help="this many patches at random positions (drawn from --seed)")
+    patches.add_argument("--patch-size", type=POSITIVE, help="patch side in pixels of the input image")
+    patches.add_argument("--patch-stride", type=POSITIVE, help="grid of patches with this stride")
+    patches.add_argument("--patch-count", type=POSITIVE, help="this many patches at random positions (drawn from --seed)")
     patches.add_argument("--reduce", choices=["mean", "max"], default="mean", help="reduction across patches (default: mean)")
     patches.add_argument("--mode", choices=["vote", "smoothed", "probit-mean"], default="vote",
                          help="vote: reduce softmax per draw; smoothed: reduce smoothed probabilities; "
                               "probit-mean: mean of per-patch probits (default: vote)")
-    certify.add_argument("--mean", type=float, nargs="+", help="override the model's input mean (per channel)")
-    certify.add_argument("--std", type=float, nargs="+", help="override the model's input std (per channel)")
-    certify.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="override the model's input size")
     _add_sampling_options(certify, n_default=100_000)
     _add_speed_options(certify)
     certify.add_argument("--out", type=Path, help="write results to this .tsv (and .jsonl beside it); resumes if it exists")
+    certify.add_argument("--classes", type=Path, metavar="FILE",
+                         help="class names → labels: one name per line (line i is label i) or a JSON mapping")
     certify.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     report = commands.add_parser(
         "report",
         help="certified-accuracy table and PNG curve of result TSVs",
-        description="Summarise one or more result TSVs (ours or Cohen et al.'s) and plot certified accuracy against radius.",
+        description="Summarise one or more result TSVs (ours or Cohen et al.'s) and plot certified accuracy against radius. "
+        "An input counts as certified at radius r when it is correct and its certified radius R > r.",
         epilog=UNITS + "\n" + COLUMNS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     report.add_argument("tables", nargs="+", type=Path, help="result .tsv files")
-    report.add_argument("--radii", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="radii for the table")
-    report.add_argument("--plot", type=Path, help="PNG path (default: beside the first TSV, .png)")
+    report.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0], help="radii for the table")
+    report.add_argument("--plot", type=Path, help="PNG path (default: beside the first TSV, named after the runs)")
+    report.add_argument("--no-plot", action="store_true", help="print the tables only")
 
     demo = commands.add_parser(
         "demo",
-        help="certify the embedded digits test split with both embedded models (offline)",
-        description="Certify the 360 held-out embedded digits with the CNNs trained at sigma=0.25 and 0.5, "
-        "print the table and write the plot. Runs offline.",
+        help="certify the embedded digits test split with the three embedded models (offline)",
+        description="Certify the 360 held-out embedded digits with the embedded models "
+        f"({EMBEDDED_NAMES}), print the tables and write the plot. Runs offline.",
         epilog=UNITS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     demo.add_argument("--out-dir", type=Path, default=Path("vision-rs-demo"), help="output folder (default: ./vision-rs-demo)")
-    demo.add_argument("--n0", type=int, default=100, help="selection samples (default: 100)")
-    demo.add_argument("--n", type=int, default=1000, help="estimation samples (default: 1000)")
-    demo.add_argument("--alpha", type=float, default=0.001, help="failure probability (default: 0.001)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--limit", type=int, help="certify only the first LIMIT test images")
-    demo.add_argument("--device", default="cpu")
+    demo.add_argument("--n0", type=POSITIVE, default=100, help="selection samples (default: 100)")
+    demo.add_argument("--n", type=POSITIVE, default=1000, help="estimation samples (default: 1000)")
+    demo.add_argument("--alpha", type=ALPHA, default=0.001, help="failure probability (default: 0.001)")
+    demo.add_argument("--seed", type=NON_NEGATIVE, default=0, help="noise seed; test image idx uses seed+idx (default: 0)")
+    demo.add_argument("--limit", type=POSITIVE, help="certify only the first LIMIT test images")
+    demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+
+    commands.add_parser(
+        "models", help="list the embedded models and how to name any timm / torchvision model or checkpoint",
+        description="List the embedded models (offline) and how other models are named.", allow_abbrev=False,
+    )
     return parser
+
+
+# ---------------------------------------------------------------------------- commands
 
 
 def _certify(args: argparse.Namespace) -> None:
     import torch
 
-    from .errors import InvalidParameterError
-    from .evaluation import DEFAULT_RADII, certify_dataset, collect_image_files, format_summaries
+    from .evaluation import certify_dataset, collect_image_files
     from .images import to_unit_tensor
+    from .inputs import read_class_file
     from .methods import Hierarchical
     from .patches import Patches
     from .smoothing import smooth
+    from .summaries import DEFAULT_RADII, format_summaries
 
-    files = collect_image_files(args.inputs)
     if args.indicator and args.hierarchical_p is None:
         raise InvalidParameterError("--indicator needs --hierarchical-p")
-    hierarchical = Hierarchical(args.hierarchical_p, args.indicator) if args.hierarchical_p is not None else None
     if args.patch_size is None and (args.patch_stride is not None or args.patch_count is not None):
         raise InvalidParameterError("--patch-stride and --patch-count need --patch-size")
+    classes = read_class_file(args.classes) if args.classes is not None else None
+    files = collect_image_files(args.inputs, classes)
+    hierarchical = Hierarchical(args.hierarchical_p, args.indicator) if args.hierarchical_p is not None else None
     patches = (Patches(args.patch_size, stride=args.patch_stride, count=args.patch_count)
                if args.patch_size is not None else None)
+    extra = {"memory_budget": args.memory_budget} if args.memory_budget is not None else {}
     smoothed = smooth(
         args.model, args.sigma, hierarchical=hierarchical, patches=patches, reduce=args.reduce, mode=args.mode,
-        pretrained=not args.no_pretrained, mean=args.mean, std=args.std,
-        input_size=args.input_size, num_classes=args.num_classes, arch=args.arch, checkpoint=args.checkpoint,
+        pretrained=not args.no_pretrained, mean=args.mean, std=args.std, input_size=args.input_size,
+        crop_pct=args.crop_pct, interpolation=args.interpolation, use_test_size=args.test_size,
+        num_classes=args.num_classes, arch=args.arch, checkpoint=args.checkpoint,
         device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
         channels_last=args.channels_last, streams=args.streams,
-        autocast_dtype=getattr(torch, AUTOCAST_DTYPES[args.autocast]) if args.autocast else None,
+        autocast_dtype=getattr(torch, AUTOCAST_DTYPES[args.autocast]) if args.autocast else None, **extra,
     )
     if args.out is not None:
         summary = certify_dataset(
-            smoothed, args.inputs, args.out, n0=args.n0, n=args.n, alpha=args.alpha,
-            seed=args.seed, radii=DEFAULT_RADII, progress=not args.no_progress,
+            smoothed, args.inputs, args.out, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
+            radii=DEFAULT_RADII, class_to_idx=classes, progress=not args.no_progress,
         )
         print(format_summaries({args.out.name: summary}))
         print(f"wrote {args.out} and {args.out.with_suffix('.jsonl')}")
         return
-    for path, _ in files:  # decode all first: a bad file fails before any output
-        to_unit_tensor(path, channels=smoothed.spec.channels)
+    for path, _ in files.files:  # decode all first: a bad or too large file fails before any output
+        smoothed.check_fits(to_unit_tensor(path, channels=smoothed.spec.channels).shape)
     print("path\tpredict\tradius\tp_lower\ttime")
-    for idx, (path, _) in enumerate(files):
+    for idx, (path, _) in enumerate(files.files):
         cert = smoothed.certify(path, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx)
         predict = -1 if cert.label is None else cert.label
         print(f"{path}\t{predict}\t{cert.radius:.4f}\t{cert.p_lower:.4f}\t{cert.seconds:.2f}", flush=True)
 
 
-def _report(args: argparse.Namespace) -> None:
-    from .evaluation import (
-        accuracy_over_pixels_and_budget,
-        format_pixel_budget_table,
-        format_summaries,
-        plot_certified_accuracy,
-        read_certificates,
-        read_rows,
-        summarize,
-    )
+def unique_labels(paths: Sequence[Path]) -> list[str]:
+    """The shortest path suffix (in whole components) that tells each path from the others."""
+    parts = [path.parts for path in paths]
+    labels = []
+    for own in parts:
+        for depth in range(1, len(own) + 1):
+            suffix = own[-depth:]
+            if sum(other[-depth:] == suffix for other in parts) == 1 or depth == len(own):
+                labels.append(str(Path(*suffix)))
+                break
+    return labels
 
-    runs = {path.name: read_rows(path) for path in args.tables}
-    print(format_summaries({name: summarize(rows, args.radii) for name, rows in runs.items()}))
-    for path in args.tables:  # hierarchical runs: certified accuracy over changed pixels r and L2 budget ε
-        jsonl = path.with_suffix(".jsonl")
+
+def run_name(path: Path) -> str:
+    """A results file's name without a trailing ``.tsv`` (the whole name otherwise: ``sigma_0.25`` stays whole)."""
+    return path.name[:-4] if path.name.lower().endswith(".tsv") else path.name
+
+
+def default_plot_path(tables: Sequence[Path]) -> Path:
+    """Beside the first table, named after the runs' whole names."""
+    names = [run_name(path) for path in tables]
+    stem = names[0] if len(names) == 1 else "+".join(names) if len(names) <= 3 else f"{names[0]}+{len(names) - 1}_more"
+    return tables[0].with_name(stem + ".png")
+
+
+def _plot_title(tables: Sequence[Path]) -> str:
+    """σ, n, α and the model of the runs, from their run records (what is shared; each run's own otherwise)."""
+    from .errors import OutputPathError
+    from .runs import jsonl_path, read_jsonl
+
+    settings = []
+    for path in tables:
+        try:
+            record, _ = read_jsonl(jsonl_path(path))
+        except (OutputPathError, ValueError):
+            record = None
+        if record is None:
+            continue
+        classifier = record.get("classifier", {})
+        model = classifier.get("model", {}).get("name", "?") if isinstance(classifier.get("model"), dict) else "?"
+        settings.append(f"σ={classifier.get('sigma')}, n={record.get('n')}, α={record.get('alpha')}, model={model}")
+    unique = list(dict.fromkeys(settings))
+    return "; ".join(unique)[:160]
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .errors import OutputPathError
+    from .plots import plot_certified_accuracy
+    from .runs import jsonl_path, read_certificates, read_rows
+    from .summaries import accuracy_over_pixels_and_budget, format_pixel_budget_table, format_summaries, summarize
+
+    labels = unique_labels(args.tables)
+    runs = {label: read_rows(path) for label, path in zip(labels, args.tables)}
+    print(format_summaries({label: summarize(rows, args.radii) for label, rows in runs.items()}))
+    for label, path in zip(labels, args.tables):  # hierarchical runs: certified accuracy over changed pixels r and ε
+        jsonl = jsonl_path(path)
         pairs = read_certificates(jsonl) if jsonl.is_file() else []
-        if pairs and pairs[0][1].method == "hierarchical":
+        if pairs and pairs[0][1].method == "hierarchical" and any(lab >= 0 for lab, _ in pairs):
             pixels = sorted(pairs[0][1].radii) or [1]
             table = accuracy_over_pixels_and_budget(pairs, pixels, [r for r in args.radii if r > 0] or [0.0])
-            print(f"\n{path.name}: certified accuracy against any change of at most r pixels with total L2 <= ε")
+            print(f"\n{label}: certified accuracy against any change of at most r pixels with total L2 < ε")
             print(format_pixel_budget_table(table))
-    plot = plot_certified_accuracy(runs, args.plot or args.tables[0].with_suffix(".png"))
-    print(f"wrote {plot}")
+    if args.no_plot:
+        return
+    if not any(row.label >= 0 for rows in runs.values() for row in rows):
+        print("no plot: no run has labelled rows, and certified accuracy needs true labels")
+        return
+    target = args.plot or default_plot_path(args.tables)
+    existed = target.exists()
+    try:
+        plot = plot_certified_accuracy(runs, target, title=_plot_title(args.tables))
+    except MissingDependencyError as exc:
+        print(f"plots skipped: {exc}")
+        return
+    except OutputPathError:
+        raise
+    print(f"{'replaced' if existed else 'wrote'} {plot}")
 
 
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
-    from .evaluation import format_pixel_budget_table, format_summaries
+    from .summaries import format_pixel_budget_table, format_summaries
 
     started = time.perf_counter()
     result = run_demo(args.out_dir, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed, limit=args.limit, device=args.device)
     print(f"Embedded digits test split, n0={args.n0}, n={args.n}, alpha={args.alpha} (radii in [0,1] pixel units, L2):")
     print(format_summaries(result.summaries))
     if result.hierarchical:
-        print("\nHierarchical model: certified accuracy against any change of at most r pixels with total L2 <= ε:")
+        print("\nHierarchical model: certified accuracy against any change of at most r pixels with total L2 < ε:")
         print(format_pixel_budget_table(result.hierarchical))
-    print(f"wrote {', '.join(str(p) for p in result.tables.values())} and {result.plot} "
-          f"in {time.perf_counter() - started:.1f} s")
+    written = ", ".join(str(p) for p in result.tables.values())
+    print(f"wrote {written}" + (f" and {result.plot}" if result.plot else ""))
+    if result.plot_skipped:
+        print(f"plots skipped: {result.plot_skipped}")
+    print(f"done in {time.perf_counter() - started:.1f} s")
+
+
+def _models(args: argparse.Namespace) -> None:
+    from .embedded import describe_embedded_models
+
+    print("Embedded models (shipped with vision-rs, offline):")
+    print("| name | task | input | trained with σ | smooth with |")
+    print("|---|---|---|---|---|")
+    for row in describe_embedded_models():
+        print(f"| {row['name']} | {row['task']} | {row['input']} | {row['sigma']} | {row['smoothing']} |")
+    print()
+    print(MODELS_HELP)
 
 
 def keep_freed_memory_in_process() -> bool:
@@ -231,17 +407,44 @@ def keep_freed_memory_in_process() -> bool:
         return False
 
 
+def _configure_logging(verbose: bool) -> None:
+    """vision-rs messages (resume points, warnings, time estimates) on stderr as ``vision-rs: ...``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("vision-rs: %(message)s"))
+    logger = logging.getLogger("vision_rs")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+def _saved_rows(args: argparse.Namespace) -> str:
+    """What an interrupt kept: the finished rows of the output file(s), which the same command resumes from."""
+    tables = [args.out] if getattr(args, "out", None) else sorted(Path(args.out_dir).glob("*.tsv")) if args.command == "demo" else []
+    tables = [path for path in tables if path.is_file()]
+    if not tables:
+        return "no rows were saved"
+    rows = sum(max(0, sum(1 for line in path.read_text().splitlines() if line.strip()) - 1) for path in tables)
+    where = tables[0] if len(tables) == 1 else f"{len(tables)} files in {tables[0].parent}"
+    return f"{rows} finished rows are saved ({where}); run the same command again to resume"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vision-rs`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage error (or the help)
+        return int(exc.code) if isinstance(exc.code, int) else 2
     keep_freed_memory_in_process()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"certify": _certify, "report": _report, "demo": _demo}
+    _configure_logging(args.verbose)
+    handlers = {"certify": _certify, "report": _report, "demo": _demo, "models": _models}
     try:
         handlers[args.command](args)
     except VisionRSError as exc:
-        print(f"vision-rs: error: {exc}", file=sys.stderr)
+        print(f"vision-rs: error: {exc.cli_message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nvision-rs: interrupted: {_saved_rows(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

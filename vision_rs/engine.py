@@ -237,12 +237,11 @@ def max_draws_per_batch(image_shape: tuple[int, ...], noise: Noise, view: View, 
     per_draw = draw_bytes(image_shape, noise, view)
     most = config.memory_budget // (per_draw * streams) - 1  # one draw's worth for the image itself
     if most < 1:
-        raise InvalidImageError(
-            f"an input of shape {tuple(image_shape)} takes {_format_bytes(per_draw)} per noisy draw with its model "
-            f"inputs, more than the memory budget of {_format_bytes(config.memory_budget)} allows (x{streams} "
-            "streams, plus the input itself): pass a smaller input (resize it to the model's input size first), "
-            "or raise memory_budget= (CLI: --memory-budget)"
-        )
+        what = (f"an input of shape {tuple(image_shape)} takes {_format_bytes(per_draw)} per noisy draw with its "
+                f"model inputs, more than the memory budget of {_format_bytes(config.memory_budget)} allows (x{streams} "
+                "streams, plus the input itself): pass a smaller input (resize it to the model's input size first), "
+                "or raise ")
+        raise InvalidImageError(what + "memory_budget=...", cli=what + "--memory-budget")
     return most
 
 

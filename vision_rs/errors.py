@@ -9,7 +9,15 @@ from __future__ import annotations
 
 
 class VisionRSError(Exception):
-    """Base class of every error vision-rs raises on purpose."""
+    """Base class of every error vision-rs raises on purpose.
+
+    ``cli`` is the same message for command-line users where the two differ (it names the
+    option, e.g. ``--no-pretrained``, instead of the Python argument ``pretrained=False``).
+    """
+
+    def __init__(self, message: str, *, cli: str | None = None) -> None:
+        super().__init__(message)
+        self.cli_message = cli if cli is not None else message
 
 
 class InvalidParameterError(VisionRSError, ValueError):
@@ -34,3 +42,7 @@ class ModelUnavailableError(VisionRSError):
 
 class OutputPathError(VisionRSError):
     """An output file cannot be written, or an existing run does not match."""
+
+
+class MissingDependencyError(VisionRSError, ImportError):
+    """An optional package needed for this feature is not installed (the message says which extra has it)."""

@@ -69,12 +69,12 @@ def local_timm_weights(name: str) -> Path:
     names = ((cfg.hf_hub_filename,) if cfg.hf_hub_filename else ()) + _HF_WEIGHT_FILES
     found = (_cached_hf_file(cfg.hf_hub_id, names) if cfg.hf_hub_id else None) or _cached_url_file(cfg.url)
     if found is None:
+        where = (f"pretrained weights for timm model {name!r} are not on this machine (looked in the Hugging Face "
+                 f"cache {hf_hub_cache_dir()} for {cfg.hf_hub_id!r} and in {torch_hub_checkpoints_dir()}); vision-rs "
+                 "never downloads. ")
         raise ModelUnavailableError(
-            f"pretrained weights for timm model {name!r} are not on this machine "
-            f"(looked in the Hugging Face cache {hf_hub_cache_dir()} for {cfg.hf_hub_id!r} "
-            f"and in {torch_hub_checkpoints_dir()}); vision-rs never downloads. "
-            "Pass a local file with checkpoint= (CLI: --checkpoint), or random weights with pretrained=False "
-            "(CLI: --no-pretrained)."
+            where + "Pass a local file with checkpoint=..., or set pretrained=False for random weights.",
+            cli=where + "Pass a local file with --checkpoint, or --no-pretrained for random weights.",
         )
     return found
 
@@ -84,8 +84,10 @@ def _unknown_name(name: str, where: str) -> InvalidParameterError:
 
     return InvalidParameterError(
         f"unknown {where} model {name!r}. Embedded models: {', '.join(sorted(EMBEDDED_MODELS))}; timm names "
-        "(timm.list_models()); torchvision:NAME (torchvision.models.list_models()); or a checkpoint file with an "
-        "architecture (arch=, CLI --arch). `vision-rs models` lists them."
+        "(timm.list_models()); torchvision:NAME (torchvision.models.list_models()); or a checkpoint file with its "
+        "architecture (arch=...).",
+        cli=f"unknown {where} model {name!r}. Embedded models: {', '.join(sorted(EMBEDDED_MODELS))}; timm names; "
+        "torchvision:NAME; or a checkpoint file with --arch. `vision-rs models` lists them.",
     )
 
 
@@ -126,11 +128,11 @@ def create_torchvision_model(name: str, *, pretrained: bool, num_classes: int | 
     if pretrained:
         cached = _cached_url_file(weights.url)
         if cached is None:
+            where = (f"pretrained weights for torchvision model {name!r} are not on this machine (looked for "
+                     f"{os.path.basename(weights.url)} in {torch_hub_checkpoints_dir()}); vision-rs never downloads. ")
             raise ModelUnavailableError(
-                f"pretrained weights for torchvision model {name!r} are not on this machine "
-                f"(looked for {os.path.basename(weights.url)} in {torch_hub_checkpoints_dir()}); "
-                "vision-rs never downloads. Pass a local file with checkpoint= (CLI: --checkpoint), or random "
-                "weights with pretrained=False (CLI: --no-pretrained)."
+                where + "Pass a local file with checkpoint=..., or set pretrained=False for random weights.",
+                cli=where + "Pass a local file with --checkpoint, or --no-pretrained for random weights.",
             )
         load_checkpoint_into(model, cached)
         source = ModelSource(source.name, True, f"{weights} ({cached})", file_sha256(cached))
@@ -181,7 +183,8 @@ def create_model_with_source(
             raise InvalidParameterError("give the checkpoint either as the model or as checkpoint=, not both")
         if arch is None:
             raise InvalidParameterError(
-                f"{name} is a checkpoint: also say which architecture it holds with --arch (e.g. resnet18)"
+                f"{name} is a checkpoint: also say which architecture it holds with arch=... (e.g. 'resnet18')",
+                cli=f"{name} is a checkpoint: also say which architecture it holds with --arch (e.g. resnet18)",
             )
         if not Path(name).is_file():
             raise CheckpointError(f"checkpoint not found: {name}")

@@ -285,11 +285,10 @@ def _colour_channels(model: nn.Module, noise: Noise, spec: InputSpec, overridden
     if colours == spec.channels:
         return spec
     if noise.extra_channels == 0 and colours == spec.channels + 1:
-        raise InvalidParameterError(
-            f"the model reads {in_chans} input channels for images of {spec.channels}: it was built for hierarchical "
-            "smoothing with the noise-indicator channel. Pass hierarchical=Hierarchical(p=..., indicator=True) "
-            "(CLI: --hierarchical-p P --indicator)"
-        )
+        what = (f"the model reads {in_chans} input channels for images of {spec.channels}: it was built for "
+                "hierarchical smoothing with the noise-indicator channel. ")
+        raise InvalidParameterError(what + "Pass hierarchical=Hierarchical(p=..., indicator=True).",
+                                    cli=what + "Add --hierarchical-p P --indicator.")
     if noise.extra_channels and (colours < 1 or in_chans == spec.channels):
         raise InvalidParameterError(f"the model reads {in_chans} input channels, but {noise.input_note(spec.channels)}")
     return fit_to_channels(spec, colours)

@@ -61,6 +61,19 @@ class DigitsCNN(nn.Module):
         return self.head(self.features(x))
 
 
+def describe_embedded_models() -> list[dict[str, object]]:
+    """One JSON-ready row per embedded model: name, task, input, the noise it was trained with, and how to smooth it."""
+    rows = []
+    for name, info in EMBEDDED_MODELS.items():
+        p = info.get("p")
+        rows.append({
+            "name": name, "task": "image classification (10 digits)", "input": f"3×{IMAGE_SIZE}×{IMAGE_SIZE}",
+            "sigma": info["sigma"],
+            "smoothing": f"hierarchical p={p} with the indicator channel" if p is not None else "Gaussian",
+        })
+    return rows
+
+
 def weights_path(name: str) -> Path:
     """Where the weight file of embedded model ``name`` is installed."""
     return Path(str(resources.files(__package__) / "weights" / str(EMBEDDED_MODELS[name]["file"])))
@@ -88,6 +101,7 @@ __all__ = [
     "EMBEDDED_MODELS",
     "DigitsCNN",
     "DigitsDataset",
+    "describe_embedded_models",
     "digits_split",
     "load_embedded_model",
     "weights_path",
