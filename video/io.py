@@ -408,14 +408,24 @@ def _existing_file(path: str | os.PathLike) -> Path:
 
 # ---------------------------------------------------------------- the public functions
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str, key: str) -> None:
+    """A fallback is worth one warning per process and backend; later ones go to the info log (and Clip.note)."""
+    log.log(logging.INFO if key in _WARNED else logging.WARNING, "%s", message)
+    _WARNED.add(key)
+
+
 
 def _to_unit_clip(frames: np.ndarray, order: list[int], size: Sequence[int] | None) -> torch.Tensor:
     """uint8 [N, H, W, 3] (distinct frames) → float32 [T, 3, H, W] / 255 in clip ``order``, resized if asked."""
-    clip = torch.from_numpy(frames).permute(0, 3, 1, 2)[order].to(torch.float32).div_(255.0)
+    chosen = np.ascontiguousarray(frames[order].transpose(0, 3, 1, 2))
+    clip = torch.from_numpy(chosen).to(torch.float32).div_(255.0)
     if size is not None and tuple(size) != tuple(clip.shape[-2:]):
         clip = F.interpolate(clip, size=tuple(int(v) for v in size), mode="bilinear", align_corners=False, antialias=True)
-        clip = clip.clamp_(0.0, 1.0)
-    return clip.contiguous()
+        clip = clip.clamp_(0.0, 1.0).contiguous()
+    return clip
 
 
 def read_clip_info(
@@ -447,7 +457,7 @@ def read_clip_info(
                 position = {index: i for i, index in enumerate(distinct)}
                 pixels = _to_unit_clip(decoded, [position[i] for i in order], size)
                 if failures:
-                    log.warning("read %s with %s after: %s", file, name, "; ".join(failures))
+                    _warn_once(f"read {file} with {name} after: " + "; ".join(failures), key=name)
                 return Clip(
                     pixels=pixels,
                     path=str(file),
