@@ -27,6 +27,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -191,6 +192,7 @@ class _BackendCannotRead(Exception):
     """This decoder fails on a file another decoder may read (internal: ``auto`` moves on)."""
 
 
+@lru_cache(maxsize=None)
 def _distribution_version(module: str) -> str:
     """``"<distribution> <version>"`` of the installed package that provides ``module``."""
     for name in {"decord": ("decord2", "decord"), "av": ("av",)}[module]:
@@ -260,9 +262,11 @@ class _PyAVSource:
 
     def __init__(self, path: Path) -> None:
         import av
+        from av.video.reformatter import VideoReformatter
 
         self.path = path
         self.version = _distribution_version("av")
+        self.to_rgb = VideoReformatter()  # one converter for all frames: a new one per frame costs ~10x the decoding
         try:
             self.container = av.open(str(path))
         except av.FFmpegError as exc:
@@ -310,7 +314,7 @@ class _PyAVSource:
                 if decoded == -2:
                     raise InvalidVideoError(f"{self.path}: decoded a frame with an unknown timestamp {frame.pts}")  # type: ignore[attr-defined]
                 if decoded == wanted:
-                    yield frame.to_ndarray(format="rgb24")  # type: ignore[attr-defined]
+                    yield self.to_rgb.reformat(frame, format="rgb24").to_ndarray()
                     break
                 if decoded > wanted:
                     raise InvalidVideoError(f"{self.path}: seeking overshot frame {wanted}; re-encode the file with regular keyframes")
