@@ -103,8 +103,11 @@ def check_request(
     uniform: bool = False,
     size: Sequence[int] | None = None,
     pad: str | None = None,
+    backend: str = "auto",
 ) -> None:
     """Refuse impossible reading parameters before any file is opened (:class:`InvalidParameterError`)."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise InvalidParameterError(f"backend must be 'auto', 'decord' or 'pyav', got {backend!r}")
     if frames is not None and (not _is_int(frames) or frames < 1):
         raise InvalidParameterError(f"frames must be a whole number >= 1 (or None for all frames), got {frames!r}")
     if not _is_int(stride) or stride < 1:
@@ -389,8 +392,6 @@ def _backends_to_try(backend: str) -> list[str]:
                 "no video decoder is installed: pip install decord2 (or decord), or pip install av for PyAV"
             )
         return installed
-    if backend not in BACKENDS:
-        raise InvalidParameterError(f"backend must be 'auto', 'decord' or 'pyav', got {backend!r}")
     if backend not in installed:
         package = "decord2 (or decord)" if backend == "decord" else "av"
         raise InvalidVideoError(f"backend {backend!r} is not installed: pip install {package}, or use backend='auto'")
@@ -448,9 +449,9 @@ def read_clip_info(
     impossible parameters and :class:`InvalidVideoError` for a missing,
     unreadable, truncated, empty or too short video.
     """
-    check_request(frames, stride, start, uniform, size, pad)
-    names = _backends_to_try(backend)
+    check_request(frames, stride, start, uniform, size, pad, backend)
     file = _existing_file(path)
+    names = _backends_to_try(backend)
     failures: list[str] = []
     for name in names:
         try:
