@@ -84,7 +84,7 @@ def runners_for(paths: list[Path], request: dict[str, object]) -> tuple[dict[str
         try:
             clip = io.read_clip_info(paths[0], backend=backend, **request)  # type: ignore[arg-type]
         except InvalidVideoError as exc:
-            missing[backend] = str(exc).split(": ", 1)[-1][:70]
+            missing[backend] = str(exc).split(": ", 1)[-1].replace(str(paths[0]), paths[0].name)[:110]
             continue
         label = backend if backend != "auto" else f"auto ({clip.backend})"
         runners[label] = reader(paths, lambda p, b=backend: io.read_clip_info(p, backend=b, **request))  # type: ignore[arg-type]
