@@ -28,6 +28,10 @@ class InvalidImageError(VisionRSError, ValueError):
     """An image is unreadable, truncated, of the wrong shape, dtype or range."""
 
 
+class InvalidVideoError(InvalidImageError):
+    """A video file is missing, unreadable, truncated, empty or too short for the frames asked of it."""
+
+
 class ModelOutputError(VisionRSError, RuntimeError):
     """The wrapped model returned something other than logits ``[B, num_classes]``."""
 
