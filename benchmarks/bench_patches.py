@@ -176,7 +176,7 @@ def make_setup(args: argparse.Namespace, model_name: str, device: torch.device, 
 def patch_view(smoothed: SmoothedClassifier, image: torch.Tensor, seed: int):
     """The patch view certify builds for ``image`` with ``seed`` (random positions come from the seeded generator)."""
     generator = torch.Generator(device=smoothed.device).manual_seed(seed)
-    return smoothed.smoothing.make_view(tuple(image.shape[-2:]), smoothed.spec.transform, generator)
+    return smoothed.smoothing.make_view(tuple(image.shape), smoothed.spec.transform, generator)
 
 
 def largest_activation_mb(setup: Setup, inputs: torch.Tensor) -> float:

@@ -165,7 +165,7 @@ def build_runs(args: argparse.Namespace, patches: vision_rs.Patches, views: int)
 def radius_cap(run: Run, alpha: float) -> float:
     """The largest radius ``run`` can certify: every draw's every view votes for one class, bounded by the method."""
     generator = torch.Generator().manual_seed(0)
-    view = run.smoothed.smoothing.make_view((IMAGE_SIZE, IMAGE_SIZE), run.smoothed.spec.transform, generator)
+    view = run.smoothed.smoothing.make_view((3, IMAGE_SIZE, IMAGE_SIZE), run.smoothed.spec.transform, generator)
     per_view = not run.smoothed.smoothing.votes_once_per_draw  # smoothed / probit-mean tally votes per view
     votes = np.zeros((run.views, NUM_CLASSES) if per_view else NUM_CLASSES, np.int64)
     votes[..., 0] = run.n

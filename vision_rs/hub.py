@@ -79,14 +79,18 @@ def local_timm_weights(name: str) -> Path:
     return found
 
 
-def _unknown_name(name: str, where: str) -> InvalidParameterError:
-    from .embedded import EMBEDDED_MODELS
+def _embedded_names() -> str:
+    from .embedded import describe_embedded_models
 
+    return ", ".join(str(row["name"]) for row in describe_embedded_models())
+
+
+def _unknown_name(name: str, where: str) -> InvalidParameterError:
     return InvalidParameterError(
-        f"unknown {where} model {name!r}. Embedded models: {', '.join(sorted(EMBEDDED_MODELS))}; timm names "
+        f"unknown {where} model {name!r}. Embedded models: {_embedded_names()}; timm names "
         "(timm.list_models()); torchvision:NAME (torchvision.models.list_models()); or a checkpoint file with its "
         "architecture (arch=...).",
-        cli=f"unknown {where} model {name!r}. Embedded models: {', '.join(sorted(EMBEDDED_MODELS))}; timm names; "
+        cli=f"unknown {where} model {name!r}. Embedded models: {_embedded_names()}; timm names; "
         "torchvision:NAME; or a checkpoint file with --arch. `vision-rs models` lists them.",
     )
 
@@ -151,6 +155,13 @@ def torchvision_pretrained_cfg(weights: object) -> dict[str, object]:
     }
 
 
+def resources_weights(name: str, info: dict[str, object]) -> Path:
+    """The installed weight file of an embedded model (from its registry entry)."""
+    from importlib import resources
+
+    return Path(str(resources.files("vision_rs.embedded") / "weights" / str(info["file"])))
+
+
 def is_checkpoint_path(name: str) -> bool:
     return name.endswith(CHECKPOINT_SUFFIXES) or os.path.isfile(name)
 
@@ -174,8 +185,13 @@ def create_model_with_source(
     num_classes: int | None = None,
     arch: str | None = None,
     checkpoint: str | os.PathLike | None = None,
+    task: str = "image-classification",
 ) -> tuple[nn.Module, ModelSource]:
-    """:func:`create_model`, also returning where the model and its weights came from."""
+    """:func:`create_model`, also returning where the model and its weights came from.
+
+    An embedded model must be one for ``task`` ("image-classification", "video-classification",
+    "segmentation"): the error says which ``smooth`` takes it otherwise.
+    """
     from . import embedded
 
     if is_checkpoint_path(name):
@@ -191,9 +207,14 @@ def create_model_with_source(
         name, checkpoint = arch, name
     if checkpoint is not None:
         pretrained = False
-    if name in embedded.EMBEDDED_MODELS:
-        model = embedded.load_embedded_model(name, pretrained=pretrained)
-        weights = embedded.weights_path(name) if pretrained else None
+    info = embedded.embedded_model_info(name)
+    if info is not None:
+        if info["task"] != task:
+            raise InvalidParameterError(
+                f"{name} is an embedded {info['task']} model: smooth it with {embedded.TASKS[str(info['task'])]}"
+            )
+        model = embedded.load_embedded(name, pretrained=pretrained)
+        weights = Path(str(resources_weights(name, info))) if pretrained else None
         source = ModelSource(name, pretrained, str(weights) if weights else None, file_sha256(weights) if weights else None)
     elif name.startswith(TORCHVISION_PREFIX):
         model, source = create_torchvision_model(name[len(TORCHVISION_PREFIX):], pretrained=pretrained, num_classes=num_classes)

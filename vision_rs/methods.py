@@ -25,7 +25,6 @@ from .engine import Tally, ViewVoteTally, VoteTally
 from .errors import InvalidParameterError
 from .noise import GaussianNoise, HierarchicalNoise, Noise
 from .params import check_selection_probability
-from .patches import Patches
 from .preprocess import EvalTransform
 from .views import View, WholeImage
 
@@ -45,8 +44,9 @@ class Method(Protocol):
 
     def make_noise(self, sigma: float) -> Noise: ...
 
-    def make_view(self, image_size: tuple[int, int], transform: EvalTransform | None, generator: torch.Generator) -> View:
-        """The views of an image of ``image_size`` (H, W); ``transform`` is the model's evaluation resize and crop."""
+    def make_view(self, shape: tuple[int, ...], transform: EvalTransform | None, generator: torch.Generator) -> View:
+        """The views of an input of ``shape`` ([C, H, W] or [T, C, H, W]); ``transform`` is the model's evaluation
+        resize and crop."""
         ...
 
     def make_tally(self, num_classes: int | None) -> Tally: ...
@@ -61,7 +61,7 @@ class _WholeImageVotes:
 
     votes_once_per_draw = True
 
-    def make_view(self, image_size: tuple[int, int], transform: EvalTransform | None, generator: torch.Generator) -> View:
+    def make_view(self, shape: tuple[int, ...], transform: EvalTransform | None, generator: torch.Generator) -> View:
         return WholeImage(transform)
 
     def make_tally(self, num_classes: int | None) -> Tally:
@@ -119,9 +119,21 @@ REDUCTIONS = ("max", "mean")
 MODES = ("vote", "smoothed", "probit-mean")
 
 
+class ViewMaker(Protocol):
+    """Overlapping views of an input (patches of an image, sub-clips of a clip), fixed once per certification."""
+
+    kind: str
+    """What the views are, the key of their settings in ``details`` (``"patches"``, ``"subclips"``)."""
+
+    def describe(self) -> dict[str, object]: ...
+
+    def view_for(self, shape: tuple[int, ...], transform: EvalTransform | None, generator: torch.Generator) -> View: ...
+
+
 @dataclass(frozen=True)
 class SmoothReduce:
-    """Smooth-Reduce (Joshi et al. 2022): Gaussian noise on the image, then k overlapping patches.
+    """Smooth-Reduce (Joshi et al. 2022): Gaussian noise on the whole input, then k overlapping views
+    (``Patches`` of an image, ``vision_rs.video.SubClips`` of a clip).
 
     ``mode="vote"``: per draw, the views' softmax outputs are reduced (``reduce`` "max" or
     "mean") and the argmax votes; Cohen's certificate. ``mode="smoothed"``: the per-view
@@ -130,14 +142,16 @@ class SmoothReduce:
     by √(c_max/k). Every radius is sound; see docs/theory.md.
     """
 
-    patches: Patches
+    views: ViewMaker
     reduce: str = "mean"
     mode: str = "vote"
     name = "smooth-reduce"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.patches, Patches):
-            raise InvalidParameterError(f"patches must be a vision_rs.Patches(...), got {self.patches!r}")
+        if not callable(getattr(self.views, "view_for", None)) or not isinstance(getattr(self.views, "kind", None), str):
+            raise InvalidParameterError(
+                f"views must be a vision_rs.Patches(...) or vision_rs.video.SubClips(...), got {self.views!r}"
+            )
         if self.reduce not in REDUCTIONS:
             raise InvalidParameterError(f"reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
         if self.mode not in MODES:
@@ -147,7 +161,7 @@ class SmoothReduce:
 
     @property
     def details(self) -> dict[str, Any]:
-        return {"patches": self.patches.describe(), "reduce": self.reduce, "mode": self.mode}
+        return {self.views.kind: self.views.describe(), "reduce": self.reduce, "mode": self.mode}
 
     @property
     def votes_once_per_draw(self) -> bool:
@@ -156,8 +170,8 @@ class SmoothReduce:
     def make_noise(self, sigma: float) -> Noise:
         return GaussianNoise(sigma)
 
-    def make_view(self, image_size: tuple[int, int], transform: EvalTransform | None, generator: torch.Generator) -> View:
-        return self.patches.view_for(image_size, transform, generator)
+    def make_view(self, shape: tuple[int, ...], transform: EvalTransform | None, generator: torch.Generator) -> View:
+        return self.views.view_for(shape, transform, generator)
 
     def make_tally(self, num_classes: int | None) -> Tally:
         return VoteTally(self.reduce, num_classes) if self.mode == "vote" else ViewVoteTally(num_classes)

@@ -52,6 +52,7 @@ class Patches:
     stride: int | tuple[int, int] | None = None
     count: int | None = None
     resize: bool = True
+    kind = "patches"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", _pair(self.size, "patch size"))
@@ -74,11 +75,11 @@ class Patches:
                 "count": self.count, "resize": self.resize}
 
     def view_for(
-        self, image_size: tuple[int, int], transform: EvalTransform | None, generator: torch.Generator
+        self, shape: tuple[int, ...], transform: EvalTransform | None, generator: torch.Generator
     ) -> PatchView:
-        """The patch view of an image of ``image_size`` (H, W); random positions come from ``generator``;
-        ``transform`` is the model's evaluation resize and crop (None: the model takes any size)."""
-        height, width = image_size
+        """The patch view of an image of ``shape`` ([C, H, W], or just (H, W)); random positions come from
+        ``generator``; ``transform`` is the model's evaluation resize and crop (None: the model takes any size)."""
+        height, width = shape[-2:]
         patch_h, patch_w = self.size  # type: ignore[misc]
         if patch_h > height or patch_w > width:
             raise InvalidImageError(f"patch {patch_h}×{patch_w} is larger than the image {height}×{width}")

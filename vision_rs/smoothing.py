@@ -6,7 +6,10 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from typing_extensions import Unpack
 
 import numpy as np
 import torch
@@ -27,7 +30,7 @@ from .models import (
     model_input_channels,
     read_input_spec,
 )
-from .methods import Gaussian, Hierarchical, Method, SmoothReduce
+from .methods import Gaussian, Hierarchical, Method, SmoothReduce, ViewMaker
 from .noise import Noise
 from .patches import Patches
 from .params import check_alpha, check_count, check_seed
@@ -159,7 +162,7 @@ class SmoothedClassifier:
         """Raise InvalidImageError when one noisy draw of an image of ``image_shape`` (C, H, W) cannot fit the
         memory budget; run before any output is written."""
         shape = tuple(int(v) for v in image_shape)
-        view = self.smoothing.make_view(shape[-2:], self.spec.transform, torch.Generator())
+        view = self.smoothing.make_view(shape, self.spec.transform, torch.Generator())
         streams = self.config.streams if self.device.type == "cuda" else 1
         max_draws_per_batch(shape, self.noise, view, self.config, streams)
 
@@ -172,7 +175,7 @@ class SmoothedClassifier:
         self._warn_about_scale(*pixels.shape[-2:])
         pixels = pixels.to(self.device)
         generator, seed = _generator(self.device, seed)
-        view = self.smoothing.make_view(tuple(pixels.shape[-2:]), self.spec.transform, generator)
+        view = self.smoothing.make_view(tuple(pixels.shape), self.spec.transform, generator)
 
         def votes(num: int, desc: str) -> np.ndarray:
             tally = self.smoothing.make_tally(self.num_classes)
@@ -294,6 +297,112 @@ def _colour_channels(model: nn.Module, noise: Noise, spec: InputSpec, overridden
     return fit_to_channels(spec, colours)
 
 
+class ModelOptions(TypedDict, total=False):
+    """The options every ``smooth`` shares (images, ``vision_rs.video.smooth``, ``vision_rs.segmentation.smooth``).
+
+    Model: ``pretrained`` (names load weights from the local caches only), ``weights`` (a torchvision
+    WeightsEnum member, for its preset), ``checkpoint`` (safetensors or a weights-only torch file),
+    ``arch`` (the architecture of a checkpoint given as the model), ``num_classes``.
+    Preprocessing, read from timm's ``pretrained_cfg`` or the torchvision weights and applied after the
+    noise; these override it: ``mean``, ``std``, ``input_size`` ((H, W) or (C, H, W)), ``crop_pct``,
+    ``interpolation``, ``use_test_size`` (timm's ``test_input_size``).
+    Speed and memory, which never change the guarantee: ``device`` (moves the model there, in place;
+    a name goes to the GPU when there is one), ``batch_size`` (model inputs per forward pass),
+    ``autocast_dtype``, ``channels_last``, ``streams`` (CUDA streams; ignored on the CPU),
+    ``memory_budget`` (bytes the noisy draws of a batch and their model inputs may take; default 2 GiB),
+    ``progress``. ``batch_size``, ``memory_budget`` and ``device`` may change which noise values a seed
+    gives, ``channels_last`` and autocast the model's rounding.
+    """
+
+    pretrained: bool
+    weights: object
+    checkpoint: str | os.PathLike
+    arch: str
+    num_classes: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    input_size: Sequence[int]
+    crop_pct: float
+    interpolation: str
+    use_test_size: bool
+    device: str | torch.device
+    batch_size: int
+    autocast_dtype: torch.dtype
+    channels_last: bool
+    streams: int
+    memory_budget: int
+    progress: bool
+
+
+_MODEL_KEYS = ("pretrained", "weights", "checkpoint", "arch", "num_classes")
+_SPEC_KEYS = ("mean", "std", "input_size", "crop_pct", "interpolation", "use_test_size")
+_ENGINE_KEYS = ("batch_size", "autocast_dtype", "channels_last", "streams", "memory_budget", "progress")
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """A model ready to be wrapped into a base classifier: where it came from, its input spec, the engine settings."""
+
+    model: nn.Module
+    source: ModelSource
+    spec: InputSpec
+    config: EngineConfig
+    device: str | torch.device | None
+    num_classes: int | None
+
+
+def prepare_model(
+    model: nn.Module | str | os.PathLike,
+    noise: Noise,
+    options: ModelOptions,
+    *,
+    check: Callable[[nn.Module], None] = check_is_classifier,
+    task: str = "image-classification",
+) -> PreparedModel:
+    """The one path from a model or name to what a smoothed classifier needs, shared by every modality.
+
+    Loads the model (offline), checks it (``check``: a classifier by default), reads its input spec
+    and fits it to the channels its first convolution reads, and validates the speed options.
+    ``task`` says which embedded models fit.
+    """
+    unknown = set(options) - set(ModelOptions.__annotations__)
+    if unknown:
+        raise InvalidParameterError(f"unknown option(s) {sorted(unknown)}; see vision_rs.smoothing.ModelOptions")
+    config = EngineConfig(**{key: options[key] for key in _ENGINE_KEYS if key in options})  # type: ignore[misc]
+    num_classes = options.get("num_classes")
+    if num_classes is not None:
+        check_count("num_classes", num_classes)
+    loaded, source, device = load_model(
+        model, pretrained=options.get("pretrained", True), num_classes=num_classes, arch=options.get("arch"),
+        checkpoint=options.get("checkpoint"), device=options.get("device"), task=task,
+    )
+    check(loaded)
+    spec = read_input_spec(loaded, weights=options.get("weights"), **{key: options[key] for key in _SPEC_KEYS if key in options})  # type: ignore[misc]
+    spec = _colour_channels(loaded, noise, spec, overridden=options.get("mean") is not None)
+    warn_about_model(source, noise.sigma)
+    return PreparedModel(loaded, source, spec, config, device, num_classes)
+
+
+def place(base: nn.Module, prepared: PreparedModel) -> tuple[nn.Module, torch.device]:
+    """Move a base model to the requested device and memory layout; return it and its device."""
+    if prepared.device is not None:
+        base = base.to(torch.device(prepared.device))
+    if prepared.config.channels_last:
+        base = base.to(memory_format=torch.channels_last)
+    return base, model_device(base)
+
+
+def method_for(hierarchical: Hierarchical | None, views: ViewMaker | None, reduce: str, mode: str) -> Method:
+    """Gaussian smoothing, hierarchical smoothing, or Smooth-Reduce over ``views``."""
+    if hierarchical is not None and views is not None:
+        raise InvalidParameterError("choose hierarchical= or patches=, not both")
+    if hierarchical is not None and not isinstance(hierarchical, Hierarchical):
+        raise InvalidParameterError(f"hierarchical must be a vision_rs.Hierarchical(p=..., indicator=...), got {hierarchical!r}")
+    if views is not None:
+        return SmoothReduce(views, reduce, mode)
+    return hierarchical if hierarchical is not None else Gaussian()
+
+
 def smooth(
     model: nn.Module | str,
     sigma: float,
@@ -302,26 +411,9 @@ def smooth(
     patches: Patches | None = None,
     reduce: str = "mean",
     mode: str = "vote",
-    pretrained: bool = True,
-    weights: object | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    input_size: Sequence[int] | None = None,
-    crop_pct: float | None = None,
-    interpolation: str | None = None,
-    use_test_size: bool = False,
-    num_classes: int | None = None,
-    arch: str | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-    batch_size: int = 256,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    streams: int = 2,
-    memory_budget: int = EngineConfig.memory_budget,
-    progress: bool = True,
+    **options: Unpack[ModelOptions],
 ) -> SmoothedClassifier:
-    """Wrap a classifier for randomized smoothing with noise std ``sigma`` (in [0, 1] pixel units).
+    """Wrap an image classifier for randomized smoothing with noise std ``sigma`` (in [0, 1] pixel units).
 
     Gaussian smoothing (Cohen et al.) by default; ``hierarchical=Hierarchical(p, indicator)``
     noises each pixel only with probability p and certifies against changes of r pixels;
@@ -331,50 +423,20 @@ def smooth(
     ``model`` is an ``nn.Module`` (timm, torchvision, DataParallel/DDP-wrapped or
     your own) or a name: a timm name, ``"torchvision:<name>"``, an embedded name
     such as ``"digits_cnn.sigma_0.25"``, or a checkpoint path with ``arch=``.
-    Names load pretrained weights from the local caches only (``pretrained``),
-    or ``checkpoint=`` (safetensors or a weights-only torch file). Feature extractors
-    (timm ``num_classes=0``, an identity head) are refused.
+    Feature extractors (timm ``num_classes=0``, an identity head) are refused.
 
-    The model's evaluation preprocessing is read from timm's ``pretrained_cfg`` or torchvision
-    ``weights=`` (mean/std, input size, crop_pct or resize size, crop mode, interpolation) and
-    applied after the noise; ``mean``/``std``/``input_size``/``crop_pct``/``interpolation``
-    override it and ``use_test_size`` takes timm's ``test_input_size``. Grey images are certified
-    in grey units and repeated to the model's colour channels after the noise.
-
-    ``device`` moves the model there (in place); by default the model stays where it is.
-    ``batch_size``, ``autocast_dtype``, ``channels_last``, ``streams`` (CUDA streams that
-    consecutive batches alternate between; ignored on the CPU), ``memory_budget`` (bytes the
-    noisy draws of a batch and their model inputs may take) and ``progress`` change speed, memory
-    and display, never the guarantee (``batch_size``, ``memory_budget`` and ``device`` may change
-    which noise values a seed gives, ``channels_last`` and autocast the model's rounding).
+    The model's evaluation preprocessing (mean/std, input size, crop_pct or resize size, crop
+    mode, interpolation) is read from timm's ``pretrained_cfg`` or torchvision ``weights=`` and
+    applied after the noise. Grey images are certified in grey units and repeated to the model's
+    colour channels after the noise. ``options``: see :class:`ModelOptions` (model, preprocessing
+    overrides, speed and memory knobs).
     """
-    if hierarchical is not None and patches is not None:
-        raise InvalidParameterError("choose hierarchical= or patches=, not both")
-    if hierarchical is not None and not isinstance(hierarchical, Hierarchical):
-        raise InvalidParameterError(f"hierarchical must be a vision_rs.Hierarchical(p=..., indicator=...), got {hierarchical!r}")
-    smoothing: Method = (
-        hierarchical if hierarchical is not None
-        else SmoothReduce(patches, reduce, mode) if patches is not None
-        else Gaussian()
-    )
+    smoothing = method_for(hierarchical, patches, reduce, mode)
     noise = smoothing.make_noise(sigma)  # validates sigma before any model is built
-    config = EngineConfig(batch_size=batch_size, autocast_dtype=autocast_dtype, channels_last=channels_last,
-                          streams=streams, memory_budget=memory_budget, progress=progress)
-    if num_classes is not None:
-        check_count("num_classes", num_classes)
-    model, source, device = load_model(model, pretrained=pretrained, num_classes=num_classes, arch=arch,
-                                       checkpoint=checkpoint, device=device)
-    check_is_classifier(model)
-    spec = read_input_spec(model, weights=weights, mean=mean, std=std, input_size=input_size, crop_pct=crop_pct,
-                           interpolation=interpolation, use_test_size=use_test_size)
-    spec = _colour_channels(model, noise, spec, overridden=mean is not None)
-    base = as_normalized_classifier(model, spec, noise.extra_channels)
-    if device is not None:
-        base = base.to(torch.device(device))
-    if channels_last:
-        base = base.to(memory_format=torch.channels_last)
-    warn_about_model(source, sigma)
-    return SmoothedClassifier(base, smoothing, noise, model_device(base), config, num_classes=num_classes, source=source)
+    prepared = prepare_model(model, noise, options)
+    base, device = place(as_normalized_classifier(prepared.model, prepared.spec, noise.extra_channels), prepared)
+    return SmoothedClassifier(base, smoothing, noise, device, prepared.config, num_classes=prepared.num_classes,
+                              source=prepared.source)
 
 
 def load_model(
@@ -385,6 +447,7 @@ def load_model(
     arch: str | None,
     checkpoint: str | os.PathLike | None,
     device: str | torch.device | None,
+    task: str = "image-classification",
 ) -> tuple[nn.Module, ModelSource, str | torch.device | None]:
     """The model to smooth, where it came from, and the device to put it on.
 
@@ -394,7 +457,7 @@ def load_model(
     """
     if isinstance(model, (str, os.PathLike)):
         model, source = create_model_with_source(os.fspath(model), pretrained=pretrained, num_classes=num_classes,
-                                                 arch=arch, checkpoint=checkpoint)
+                                                 arch=arch, checkpoint=checkpoint, task=task)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
     elif not isinstance(model, nn.Module):
@@ -413,12 +476,12 @@ def load_model(
 
 def warn_about_model(source: ModelSource, sigma: float) -> None:
     """Warn when the certificates would say little: random weights, or an embedded model at another σ."""
-    from .embedded import EMBEDDED_MODELS
+    from .embedded import embedded_model_info
 
     if source.pretrained is False and source.checkpoint is None:
         log.warning("%s has random weights (pretrained=False, CLI --no-pretrained): its certificates say nothing "
                     "about a trained model", source.name)
-    trained = EMBEDDED_MODELS.get(source.name, {}).get("sigma")
+    trained = (embedded_model_info(source.name) or {}).get("sigma")
     if trained is not None and source.pretrained and abs(float(trained) - sigma) > 1e-9:  # type: ignore[arg-type]
         log.warning("embedded model %s was trained with noise σ=%g, but smoothing uses σ=%g: expect abstentions "
                     "and small radii", source.name, trained, sigma)

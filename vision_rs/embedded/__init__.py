@@ -61,16 +61,52 @@ class DigitsCNN(nn.Module):
         return self.head(self.features(x))
 
 
+TASKS = {
+    "image-classification": "vision_rs.smooth",
+    "video-classification": "vision_rs.video.smooth",
+    "segmentation": "vision_rs.segmentation.smooth",
+}
+"""What each task's embedded models are smoothed with."""
+
+
+def _registries() -> dict[str, dict[str, dict[str, object]]]:
+    from .videonet import EMBEDDED_VIDEO_MODELS
+
+    return {"image-classification": EMBEDDED_MODELS, "video-classification": EMBEDDED_VIDEO_MODELS}
+
+
+def embedded_model_info(name: str) -> dict[str, object] | None:
+    """The registry entry of an embedded model of any task, with its ``task`` added; None for other names."""
+    for task, registry in _registries().items():
+        if name in registry:
+            return {**registry[name], "task": task}
+    return None
+
+
+def load_embedded(name: str, pretrained: bool = True) -> nn.Module:
+    """An embedded model of any task by name, with its shipped weights unless ``pretrained=False``."""
+    info = embedded_model_info(name)
+    if info is None:
+        raise KeyError(f"unknown embedded model {name!r}")
+    if info["task"] == "video-classification":
+        from .videonet import load_embedded_video_model
+
+        return load_embedded_video_model(name, pretrained)
+    return load_embedded_model(name, pretrained)
+
+
 def describe_embedded_models() -> list[dict[str, object]]:
-    """One JSON-ready row per embedded model: name, task, input, the noise it was trained with, and how to smooth it."""
+    """One JSON-ready row per embedded model: name, task, input, the noise it was trained with, how to smooth it."""
     rows = []
-    for name, info in EMBEDDED_MODELS.items():
-        p = info.get("p")
-        rows.append({
-            "name": name, "task": "image classification (10 digits)", "input": f"3×{IMAGE_SIZE}×{IMAGE_SIZE}",
-            "sigma": info["sigma"],
-            "smoothing": f"hierarchical p={p} with the indicator channel" if p is not None else "Gaussian",
-        })
+    for task, registry in _registries().items():
+        for name, info in registry.items():
+            p = info.get("p")
+            frames = f"{info['frames']}×" if "frames" in info else ""
+            rows.append({
+                "name": name, "task": task, "input": f"{frames}3×{IMAGE_SIZE}×{IMAGE_SIZE}", "sigma": info["sigma"],
+                "smoothing": f"{TASKS[task]}(..., hierarchical=Hierarchical(p={p}, indicator=True))" if p is not None
+                else f"{TASKS[task]}",
+            })
     return rows
 
 
@@ -103,6 +139,8 @@ __all__ = [
     "DigitsDataset",
     "describe_embedded_models",
     "digits_split",
+    "embedded_model_info",
+    "load_embedded",
     "load_embedded_model",
     "weights_path",
 ]

@@ -20,9 +20,9 @@ from .clips import CLIP_FRAMES
 from .digits import IMAGE_SIZE, NUM_CLASSES
 
 EMBEDDED_VIDEO_MODELS: dict[str, dict[str, object]] = {
-    "digits_c3d.sigma_0.25": {"file": "digits_c3d_sigma_0.25.safetensors", "sigma": 0.25},
+    "digits_c3d.sigma_0.25": {"file": "digits_c3d_sigma_0.25.safetensors", "sigma": 0.25, "frames": CLIP_FRAMES},
 }
-"""Embedded video model names → weight file and the noise σ (in [0, 1] pixel units) it was trained with."""
+"""Embedded video model names → weight file, the noise σ (in [0, 1] pixel units) it was trained with, clip length."""
 
 
 class DigitsC3D(nn.Module):
