@@ -341,7 +341,7 @@ class _DecordSource:
                 _PyAVSource(path).close()
                 self.integrity_checked = True
             except _BackendCannotRead as exc:  # a file only decord reads: no check, decord decides
-                log.info("no truncation check for %s: %s", path, exc)
+                log.debug("no truncation check for %s: %s", path, exc)
         try:
             self.reader = decord.VideoReader(str(path))
             self.total_frames = len(self.reader)
@@ -418,7 +418,7 @@ _WARNED: set[str] = set()
 
 def _warn_once(message: str, key: str) -> None:
     """A fallback is worth one warning per process and backend; later ones go to the info log (and Clip.note)."""
-    log.log(logging.INFO if key in _WARNED else logging.WARNING, "%s", message)
+    log.log(logging.DEBUG if key in _WARNED else logging.WARNING, "%s", message)
     _WARNED.add(key)
 
 
@@ -477,7 +477,7 @@ def read_clip_info(
                     note="; ".join(failures),
                 )
         except _BackendCannotRead as exc:
-            log.info("%s", exc)
+            log.debug("%s", exc)
             failures.append(str(exc))
     raise InvalidVideoError(f"cannot read {file}: " + "; ".join(failures))
 

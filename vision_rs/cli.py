@@ -194,6 +194,42 @@ def build_parser() -> argparse.ArgumentParser:
                          help="class names → labels: one name per line (line i is label i) or a JSON mapping")
     certify.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    video = commands.add_parser(
+        "certify-video",
+        help="certify video files or folders of them with a video model (or an image model frame by frame)",
+        description="Certify each clip with Gaussian noise on the whole clip (every frame, pixel and channel), "
+        "optionally reduced over sub-clips along time (temporal Smooth-Reduce, --subclip).",
+        epilog=UNITS.replace("image at its own resolution", "clip (all frames) at its own resolution") + "\n" + COLUMNS
+        + "\n" + MODELS_HELP.replace(EMBEDDED_NAMES, "digits_c3d.sigma_0.25 (or an image model with --framewise)"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    video.add_argument("inputs", nargs="+", help="video files and/or folders (searched recursively)")
+    _add_model_options(video)
+    video.add_argument("--sigma", type=SIGMA, required=True, help="noise std in [0,1] pixel units, e.g. 0.25")
+    video.add_argument("--framewise", action="store_true", help="--model is an image classifier: run it on every frame, "
+                       "logits averaged over frames")
+    video.add_argument("--chunk", type=POSITIVE, help="the model's clip length: split each (sub-)clip into chunks of "
+                       "that many frames and average their logits")
+    reading = video.add_argument_group("reading (decord, or PyAV when decord cannot)")
+    reading.add_argument("--frames", type=POSITIVE, help="frames per clip (default: all)")
+    reading.add_argument("--stride", type=POSITIVE, default=1, help="take every STRIDE-th frame (default: 1)")
+    reading.add_argument("--start", type=NON_NEGATIVE, default=0, help="first frame (default: 0)")
+    reading.add_argument("--uniform", action="store_true", help="spread --frames evenly over the video instead")
+    reading.add_argument("--pad", choices=["loop", "repeat"], help="extend a video too short for the request")
+    reading.add_argument("--size", type=POSITIVE, nargs=2, metavar=("H", "W"), help="resize frames when reading")
+    reading.add_argument("--backend", choices=["auto", "decord", "pyav"], default="auto", help="decoder (default: auto)")
+    temporal = video.add_argument_group("temporal Smooth-Reduce (sub-clips cut after the noise)")
+    temporal.add_argument("--subclip", type=POSITIVE, metavar="LENGTH", help="sub-clips of LENGTH frames")
+    temporal.add_argument("--subclip-stride", type=POSITIVE, help="a sub-clip every STRIDE frames (default: LENGTH)")
+    temporal.add_argument("--reduce", choices=["mean", "max"], default="mean", help="reduction across sub-clips (default: mean)")
+    temporal.add_argument("--mode", choices=["vote", "smoothed", "probit-mean"], default="vote", help="as for patches (default: vote)")
+    _add_sampling_options(video, n_default=100_000)
+    _add_speed_options(video)
+    video.add_argument("--out", type=Path, help="write results to this .tsv (and .jsonl beside it); resumes if it exists")
+    video.add_argument("--classes", type=Path, metavar="FILE", help="class names → labels (as for certify)")
+    video.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
     report = commands.add_parser(
         "report",
         help="certified-accuracy table and PNG curve of result TSVs",
@@ -235,16 +271,67 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------- commands
 
 
-def _certify(args: argparse.Namespace) -> None:
+def model_options(args: argparse.Namespace) -> dict[str, object]:
+    """The :class:`~vision_rs.smoothing.ModelOptions` the model, preprocessing and speed options give."""
     import torch
 
+    options: dict[str, object] = dict(
+        pretrained=not args.no_pretrained, mean=args.mean, std=args.std, input_size=args.input_size,
+        crop_pct=args.crop_pct, interpolation=args.interpolation, use_test_size=args.test_size,
+        num_classes=args.num_classes, arch=args.arch, checkpoint=args.checkpoint, device=args.device,
+        batch_size=args.batch_size, progress=not args.no_progress, channels_last=args.channels_last,
+        streams=args.streams, autocast_dtype=getattr(torch, AUTOCAST_DTYPES[args.autocast]) if args.autocast else None,
+    )
+    if args.memory_budget is not None:
+        options["memory_budget"] = args.memory_budget
+    return options
+
+
+def _print_run(out: Path, summary: object) -> None:
+    from .summaries import format_summaries
+
+    print(format_summaries({out.name: summary}))  # type: ignore[dict-item]
+    print(f"wrote {out} and {out.with_suffix('.jsonl')}")
+
+
+def _certify_video(args: argparse.Namespace) -> None:
+    from .inputs import collect_files, read_class_file
+    from .video import VIDEO_SUFFIXES, ClipReading, SubClips, certify_video_dataset, smooth, to_unit_clip
+
+    if args.subclip is None and args.subclip_stride is not None:
+        raise InvalidParameterError("--subclip-stride needs --subclip")
+    reading = ClipReading(args.frames, args.stride, args.start, args.uniform, tuple(args.size) if args.size else None,
+                          args.pad, args.backend)
+    classes = read_class_file(args.classes) if args.classes is not None else None
+    files = collect_files(args.inputs, VIDEO_SUFFIXES, classes, kind="video")
+    subclips = SubClips(args.subclip, args.subclip_stride) if args.subclip is not None else None
+    smoothed = smooth(args.model, args.sigma, subclips=subclips, reduce=args.reduce, mode=args.mode,
+                      framewise=args.framewise, chunk=args.chunk, **model_options(args))
+    if args.out is not None:
+        summary = certify_video_dataset(smoothed, args.inputs, args.out, reading=reading, n0=args.n0, n=args.n,
+                                        alpha=args.alpha, seed=args.seed, class_to_idx=classes, progress=not args.no_progress)
+        _print_run(args.out, summary)
+        return
+    clips = []
+    for path, _ in files.files:  # read all first: a bad or too large file fails before any output
+        clip, notes = reading.read(path)
+        smoothed.check_fits(to_unit_clip(clip, smoothed.spec.channels).shape)
+        clips.append((path, clip, notes["clip"]["backend"]))
+    print("path\tpredict\tradius\tp_lower\ttime\tbackend")
+    for idx, (path, clip, backend) in enumerate(clips):
+        cert = smoothed.certify(clip, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx)
+        predict = -1 if cert.label is None else cert.label
+        print(f"{path}\t{predict}\t{cert.radius:.4f}\t{cert.p_lower:.4f}\t{cert.seconds:.2f}\t{backend}", flush=True)
+
+
+def _certify(args: argparse.Namespace) -> None:
     from .evaluation import certify_dataset, collect_image_files
     from .images import to_unit_tensor
     from .inputs import read_class_file
     from .methods import Hierarchical
     from .patches import Patches
     from .smoothing import smooth
-    from .summaries import DEFAULT_RADII, format_summaries
+    from .summaries import DEFAULT_RADII
 
     if args.indicator and args.hierarchical_p is None:
         raise InvalidParameterError("--indicator needs --hierarchical-p")
@@ -255,23 +342,14 @@ def _certify(args: argparse.Namespace) -> None:
     hierarchical = Hierarchical(args.hierarchical_p, args.indicator) if args.hierarchical_p is not None else None
     patches = (Patches(args.patch_size, stride=args.patch_stride, count=args.patch_count)
                if args.patch_size is not None else None)
-    extra = {"memory_budget": args.memory_budget} if args.memory_budget is not None else {}
-    smoothed = smooth(
-        args.model, args.sigma, hierarchical=hierarchical, patches=patches, reduce=args.reduce, mode=args.mode,
-        pretrained=not args.no_pretrained, mean=args.mean, std=args.std, input_size=args.input_size,
-        crop_pct=args.crop_pct, interpolation=args.interpolation, use_test_size=args.test_size,
-        num_classes=args.num_classes, arch=args.arch, checkpoint=args.checkpoint,
-        device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
-        channels_last=args.channels_last, streams=args.streams,
-        autocast_dtype=getattr(torch, AUTOCAST_DTYPES[args.autocast]) if args.autocast else None, **extra,
-    )
+    smoothed = smooth(args.model, args.sigma, hierarchical=hierarchical, patches=patches, reduce=args.reduce,
+                      mode=args.mode, **model_options(args))
     if args.out is not None:
         summary = certify_dataset(
             smoothed, args.inputs, args.out, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
             radii=DEFAULT_RADII, class_to_idx=classes, progress=not args.no_progress,
         )
-        print(format_summaries({args.out.name: summary}))
-        print(f"wrote {args.out} and {args.out.with_suffix('.jsonl')}")
+        _print_run(args.out, summary)
         return
     for path, _ in files.files:  # decode all first: a bad or too large file fails before any output
         smoothed.check_fits(to_unit_tensor(path, channels=smoothed.spec.channels).shape)
@@ -436,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code) if isinstance(exc.code, int) else 2
     keep_freed_memory_in_process()
     _configure_logging(args.verbose)
-    handlers = {"certify": _certify, "report": _report, "demo": _demo, "models": _models}
+    handlers = {"certify": _certify, "certify-video": _certify_video, "report": _report, "demo": _demo, "models": _models}
     try:
         handlers[args.command](args)
     except VisionRSError as exc:

@@ -184,9 +184,9 @@ def _streams(device: torch.device, count: int) -> list[torch.cuda.Stream | None]
 
 
 def _memory_format(inputs: torch.Tensor, channels_last: bool) -> torch.memory_format:
-    if channels_last and inputs.ndim in (4, 5):
-        return torch.channels_last if inputs.ndim == 4 else torch.channels_last_3d
-    return torch.contiguous_format
+    """channels_last for image batches [N, C, H, W]; clips [N, T, C, H, W] stay contiguous (their model's adapter
+    chooses its own layout)."""
+    return torch.channels_last if channels_last and inputs.ndim == 4 else torch.contiguous_format
 
 
 def _forward(

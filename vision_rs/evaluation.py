@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm
@@ -60,6 +62,20 @@ def run_dataset(
         run.close()
 
 
+@dataclass(frozen=True)
+class FileKind:
+    """How a data set's files are found and read: their suffixes, and ``read(path)`` → (what ``certify`` takes,
+    JSON-ready notes on how it was read, recorded with the row)."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Callable[[Path], tuple[Any, dict[str, Any]]]
+
+
+IMAGE_FILES = FileKind("image", IMAGE_SUFFIXES, lambda path: (path, {}))
+"""Image files: ``certify`` decodes them itself."""
+
+
 def collect_image_files(
     sources: Sequence[str | os.PathLike], class_to_idx: Mapping[str, int] | None = None
 ) -> LabelledFiles:
@@ -67,20 +83,21 @@ def collect_image_files(
     return collect_files(sources, IMAGE_SUFFIXES, class_to_idx, kind="image")
 
 
-def _as_files(data: object, class_to_idx: Mapping[str, int] | None) -> LabelledFiles | None:
+def _as_files(data: object, kind: FileKind, class_to_idx: Mapping[str, int] | None) -> LabelledFiles | None:
     if isinstance(data, (str, os.PathLike)):
-        return collect_image_files([data], class_to_idx)
+        data = [data]
     if isinstance(data, (list, tuple)) and data and all(isinstance(item, (str, os.PathLike)) for item in data):
-        return collect_image_files(data, class_to_idx)
+        return collect_files(data, kind.suffixes, class_to_idx, kind=kind.name)
     return None
 
 
-def _check_files_up_front(files: LabelledFiles, smoothed: object) -> None:
-    """Decode every file once, and check that it fits the memory budget, before any output is written."""
+def _check_files_up_front(files: LabelledFiles, kind: FileKind, smoothed: object) -> None:
+    """Read every file once, and check that it fits the memory budget, before any output is written."""
     channels = getattr(getattr(smoothed, "spec", None), "channels", None)
+    inputs = getattr(smoothed, "inputs", to_unit_tensor)
     check_fits = getattr(smoothed, "check_fits", None)
     for path, _ in files.files:
-        pixels = to_unit_tensor(path, channels=channels)
+        pixels = inputs(kind.read(path)[0], channels)
         if check_fits is not None:
             check_fits(tuple(pixels.shape))
 
@@ -106,6 +123,56 @@ def run_record(kind: str, smoothed: object, settings: dict[str, Any], class_to_i
     }
 
 
+def labelled_items(
+    data: object, kind: FileKind, smoothed: object, class_to_idx: Mapping[str, int] | None
+) -> tuple[Sequence[tuple[Any, int]], list[str | None], dict[str, int] | None, bool]:
+    """(items, their sources, the label mapping, whether they are files) of files, folders or a (input, label) data set.
+
+    Files are all read and checked against the memory budget here, before anything is written.
+    """
+    files = _as_files(data, kind, class_to_idx)
+    if files is not None:
+        _check_files_up_front(files, kind, smoothed)
+        return files.files, list(files.sources), files.class_to_idx, True
+    given = class_to_idx if class_to_idx is not None else getattr(data, "class_to_idx", None)
+    return data, [None] * len(data), check_class_to_idx(given) if given is not None else None, False  # type: ignore[arg-type]
+
+
+def certify_classification_dataset(
+    smoothed: Certifier,
+    data: object,
+    out: str | os.PathLike,
+    *,
+    task: str,
+    kind: FileKind,
+    settings: dict[str, Any],
+    n0: int,
+    n: int,
+    alpha: float,
+    seed: int,
+    radii: Sequence[float],
+    class_to_idx: Mapping[str, int] | None,
+    progress: bool,
+) -> Summary:
+    """The classification run of images and clips alike: Cohen's TSV, the run record, one certificate per row."""
+    n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
+    check_seed(seed)
+    items, sources, mapping, are_files = labelled_items(data, kind, smoothed, class_to_idx)
+    run = RunFiles(out)
+    record = run_record(task, smoothed, {"n0": n0, "n": n, "alpha": alpha, "seed": seed, **settings}, mapping, len(items))
+
+    def certify_one(idx: int, item: Any, label: int) -> tuple[str, dict[str, Any]]:
+        given, notes = kind.read(item) if are_files else (item, {})
+        cert = smoothed.certify(given, n0=n0, n=n, alpha=alpha, seed=seed + idx, progress=False)
+        predict = ABSTAIN if cert.label is None else cert.label
+        correct = UNKNOWN_LABEL if label == UNKNOWN_LABEL else int(predict == label)
+        row = Row(idx, label, predict, cert.radius, correct, cert.seconds)
+        return row.tsv(), {"correct": correct, "certificate": cert.to_dict(), **notes}
+
+    run_dataset(items, sources, run, record, certify_one, progress=progress)
+    return summarize(read_rows(run.tsv), radii)  # from the file: a resumed run summarises like an uninterrupted one
+
+
 def certify_dataset(
     smoothed: Certifier,
     data: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[tuple[ImageInput, int]],
@@ -128,27 +195,7 @@ def certify_dataset(
     decoded and checked against the memory budget before anything is written. Returns the summary
     over all rows, earlier ones included.
     """
-    n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
-    check_seed(seed)
-    files = _as_files(data, class_to_idx)
-    if files is not None:
-        _check_files_up_front(files, smoothed)
-        items: Sequence[tuple[Any, int]] = files.files
-        sources: Sequence[str | None] = files.sources
-        mapping = files.class_to_idx
-    else:
-        items, sources = data, [None] * len(data)  # type: ignore[arg-type]
-        given = class_to_idx if class_to_idx is not None else getattr(data, "class_to_idx", None)
-        mapping = check_class_to_idx(given) if given is not None else None
-    run = RunFiles(out)
-    record = run_record("image-classification", smoothed, {"n0": n0, "n": n, "alpha": alpha, "seed": seed}, mapping, len(items))
-
-    def certify_one(idx: int, image: Any, label: int) -> tuple[str, dict[str, Any]]:
-        cert = smoothed.certify(image, n0=n0, n=n, alpha=alpha, seed=seed + idx, progress=False)
-        predict = ABSTAIN if cert.label is None else cert.label
-        correct = UNKNOWN_LABEL if label == UNKNOWN_LABEL else int(predict == label)
-        row = Row(idx, label, predict, cert.radius, correct, cert.seconds)
-        return row.tsv(), {"correct": correct, "certificate": cert.to_dict()}
-
-    run_dataset(items, sources, run, record, certify_one, progress=progress)
-    return summarize(read_rows(run.tsv), radii)  # from the file: a resumed run summarises like an uninterrupted one
+    return certify_classification_dataset(
+        smoothed, data, out, task="image-classification", kind=IMAGE_FILES, settings={}, n0=n0, n=n, alpha=alpha,
+        seed=seed, radii=radii, class_to_idx=class_to_idx, progress=progress,
+    )

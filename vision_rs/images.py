@@ -103,38 +103,42 @@ ROUNDING_SLACK = 1e-6
 """Float pixels at most this far outside [0, 1] are rounding error and clipped, not refused."""
 
 
-def _to_unit_float(chw: torch.Tensor) -> torch.Tensor:
-    """uint8 → /255; float → checked finite and inside [0, 1] (clipping rounding error up to 1e-6)."""
+def to_unit_float(chw: torch.Tensor, what: str = "image", error: type[InvalidImageError] = InvalidImageError) -> torch.Tensor:
+    """uint8 → /255; float → checked finite and inside [0, 1] (clipping rounding error up to 1e-6). Any shape.
+
+    ``what`` names the input in messages and ``error`` is the error type raised (clips raise InvalidVideoError).
+    """
     if chw.dtype == torch.uint8:
         return chw.to(torch.float32) / 255.0
     chw = chw.to(torch.float32)
     if not torch.isfinite(chw).all():
-        raise InvalidImageError("image contains NaN or Inf pixels; fix the input before certifying")
+        raise error(f"{what} contains NaN or Inf pixels; fix the input before certifying")
     low, high = float(chw.min()), float(chw.max())
     if low < -ROUNDING_SLACK or high > 1.0 + ROUNDING_SLACK:
-        raise InvalidImageError(
-            f"float pixels must lie in [0, 1], found range [{low:.4g}, {high:.4g}]. "
+        raise error(
+            f"float pixels must lie in [0, 1], found range [{low:.4g}, {high:.4g}] in the {what}. "
             "Pass uint8 for 0..255 data, or undo any normalisation: vision-rs normalises inside the model."
         )
     return chw.clamp(0.0, 1.0) if low < 0.0 or high > 1.0 else chw
 
 
-def _fit_channels(chw: torch.Tensor, channels: int) -> torch.Tensor:
-    """The image in its own space, checked against a model reading ``channels`` colour channels.
+def fit_channels(chw: torch.Tensor, channels: int) -> torch.Tensor:
+    """The image (channels at dim -3: [C, H, W] or [T, C, H, W]) in its own space, checked against a model
+    reading ``channels`` colour channels.
 
     Equal channels pass; a grey image passes for an RGB model (repeated inside the base classifier,
     after the noise); a fully opaque alpha channel is dropped; anything else is refused.
     """
-    have = chw.shape[0]
+    have = chw.shape[-3]
     if have == channels or (have == 1 and channels == 3):
         return chw
     if have in (2, 4):  # grey + alpha, RGB + alpha
-        if bool((chw[-1] < 1.0).any()):
+        if bool((chw[..., -1, :, :] < 1.0).any()):
             raise InvalidImageError(
                 f"image has {have} channels with a transparent alpha; the model reads {channels}. "
                 "Composite it onto a background of your choice and pass it without alpha."
             )
-        return _fit_channels(chw[:-1].clone(), channels)
+        return fit_channels(chw[..., :-1, :, :].clone(), channels)
     raise InvalidImageError(
         f"image has {have} channels but the model reads {channels}; no unambiguous conversion exists. "
         "Convert the image yourself (for RGB → grey, choose the weights)."
@@ -165,5 +169,5 @@ def to_unit_tensor(image: ImageInput, channels: int | None = None) -> torch.Tens
         )
     if chw.shape[-1] < 1 or chw.shape[-2] < 1:
         raise InvalidImageError(f"image has an empty side: shape {tuple(chw.shape)}")
-    unit = _to_unit_float(chw)
-    return unit if channels is None else _fit_channels(unit, channels)
+    unit = to_unit_float(chw)
+    return unit if channels is None else fit_channels(unit, channels)

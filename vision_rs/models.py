@@ -73,9 +73,11 @@ class InputSpec:
 class NormalizedClassifier(nn.Module):
     """``model((x - mean) / std)`` on [0, 1] pixels, repeating a grey image to the model's colour channels.
 
-    ``extra_channels`` trailing input channels (the hierarchical indicator) pass through unnormalised.
-    A grey input (one colour channel) for a model of ``spec.channels`` colours is repeated after the
-    noise, so the noise — and every radius — lives in the grey image's own space.
+    Channels are dim -3, so images [N, C, H, W] and clips [N, T, C, H, W] alike are normalised (a clip
+    model gets its layout from an adapter, see :mod:`vision_rs.video.models`). ``extra_channels``
+    trailing input channels (the hierarchical indicator) pass through unnormalised. A grey input (one
+    colour channel) for a model of ``spec.channels`` colours is repeated after the noise, so the
+    noise — and every radius — lives in the grey image's own space.
     """
 
     def __init__(self, model: nn.Module, spec: InputSpec, extra_channels: int = 0) -> None:
@@ -84,18 +86,18 @@ class NormalizedClassifier(nn.Module):
         self.spec = spec
         self.extra_channels = extra_channels
         device = model_device(model)  # a model already on the GPU gets its normalisation there too
-        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32, device=device).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32, device=device).view(-1, 1, 1), persistent=False)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        colours = pixels.shape[1] - self.extra_channels
-        colour = (pixels if self.extra_channels == 0 else pixels[:, :colours])
-        if colours != self.spec.channels:
-            colour = colour.expand(-1, self.spec.channels, -1, -1)  # grey → RGB (checked up front)
+        colours = pixels.shape[-3] - self.extra_channels
+        colour = pixels if self.extra_channels == 0 else pixels[..., :colours, :, :]
+        if colours != self.spec.channels:  # grey → RGB (checked up front)
+            colour = colour.expand(*colour.shape[:-3], self.spec.channels, *colour.shape[-2:])
         normalised = (colour - self.mean) / self.std
         if self.extra_channels == 0:
             return self.model(normalised)
-        return self.model(torch.cat([normalised, pixels[:, colours:]], dim=1))
+        return self.model(torch.cat([normalised, pixels[..., colours:, :, :]], dim=-3))
 
 
 def unwrap_parallel(model: nn.Module) -> nn.Module:

@@ -29,7 +29,7 @@ def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
-def _grid_starts(length: int, size: int, stride: int) -> list[int]:
+def grid_starts(length: int, size: int, stride: int) -> list[int]:
     """Start offsets 0, stride, 2·stride, ... plus the last one flush with the edge, so the grid covers it."""
     starts = list(range(0, length - size + 1, stride))
     if starts[-1] != length - size:
@@ -85,7 +85,7 @@ class Patches:
             raise InvalidImageError(f"patch {patch_h}×{patch_w} is larger than the image {height}×{width}")
         if self.stride is not None:
             stride_h, stride_w = self.stride  # type: ignore[misc]
-            positions = [(t, l) for t in _grid_starts(height, patch_h, stride_h) for l in _grid_starts(width, patch_w, stride_w)]
+            positions = [(t, l) for t in grid_starts(height, patch_h, stride_h) for l in grid_starts(width, patch_w, stride_w)]
         else:
             device = generator.device
             tops = torch.randint(0, height - patch_h + 1, (self.count,), generator=generator, device=device)

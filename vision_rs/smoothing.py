@@ -84,6 +84,7 @@ class SmoothedClassifier:
         config: EngineConfig,
         num_classes: int | None = None,
         source: ModelSource | None = None,
+        inputs: Callable[[Any, int], torch.Tensor] = to_unit_tensor,
     ) -> None:
         self.base = base
         self.smoothing = smoothing
@@ -93,6 +94,8 @@ class SmoothedClassifier:
         self.num_classes = num_classes
         self.source = source or ModelSource.of_module(base.model)
         """Where the base model and its weights came from (recorded with dataset runs)."""
+        self.inputs = inputs
+        """Turns an input (image, clip) into float [0, 1] pixels in its own channels, checked against the model."""
         self._warned: set[str] = set()
 
     @property
@@ -141,8 +144,8 @@ class SmoothedClassifier:
             log.warning(message, *args)
 
     def _pixels(self, image: ImageInput) -> torch.Tensor:
-        """The image as float [C, H, W] in [0, 1] in its own channels, checked against the model."""
-        return to_unit_tensor(image, channels=self.spec.channels)
+        """The input as float [C, H, W] (or [T, C, H, W]) in [0, 1] in its own channels, checked against the model."""
+        return self.inputs(image, self.spec.channels)
 
     def _warn_about_scale(self, height: int, width: int) -> None:
         transform = self.spec.transform
@@ -383,12 +386,22 @@ def prepare_model(
     return PreparedModel(loaded, source, spec, config, device, num_classes)
 
 
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """Store every 4-d parameter and buffer channels-last and every 5-d one channels-last-3d (in place)."""
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.ndim in formats:
+                tensor.data = tensor.data.contiguous(memory_format=formats[tensor.ndim])
+    return module
+
+
 def place(base: nn.Module, prepared: PreparedModel) -> tuple[nn.Module, torch.device]:
     """Move a base model to the requested device and memory layout; return it and its device."""
     if prepared.device is not None:
         base = base.to(torch.device(prepared.device))
     if prepared.config.channels_last:
-        base = base.to(memory_format=torch.channels_last)
+        base = to_channels_last(base)
     return base, model_device(base)
 
 

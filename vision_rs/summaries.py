@@ -64,7 +64,7 @@ def format_summaries(summaries: dict[str, Summary]) -> str:
     lines = []
     if labelled:
         radii = sorted({r for summary in labelled.values() for r in summary.certified_accuracy})
-        header = ["run", "images", "clean acc"] + [f"cert acc R>{r:g}" for r in radii] + ["ACR", "abstain", "s/image"]
+        header = ["run", "inputs", "clean acc"] + [f"cert acc R>{r:g}" for r in radii] + ["ACR", "abstain", "s/input"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for name, summary in labelled.items():
             cells = [name, str(summary.images), f"{summary.clean_accuracy:.3f}"]

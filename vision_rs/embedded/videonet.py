@@ -56,7 +56,9 @@ class DigitsC3D(nn.Module):
             "input_size": (3, IMAGE_SIZE, IMAGE_SIZE),
             "num_frames": CLIP_FRAMES,
             "num_classes": num_classes,
-            "crop_pct": 1.0,
+            "crop_pct": 1.0,  # the clips are the model's input size: nothing to crop
+            "interpolation": "bilinear",
+            "first_conv": "features.0.0",
         }
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
