@@ -254,11 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     demo.add_argument("--out-dir", type=Path, default=Path("vision-rs-demo"), help="output folder (default: ./vision-rs-demo)")
-    demo.add_argument("--n0", type=POSITIVE, default=100, help="selection samples (default: 100)")
-    demo.add_argument("--n", type=POSITIVE, default=1000, help="estimation samples (default: 1000)")
+    demo.add_argument("--video", action="store_true",
+                      help="the video demo instead: 30 held-out moving-digit clips (mp4), a 3D CNN on the whole clip and "
+                           "on sub-clips, and the image CNN frame by frame, at equal compute")
+    demo.add_argument("--n0", type=POSITIVE, help="selection samples (default: 100; video: 60)")
+    demo.add_argument("--n", type=POSITIVE, help="estimation samples (default: 1000; video: 600)")
     demo.add_argument("--alpha", type=ALPHA, default=0.001, help="failure probability (default: 0.001)")
     demo.add_argument("--seed", type=NON_NEGATIVE, default=0, help="noise seed; test image idx uses seed+idx (default: 0)")
-    demo.add_argument("--limit", type=POSITIVE, help="certify only the first LIMIT test images")
+    demo.add_argument("--limit", type=POSITIVE, help="certify only the first LIMIT test inputs (video default: 30)")
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
 
     commands.add_parser(
@@ -440,12 +443,19 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from .demo import run_demo, run_video_demo
     from .summaries import format_pixel_budget_table, format_summaries
 
     started = time.perf_counter()
-    result = run_demo(args.out_dir, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed, limit=args.limit, device=args.device)
-    print(f"Embedded digits test split, n0={args.n0}, n={args.n}, alpha={args.alpha} (radii in [0,1] pixel units, L2):")
+    if args.video:
+        n0, n, limit = args.n0 or 60, args.n or 600, args.limit or 30
+        result = run_video_demo(args.out_dir, n0=n0, n=n, alpha=args.alpha, seed=args.seed, limit=limit, device=args.device)
+        print(f"Embedded moving-digit clips (first {limit} test clips, mp4), {n0}+{n} base-classifier evaluations per "
+              f"clip, alpha={args.alpha} (radii: L2 over all 16 frames, [0,1] pixel units):")
+    else:
+        n0, n = args.n0 or 100, args.n or 1000
+        result = run_demo(args.out_dir, n0=n0, n=n, alpha=args.alpha, seed=args.seed, limit=args.limit, device=args.device)
+        print(f"Embedded digits test split, n0={n0}, n={n}, alpha={args.alpha} (radii in [0,1] pixel units, L2):")
     print(format_summaries(result.summaries))
     if result.hierarchical:
         print("\nHierarchical model: certified accuracy against any change of at most r pixels with total L2 < ε:")
