@@ -310,3 +310,13 @@ def test_certify_video_refuses_a_corrupt_file_before_writing(clip_folder: Path, 
     assert main(["certify-video", str(tmp_path / "videos"), "--model", "digits_c3d.sigma_0.25", "--sigma", "0.25",
                  "--out", str(out)]) == 2
     assert "broken.mp4" in capsys.readouterr().err and not out.exists()
+
+
+def test_video_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--video", "--out-dir", str(tmp_path / "demo"), "--limit", "2", "--n0", "6", "--n", "30"]) == 0
+    out = capsys.readouterr().out
+    for label in ("Gaussian, 3D CNN (whole clip)", "Smooth-Reduce vote+mean, 3D CNN on 3 sub-clips of 8",
+                  "Gaussian, image CNN frame by frame"):
+        assert f"| {label} | 2 |" in out
+    assert len(list((tmp_path / "demo" / "clips").rglob("*.mp4"))) == 2
+    assert (tmp_path / "demo" / "video_certified_accuracy.png").is_file()
