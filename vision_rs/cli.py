@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     reading = video.add_argument_group("reading (decord, or PyAV when decord cannot)")
     reading.add_argument("--frames", type=POSITIVE, help="frames per clip (default: all)")
     reading.add_argument("--stride", type=POSITIVE, default=1, help="take every STRIDE-th frame (default: 1)")
-    reading.add_argument("--start", type=NON_NEGATIVE, default=0, help="first frame (default: 0)")
+    reading.add_argument("--start", "--start-frame", dest="start", type=NON_NEGATIVE, default=0,
+                         help="first frame (default: 0); --start-frame under torchrun")
     reading.add_argument("--uniform", action="store_true", help="spread --frames evenly over the video instead")
     reading.add_argument("--pad", choices=["loop", "repeat"], help="extend a video too short for the request")
     reading.add_argument("--size", type=POSITIVE, nargs=2, metavar=("H", "W"), help="resize frames when reading")

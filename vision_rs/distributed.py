@@ -147,6 +147,17 @@ def process_group(ranks: Ranks | None, device: torch.device | str | None) -> Ite
         dist.destroy_process_group()
 
 
+@contextmanager
+def _together(ranks: Ranks) -> Iterator[None]:
+    """A message between the ranks; when another rank has died (its connection closes), say so in our words."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.distributed.DistBackendError, or gloo's "Connection closed by peer"
+        raise VisionRSError(
+            "another process of the run stopped before the end (its own error says why); every row written so far "
+            "is kept: run the same command again to resume") from exc
+
+
 def _shareable(error: BaseException) -> BaseException:
     """``error`` as it can be sent to the other ranks: our own errors as they are, others named in a message."""
     return error if isinstance(error, VisionRSError) else VisionRSError(f"rank 0 failed: {type(error).__name__}: {error}")
@@ -161,9 +172,11 @@ def on_rank_zero(ranks: Ranks | None, work: Callable[[], T]) -> T:
         try:
             message[0] = (work(), None)
         except Exception as exc:  # every rank must hear of it, or the others would wait for rank 0 forever
-            torch.distributed.broadcast_object_list([(None, _shareable(exc))], src=0)
+            with _together(ranks):
+                torch.distributed.broadcast_object_list([(None, _shareable(exc))], src=0)
             raise
-    torch.distributed.broadcast_object_list(message, src=0)
+    with _together(ranks):
+        torch.distributed.broadcast_object_list(message, src=0)
     result, error = message[0]
     if error is not None:
         raise error
@@ -173,7 +186,8 @@ def on_rank_zero(ranks: Ranks | None, work: Callable[[], T]) -> T:
 def gather(ranks: Ranks, value: T) -> list[T]:
     """``value`` of every rank, in rank order, on every rank (waits for all of them)."""
     values: list[Any] = [None] * ranks.world_size
-    torch.distributed.all_gather_object(values, value)
+    with _together(ranks):
+        torch.distributed.all_gather_object(values, value)
     return values
 
 
