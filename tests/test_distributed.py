@@ -179,6 +179,15 @@ def test_torchrun_without_out_is_refused_and_errors_reach_torchruns_summary(
     assert "under torchrun give --out" in json.loads(error_file.read_text())["message"]["message"]
 
 
+def test_an_interrupt_counts_the_rows_in_the_parts_too(tmp_path: Path, reference: Path) -> None:
+    from vision_rs.cli import _saved_rows
+
+    out = tmp_path / "run.tsv"
+    split_into_parts(reference, out, world_size=2, keep=2)
+    args = argparse.Namespace(command="certify", out=out)
+    assert _saved_rows(args) == f"4 finished rows are saved ({out}); run the same command again to resume"
+
+
 # ---------------------------------------------------------------------------- ranks, shares, environment
 
 

@@ -91,7 +91,7 @@ def _progress_bar(ranks: Ranks | None, total: int, done: int, progress: bool, de
     """One bar over the whole data set, shown by rank 0 only. Rank 0 counts its own rows × the number of ranks
     (their shares differ by at most one input): no messages between ranks while they certify."""
     if ranks is not None:
-        desc = f"{desc} ({ranks.world_size} ranks)"
+        desc = f"{desc} ({ranks.world_size} processes)"
     return tqdm(total=total, initial=done, desc=desc, disable=not progress or (ranks is not None and not ranks.is_main))
 
 
@@ -273,7 +273,8 @@ def certify_dataset(
     Under torchrun the images are shared out over the processes, each on the GPU of its ``LOCAL_RANK``
     (or the CPU), and rank 0 merges their rows into ``out``: the rows are those of one process, whatever
     their number (see :func:`run_dataset`). ``distributed``: None = auto (torchrun's environment or an
-    initialised process group), False = this process certifies everything, True = insist on ranks.
+    initialised process group), False = this process certifies everything (under torchrun, give each
+    process its own ``out``), True = insist on ranks.
     """
     return certify_classification_dataset(
         smoothed, data, out, task="image-classification", kind=IMAGE_FILES, settings={}, n0=n0, n=n, alpha=alpha,
