@@ -243,15 +243,20 @@ class Counting:
         return self.inner.certify(*args, **kwargs)
 
 
+def assert_one_process_finishes(out: Path, reference: Path, done: int) -> None:
+    """Resuming in one process certifies only the inputs not ``done`` and gives the reference run."""
+    counting = Counting(smoothed())
+    one_thread(vision_rs.certify_dataset)(counting, digits(), out, distributed=False, **SETTINGS)
+    assert counting.calls == INPUTS - done
+    assert_same_run(out, reference)
+
+
 def test_one_process_resumes_from_the_parts_of_three_without_redoing_a_row(tmp_path: Path, reference: Path) -> None:
     out = tmp_path / "run.tsv"
     split_into_parts(reference, out, world_size=3, keep=2)  # rows 0-5 done
     with part_path(out, 2, 3).open("a") as handle:
         handle.write("8\t9\t")  # rank 2 killed while writing its third row
-    counting = Counting(smoothed())
-    one_thread(vision_rs.certify_dataset)(counting, digits(), out, distributed=False, **SETTINGS)
-    assert counting.calls == INPUTS - 6
-    assert_same_run(out, reference)
+    assert_one_process_finishes(out, reference, done=6)
 
 
 def test_a_merge_killed_between_its_two_renames_loses_and_repeats_nothing(tmp_path: Path, reference: Path) -> None:
@@ -260,11 +265,8 @@ def test_a_merge_killed_between_its_two_renames_loses_and_repeats_nothing(tmp_pa
     split_into_parts(reference, out, world_size=2, keep=3)  # rows 0-5 done
     jsonl = reference.with_suffix(".jsonl").read_text().splitlines(keepends=True)
     out.with_suffix(".jsonl").write_text("".join(jsonl[:7]))
-    out.write_text("".join(reference.read_text().splitlines(keepends=True)[:3]))  # the TSV before the merge: rows 0, 1
-    counting = Counting(smoothed())
-    one_thread(vision_rs.certify_dataset)(counting, digits(), out, distributed=False, **SETTINGS)
-    assert counting.calls == INPUTS - 6
-    assert_same_run(out, reference)
+    out.write_text("".join(reference.read_text().splitlines(keepends=True)[:3]))  # the TSV before: rows 0, 1 (also in parts)
+    assert_one_process_finishes(out, reference, done=6)
 
 
 def test_a_part_with_other_settings_is_refused_naming_the_field(tmp_path: Path, reference: Path) -> None:
@@ -381,3 +383,19 @@ def test_each_rank_takes_the_gpu_of_its_local_rank_and_the_backend_follows_the_d
     with pytest.raises(InvalidParameterError, match="LOCAL_RANK 1 but sees 1 GPU"):
         rank_device("cuda", ranks)
     assert backend_for("cuda:1") == "nccl" and backend_for("cpu") == backend_for(None) == "gloo"
+
+
+def test_parts_on_other_gpus_of_the_same_run_are_no_environment_change(tmp_path: Path, caplog) -> None:
+    """Rank 1 of a GPU run wrote cuda:1 in its record: no warning on cuda:0, but one when resuming on the CPU."""
+    def record(device: str) -> dict:
+        return {"kind": "image-classification", "classifier": {"device": device, "sigma": 0.25}, "n": 100}
+
+    part = RunFiles.part(tmp_path / "run.tsv", 1, 2)
+    part.finished(record("cuda:1"), [None])
+    part.append("0\t1\t1\t0.5\t1\t0.1\n", {"idx": 0, "label": 1, "source": None})
+    part.close()
+    with caplog.at_level("WARNING", logger="vision_rs"):
+        assert RunFiles.part(tmp_path / "run.tsv", 1, 2).finished(record("cuda:0"), [None], per_rank=True) == {0}
+        assert not caplog.records
+        RunFiles.part(tmp_path / "run.tsv", 1, 2).finished(record("cpu"), [None], per_rank=True)
+    assert "classifier.device: was 'cuda:1', now 'cpu'" in caplog.text

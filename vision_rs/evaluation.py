@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from .distributed import Ranks, host_name, on_rank_zero, gather, place_on_rank_device, process_group, resolve_ranks
+from .distributed import Ranks, gather, host_name, on_rank_zero, place_on_rank_device, process_group, resolve_ranks
 from .errors import OutputPathError
 from .images import IMAGE_SUFFIXES, ImageInput, to_unit_tensor
 from .inputs import UNKNOWN_LABEL, LabelledFiles, check_class_to_idx, collect_files

@@ -141,6 +141,12 @@ def _is_environment(field: str) -> bool:
     return any(field == name or field.startswith(name + ".") for name in ENVIRONMENT_FIELDS)
 
 
+def _other_gpu_index(field: str, earlier: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
+    """Whether ``field`` is the classifier's device and only its index differs (each rank on its own GPU)."""
+    devices = [str(flatten(record).get(field)).split(":")[0] for record in (earlier, now)]
+    return field == "classifier.device" and devices[0] == devices[1]
+
+
 def record_differences(earlier: Mapping[str, Any], now: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """(fields that change results, environment fields) whose values differ between two run records."""
     before, after = flatten(earlier), flatten(now)
@@ -176,11 +182,13 @@ class RunFiles:
         files.tsv, files.jsonl = part_path(files.tsv, rank, world_size), part_path(files.jsonl, rank, world_size)
         return files
 
-    def finished(self, record: dict[str, Any], sources: Sequence[str | None], *, warn: bool = True) -> set[int]:
+    def finished(self, record: dict[str, Any], sources: Sequence[str | None], *, warn: bool = True,
+                 per_rank: bool = False) -> set[int]:
         """Indices already done by an earlier run with the same record and inputs (raises if they differ).
 
         ``record`` is this run's record (JSON-ready); it is written first when the files are created.
-        ``warn``: log the environment fields that differ (a resume on another device, ...).
+        ``warn``: log the environment fields that differ (a resume on another device, ...); ``per_rank``: the
+        files are another rank's, so a GPU of another index (``cuda:3``, not ``cuda:0``) is no difference.
         """
         self.record = json.loads(json.dumps(record))  # as the JSONL will hold it
         tsv_lines = _keep_complete_lines(self.tsv)
@@ -200,6 +208,8 @@ class RunFiles:
                 f"{self.tsv} holds a run with other settings ({details}). Use another --out, or the same "
                 "settings to resume."
             )
+        if per_rank:
+            environment = [field for field in environment if not _other_gpu_index(field, earlier, self.record)]
         if environment and warn:
             log.warning("resuming %s with another %s: certificates stay valid; the rows after the resume point "
                         "may draw other random numbers than an uninterrupted run", self.tsv,
@@ -269,11 +279,11 @@ def part_ranks(tsv: str | os.PathLike) -> list[tuple[int, int]]:
 
 def _rows_by_index(files: RunFiles) -> dict[int, tuple[str, str]]:
     """idx → (TSV line, JSONL line) of files that :meth:`RunFiles.finished` has checked and repaired."""
-    tsv = {int(line.split("\t", 1)[0]): line for line in _complete_lines(files.tsv.read_text())[1:] if line.strip()} \
-        if files.tsv.exists() else {}
-    jsonl = {json.loads(line)["idx"]: line for line in _complete_lines(files.jsonl.read_text())[1:]} \
-        if files.jsonl.exists() else {}
-    return {idx: (line, jsonl[idx]) for idx, line in tsv.items()}
+    tsv = [line for line in _complete_lines(files.tsv.read_text())[1:] if line.strip()] if files.tsv.exists() else []
+    jsonl = _complete_lines(files.jsonl.read_text())[1:] if files.jsonl.exists() else []
+    results = {json.loads(line)["idx"]: line for line in jsonl}
+    indices = [int(line.split("\t", 1)[0]) for line in tsv]
+    return {idx: (line, results[idx]) for idx, line in zip(indices, tsv)}
 
 
 def _record_line(files: RunFiles) -> str | None:
@@ -289,7 +299,7 @@ def merge_parts(run: RunFiles, record: dict[str, Any], sources: Sequence[str | N
     replaced first, then the TSV, each at once (written beside it and renamed), and only then are the parts
     removed, TSV first: a kill at any point leaves files from which the next merge loses and repeats no row.
     A row found twice (a kill between the rename and the removal) is kept once, as the run file has it.
-    ``warn`` as for :meth:`RunFiles.finished`.
+    ``warn``: log the environment fields in which the files differ from ``record`` (but each rank's device).
     """
     done = run.finished(record, sources, warn=warn)
     parts = [RunFiles.part(run.tsv, rank, world_size, run.columns) for rank, world_size in part_ranks(run.tsv)]
@@ -297,7 +307,7 @@ def merge_parts(run: RunFiles, record: dict[str, Any], sources: Sequence[str | N
         return done
     rows = _rows_by_index(run)
     for files in parts:
-        files.finished(record, sources, warn=warn)
+        files.finished(record, sources, warn=warn, per_rank=True)
         for idx, pair in _rows_by_index(files).items():
             rows.setdefault(idx, pair)
     header = next((line for line in map(_record_line, [run, *parts]) if line is not None), None)
