@@ -385,6 +385,18 @@ def test_each_rank_takes_the_gpu_of_its_local_rank_and_the_backend_follows_the_d
     assert backend_for("cuda:1") == "nccl" and backend_for("cpu") == backend_for(None) == "gloo"
 
 
+def test_the_command_line_builds_each_ranks_model_on_its_own_gpu(monkeypatch, tmp_path: Path) -> None:
+    from vision_rs.cli import rank_device_option
+
+    for name, value in dict(RANK="3", WORLD_SIZE="4", LOCAL_RANK="1", MASTER_ADDR="h", MASTER_PORT="1").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    out = tmp_path / "run.tsv"
+    for given, expected in ((None, "cuda:1"), ("cuda", "cuda:1"), ("cuda:0", "cuda:1"), ("cpu", "cpu")):
+        assert rank_device_option(argparse.Namespace(device=given, out=out)) == torch.device(expected)
+
+
 def test_parts_on_other_gpus_of_the_same_run_are_no_environment_change(tmp_path: Path, caplog) -> None:
     """Rank 1 of a GPU run wrote cuda:1 in its record: no warning on cuda:0, but one when resuming on the CPU."""
     def record(device: str) -> dict:

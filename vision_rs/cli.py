@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def rank_device_option(args: argparse.Namespace) -> str | torch.device | None:
-    """``--device``; under torchrun, by default, the GPU of the process's ``LOCAL_RANK`` (the CPU without CUDA).
+    """``--device``; under torchrun, on a GPU (the default when there is one), the GPU of the process's ``LOCAL_RANK``.
 
     Under torchrun with several processes ``--out`` is needed: each one certifies its share into files beside it.
     """
@@ -295,7 +295,7 @@ def rank_device_option(args: argparse.Namespace) -> str | torch.device | None:
     if ranks.world_size > 1 and args.out is None:
         raise InvalidParameterError("under torchrun give --out run.tsv: every process certifies its share of the inputs "
                                     "into files beside it, which rank 0 merges")
-    return args.device if args.device is not None else rank_device("cuda" if torch.cuda.is_available() else "cpu", ranks)
+    return rank_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), ranks)
 
 
 def model_options(args: argparse.Namespace) -> dict[str, object]:
