@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.stats import binom
+from scipy.stats import binom, chi2, norm
 from torch import nn
 
 FALSE_FAILURE = 1e-4
-"""The most probability with which a statistical test here may fail a correct library (any random stream)."""
+"""The most probability with which one statistical test here (each parametrized case) may fail a correct library,
+whatever the random stream (torch version, batch size, device)."""
 
 
 def binomial_tolerance(trials: int, rate: float, false_failure: float = FALSE_FAILURE) -> int:
@@ -23,6 +24,24 @@ def hoeffding_deviation(draws: int, spread: float, tests: int = 1, false_failure
     from its mean, except with probability ≤ ``false_failure`` over ``tests`` such sums together (Hoeffding 1963,
     Theorem 2, two-sided, with Bonferroni): spread · sqrt(draws · log(2·tests/false_failure) / 2)."""
     return spread * float(np.sqrt(draws * np.log(2 * tests / false_failure) / 2))
+
+
+def normal_mean_bound(count: int, sigma: float, tests: int = 1) -> float:
+    """|mean| of ``count`` independent N(0, σ²) values exceeds this with probability FALSE_FAILURE / ``tests``."""
+    return float(norm.isf(FALSE_FAILURE / (2 * tests)) * sigma / np.sqrt(count))
+
+
+def normal_rms_interval(count: int, sigma: float, tests: int = 1) -> tuple[float, float]:
+    """The root mean square of ``count`` independent N(0, σ²) values (σ² · χ²(count) / count) falls outside this
+    interval with probability FALSE_FAILURE / ``tests``."""
+    tail = FALSE_FAILURE / (2 * tests)
+    return sigma * float(np.sqrt(chi2.ppf(tail, count) / count)), sigma * float(np.sqrt(chi2.isf(tail, count) / count))
+
+
+def binomial_interval(trials: int, p: float, tests: int = 1) -> tuple[int, int]:
+    """A Binomial(trials, p) count falls outside [low, high] with probability ≤ FALSE_FAILURE / ``tests``."""
+    tail = FALSE_FAILURE / (2 * tests)
+    return int(binom.ppf(tail, trials, p)), int(binom.isf(tail, trials, p))
 
 
 @pytest.fixture(autouse=True)
