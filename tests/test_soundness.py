@@ -49,7 +49,8 @@ def test_certified_radius_exceeds_true_radius_at_most_alpha_of_the_time(linear_s
 
 def predict_wrong_probability(probabilities: np.ndarray, n: int, alpha: float) -> float:
     """Exact probability that Cohen's PREDICT (two-sided binomial test of the top two counts at ``alpha``) names a class
-    other than the most likely one, for two or three classes: a sum over every count vector of n draws."""
+    other than the most likely one, for two or three classes: a sum over every count vector of n draws.
+    ``alpha=1`` is the plug-in prediction (the top count, no test)."""
     if len(probabilities) == 2:
         counts = np.stack([np.arange(n + 1), n - np.arange(n + 1)], axis=1)
     else:
@@ -81,6 +82,8 @@ def test_predict_returns_the_wrong_class_at_most_alpha_of_the_time(linear_setup)
     summary = f"{wrong}/{trials} wrong (exact rate {exact:.4f}, tolerance {tolerance}), plug-in wrong {plug_in_wrong}"
     print(summary)
     assert 0.35 * alpha < exact <= alpha / 2
+    # the power check fails a correct library only if the plug-in errs at most ``tolerance`` times
+    assert binom.cdf(tolerance, trials, predict_wrong_probability(np.array([1 - p_one, p_one]), n, 1.0)) <= FALSE_FAILURE
     assert wrong <= tolerance, summary
     assert plug_in_wrong > tolerance, "the check has no power: " + summary
 
@@ -115,6 +118,9 @@ def test_predict_with_three_classes_compares_the_top_two_counts(linear_setup) ->
     # the model's class probabilities are the ones above: pooled counts, false failure ≤ 1e-4 over the three classes
     assert np.all(np.abs(counted - trials * n * probabilities) <= hoeffding_deviation(trials * n, 1.0, tests=3)), counted
     assert exact <= alpha / 2
+    # the power checks fail a correct library only if the plug-in (and the test against the smallest count, which
+    # is wrong whenever the plug-in is, up to a rejection that almost always happens) errs at most ``tolerance`` times
+    assert binom.cdf(tolerance, trials, predict_wrong_probability(probabilities, n, 1.0)) <= FALSE_FAILURE
     assert wrong <= tolerance, summary
     assert plug_in_wrong > tolerance, "the check has no power: " + summary
     assert against_smallest_wrong > tolerance, "the check cannot see the wrong runner-up: " + summary
