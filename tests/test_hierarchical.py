@@ -243,13 +243,13 @@ def beta_upper(counts: np.ndarray, n: int, level: float) -> np.ndarray:
 
 def test_bounds_cover_candidate_and_true_runner_up_at_once() -> None:
     """P(p̲A > p_A or p̄B < max_{c≠A} p_c) ≤ α, computed exactly: the multinomial probability of every count vector
-    of n = 100 draws whose bounds miss, for class probabilities with tied, distinct and equal runners-up. Exact sums
+    of n = 80 draws whose bounds miss, for class probabilities with tied, distinct and equal runners-up. Exact sums
     need no tolerance and cannot fail by chance.
 
     Power: three unsound variants of the same bounds miss with probability > α for some of these probabilities:
     the smallest other count as the runner-up, both bounds at α (no α/2 split), and always class 1.
     """
-    n, alpha = 100, 0.1
+    n, alpha = 80, 0.1
     counts = three_class_counts(n)
     library = np.array([hierarchical_bounds(row.tolist(), 0, alpha) for row in counts])
     half, full = beta_lower(counts[:, 0], n, alpha / 2), beta_lower(counts[:, 0], n, alpha)

@@ -352,7 +352,7 @@ def test_three_class_bounds_cover_the_true_runner_up(mode: str, reduce: str) -> 
 
 
 @lru_cache(maxsize=None)
-def vote_radius_bound(reduce: str, draws: int = 100_000) -> tuple[float, float]:
+def vote_radius_bound(reduce: str, draws: int = 50_000) -> tuple[float, float]:
     """(t, p): p ≈ P(vote = 0) at x, and t ≥ the distance along ΣU_i to a point where P(vote = 0) ≤ 1/2, which
     bounds Cohen's radius σΦ⁻¹(p_A) from above. Monte Carlo with common random numbers over the 2k view scores:
     at t the estimate is 5 standard errors below 1/2, so the true probability there is below 1/2 (the chance

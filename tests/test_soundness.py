@@ -70,7 +70,7 @@ def test_predict_returns_the_wrong_class_at_most_alpha_of_the_time(linear_setup)
     model, image = linear_setup
     distance = 0.001 * SIGMA
     near = vision_rs.smooth(at_distance(model, image, distance), sigma=SIGMA, progress=False)
-    alpha, trials, n = 0.05, 600, 200
+    alpha, trials, n = 0.05, 400, 200
     p_one = float(norm.cdf(distance / SIGMA))
     exact = predict_wrong_probability(np.array([1 - p_one, p_one]), n, alpha)
     wrong = plug_in_wrong = 0
@@ -100,7 +100,7 @@ def test_predict_with_three_classes_compares_the_top_two_counts(linear_setup) ->
     b = float(v @ x + SIGMA * norm.ppf(0.4995))  # class 1's share of the rest
     probabilities = np.array([0.1, 0.9 * 0.4995, 0.9 * 0.5005])
     smoothed = vision_rs.smooth(TreeClassifier(u, v, a, b), sigma=SIGMA, progress=False)
-    alpha, trials, n = 0.05, 600, 200
+    alpha, trials, n = 0.05, 400, 200
     exact = predict_wrong_probability(probabilities, n, alpha)
     wrong = plug_in_wrong = against_smallest_wrong = 0
     counted = np.zeros(3)
