@@ -19,6 +19,18 @@ def binomial_tolerance(trials: int, rate: float, false_failure: float = FALSE_FA
     return int(binom.ppf(1 - false_failure, trials, rate))
 
 
+def assert_sound_with_power(failures: int, trials: int, rate: float, unsound: dict[str, int], context: str = "") -> None:
+    """``failures`` in ``trials`` stays within ``binomial_tolerance(trials, rate)`` (false failure ≤ 1e-4), and each
+    named unsound variant's failure count in ``unsound`` exceeds it: the check can fail."""
+    tolerance = binomial_tolerance(trials, rate)
+    summary = f"{context}{failures}/{trials} failures (tolerance {tolerance}); unsound " + ", ".join(
+        f"'{name}' {count}" for name, count in unsound.items())
+    print(summary)
+    assert failures <= tolerance, summary
+    for name, count in unsound.items():
+        assert count > tolerance, f"the check has no power against '{name}': " + summary
+
+
 def hoeffding_deviation(draws: int, spread: float, tests: int = 1, false_failure: float = FALSE_FAILURE) -> float:
     """Largest deviation of a sum of ``draws`` independent variables with values in an interval of length ``spread``
     from its mean, except with probability ≤ ``false_failure`` over ``tests`` such sums together (Hoeffding 1963,

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import brentq
-from scipy.stats import beta, binom, multinomial, norm
+from scipy.stats import beta, multinomial, norm
 from torch import nn
 
 import vision_rs
 from tests.conftest import (
     LinearTwoClass,
     Recorder,
+    assert_sound_with_power,
     binomial_interval,
     binomial_tolerance,
     hoeffding_deviation,
@@ -462,11 +463,7 @@ def test_predict_under_hierarchical_smoothing_is_wrong_at_most_alpha_of_the_time
         prediction = smoothed.predict(image, n=n, alpha=alpha, seed=seed)
         wrong += prediction.label == 0
         plug_in_wrong += prediction.counts.get(1, 0) <= prediction.counts.get(0, 0)  # argmax; a tie goes to class 0
-    tolerance = binomial_tolerance(trials, alpha)
-    summary = f"{wrong}/{trials} wrong (tolerance {tolerance}), plug-in wrong {plug_in_wrong}"
-    print(summary)
-    assert wrong <= tolerance, summary
-    assert plug_in_wrong > tolerance, "the check has no power: " + summary
+    assert_sound_with_power(wrong, trials, alpha, {"plug-in": plug_in_wrong})
 
 
 # ---------------------------------------------------------------------------------------------

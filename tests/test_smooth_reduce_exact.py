@@ -35,10 +35,9 @@ import torch
 from scipy.optimize import brentq, minimize_scalar
 from scipy.special import log_ndtr, ndtri_exp
 from scipy.stats import norm
-from torch import nn
 
 import vision_rs
-from tests.conftest import TreeClassifier, binomial_tolerance, hoeffding_deviation
+from tests.conftest import Recorder, TreeClassifier, assert_sound_with_power, hoeffding_deviation
 from vision_rs import Patches
 from vision_rs.certificates import max_of_views_certify, mean_of_views_certify, probit_mean_certify
 from vision_rs.stats import clopper_pearson_lower, clopper_pearson_upper, mean_lower_bound, mean_upper_bound
@@ -342,12 +341,8 @@ def test_three_class_bounds_cover_the_true_runner_up(mode: str, reduce: str) -> 
         expected = reference_radius(mode, reduce, candidate, votes, n, exact.c_max)
         if not math.isclose(cert.radius, expected, rel_tol=1e-7, abs_tol=1e-9):
             mismatches.append((cert.radius, expected))
-    tolerance = binomial_tolerance(trials, ALPHA)
-    summary = (f"{mode}/{reduce}: P(x) = {exact.probabilities().mean(axis=0).round(3)}, bound {bound:.4f}; "
-               f"{over}/{trials} over-claims (tolerance {tolerance}), smallest-other-class runner-up {smallest_over}")
-    print(summary)
-    assert over <= tolerance, summary
-    assert smallest_over > tolerance, "the check has no power: " + summary
+    assert_sound_with_power(over, trials, ALPHA, {"smallest other class as runner-up": smallest_over},
+                            f"{mode}/{reduce}, P(x) = {exact.probabilities().mean(axis=0).round(3)}, bound {bound:.4f}: ")
     assert not mismatches, f"the library's radius differs from docs/theory.md's: {mismatches[:3]}"
 
 
@@ -400,12 +395,8 @@ def test_three_class_certificates_end_to_end(mode: str, reduce: str) -> None:
         unsound_over += cert.candidate == 0 and unsound > bound
         for cls, count in cert.counts.items():
             totals[cls] += count
-    tolerance = binomial_tolerance(trials, ALPHA)
-    summary = (f"{mode}/{reduce}: bound {bound:.4f}; {over}/{trials} over-claims (tolerance {tolerance}), "
-               f"unsound variant {unsound_over}")
-    print(summary)
-    assert over <= tolerance, summary
-    assert unsound_over > tolerance, "the check has no power: " + summary
+    variant = "plug-in" if mode == "vote" else "no 1/2"
+    assert_sound_with_power(over, trials, ALPHA, {variant: unsound_over}, f"{mode}/{reduce}, bound {bound:.4f}: ")
     if mode != "vote":
         assert_votes_match(totals, exact, trials * n)
 
@@ -413,18 +404,6 @@ def test_three_class_certificates_end_to_end(mode: str, reduce: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # 2. The views the model sees: resized patches and random positions
 # ---------------------------------------------------------------------------------------------
-
-
-class Recorder(nn.Module):
-    """Keeps every batch it sees; two classes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.detach().clone())
-        return torch.zeros(x.shape[0], 2)
 
 
 @pytest.mark.parametrize(("patches", "input_size"), [(Patches(size=4, stride=2), (8, 8)), (Patches(size=(3, 4), count=5), None),
@@ -483,11 +462,7 @@ def test_resized_patch_views_are_sound() -> None:
         over, ignoring_overlap = over + trial[0], ignoring_overlap + trial[1]
         for cls, count in cert.counts.items():
             totals[cls] += count
-    tolerance = binomial_tolerance(trials, ALPHA)
-    summary = f"exact radius {exact_radius:.4f}: {over}/{trials} over-claims (tolerance {tolerance}), c_max ignored {ignoring_overlap}"
-    print(summary)
-    assert over <= tolerance, summary
-    assert ignoring_overlap > tolerance, "the check has no power: " + summary
+    assert_sound_with_power(over, trials, ALPHA, {"c_max ignored": ignoring_overlap}, f"exact radius {exact_radius:.4f}: ")
     assert_votes_match(totals, exact, trials * n)
 
 
@@ -517,13 +492,9 @@ def test_random_patch_positions_are_sound() -> None:
         layouts.add(exact.maps.tobytes())
         trial = probit_mean_trial(exact, cert, exact_radius)
         over, ignoring_overlap = over + trial[0], ignoring_overlap + trial[1]
-    tolerance = binomial_tolerance(trials, ALPHA)
-    summary = f"c_max seen {sorted(overlaps)}: {over}/{trials} over-claims (tolerance {tolerance}), c_max ignored {ignoring_overlap}"
-    print(summary)
     # the positions vary from seed to seed (all 150 draws alike: probability 25^(−4·149) for a correct library)
     assert len(layouts) > 1
-    assert over <= tolerance, summary
-    assert ignoring_overlap > tolerance, "the check has no power: " + summary
+    assert_sound_with_power(over, trials, ALPHA, {"c_max ignored": ignoring_overlap}, f"c_max seen {sorted(overlaps)}: ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,8 +524,4 @@ def test_predict_with_patch_votes_is_wrong_at_most_alpha_of_the_time() -> None:
         wrong += prediction.label is not None and prediction.label != winner
         answered += prediction.label is not None
         plug_in_wrong += int(counts.argmax()) != winner
-    tolerance = binomial_tolerance(trials, ALPHA)
-    summary = f"P(vote) = {probability.round(4)}: {wrong}/{trials} wrong, {answered} answered (tolerance {tolerance}), plug-in wrong {plug_in_wrong}"
-    print(summary)
-    assert wrong <= tolerance, summary
-    assert plug_in_wrong > tolerance, "the check has no power: " + summary
+    assert_sound_with_power(wrong, trials, ALPHA, {"plug-in": plug_in_wrong}, f"P(vote) = {probability.round(4)}, {answered} answered: ")

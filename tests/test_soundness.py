@@ -13,7 +13,14 @@ import torch
 from scipy.stats import beta, binom, multinomial, norm
 
 import vision_rs
-from tests.conftest import FALSE_FAILURE, LinearTwoClass, TreeClassifier, binomial_tolerance, hoeffding_deviation
+from tests.conftest import (
+    FALSE_FAILURE,
+    LinearTwoClass,
+    TreeClassifier,
+    assert_sound_with_power,
+    binomial_tolerance,
+    hoeffding_deviation,
+)
 from vision_rs import gaussian_radius, top_two_pvalue
 
 SIGMA = 0.5
@@ -78,14 +85,11 @@ def test_predict_returns_the_wrong_class_at_most_alpha_of_the_time(linear_setup)
         prediction = near.predict(image, n=n, alpha=alpha, seed=seed)
         wrong += prediction.label == 0
         plug_in_wrong += prediction.counts.get(0, 0) >= prediction.counts.get(1, 0)  # argmax; a tie goes to class 0
-    tolerance = binomial_tolerance(trials, alpha)
-    summary = f"{wrong}/{trials} wrong (exact rate {exact:.4f}, tolerance {tolerance}), plug-in wrong {plug_in_wrong}"
-    print(summary)
     assert 0.35 * alpha < exact <= alpha / 2
     # the power check fails a correct library only if the plug-in errs at most ``tolerance`` times
-    assert binom.cdf(tolerance, trials, predict_wrong_probability(np.array([1 - p_one, p_one]), n, 1.0)) <= FALSE_FAILURE
-    assert wrong <= tolerance, summary
-    assert plug_in_wrong > tolerance, "the check has no power: " + summary
+    plug_in = predict_wrong_probability(np.array([1 - p_one, p_one]), n, 1.0)
+    assert binom.cdf(binomial_tolerance(trials, alpha), trials, plug_in) <= FALSE_FAILURE
+    assert_sound_with_power(wrong, trials, alpha, {"plug-in": plug_in_wrong}, f"exact rates {exact:.4f}, plug-in {plug_in:.4f}: ")
 
 
 def test_predict_with_three_classes_compares_the_top_two_counts(linear_setup) -> None:
@@ -111,19 +115,15 @@ def test_predict_with_three_classes_compares_the_top_two_counts(linear_setup) ->
         wrong += prediction.label is not None and prediction.label != 2
         plug_in_wrong += int(counts.argmax()) != 2
         against_smallest_wrong += int(counts.argmax()) != 2 and top_two_pvalue(int(counts.max()), int(counts.min())) <= alpha
-    tolerance = binomial_tolerance(trials, alpha)
-    summary = (f"{wrong}/{trials} wrong (exact rate {exact:.4f}, tolerance {tolerance}), plug-in wrong {plug_in_wrong}, "
-               f"top against smallest wrong {against_smallest_wrong}")
-    print(summary)
     # the model's class probabilities are the ones above: pooled counts, false failure ≤ 1e-4 over the three classes
     assert np.all(np.abs(counted - trials * n * probabilities) <= hoeffding_deviation(trials * n, 1.0, tests=3)), counted
     assert exact <= alpha / 2
     # the power checks fail a correct library only if the plug-in (and the test against the smallest count, which
     # is wrong whenever the plug-in is, up to a rejection that almost always happens) errs at most ``tolerance`` times
-    assert binom.cdf(tolerance, trials, predict_wrong_probability(probabilities, n, 1.0)) <= FALSE_FAILURE
-    assert wrong <= tolerance, summary
-    assert plug_in_wrong > tolerance, "the check has no power: " + summary
-    assert against_smallest_wrong > tolerance, "the check cannot see the wrong runner-up: " + summary
+    plug_in = predict_wrong_probability(probabilities, n, 1.0)
+    assert binom.cdf(binomial_tolerance(trials, alpha), trials, plug_in) <= FALSE_FAILURE
+    assert_sound_with_power(wrong, trials, alpha, {"plug-in": plug_in_wrong, "top count against the smallest": against_smallest_wrong},
+                            f"exact rates {exact:.4f}, plug-in {plug_in:.4f}: ")
 
 
 @pytest.mark.parametrize("distance_over_sigma", [0.5, 1.0, 2.0, 3.0])
