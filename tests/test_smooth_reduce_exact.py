@@ -170,7 +170,9 @@ class ExactViews:
 
     def radius_bound(self, margin: Callable[[np.ndarray], float]) -> float:
         """Upper bound on the true robust radius at x: the nearest flip of ``margin`` along the directions
-        cos θ·ΣU + sin θ·ΣV (24 angles, then refined around the best; θ = 0, π with two classes)."""
+        cos θ·ΣU + sin θ·ΣV (24 angles, then refined around the best; θ = 0, π with two classes). Exact for a
+        two-class probit-mean margin, 2·mean_i α_i, whose gradient is along ΣU_i when all ‖U_i‖ are equal (crops
+        of one size, resized alike)."""
         along_u, across = self.plane()
 
         def at(theta: float) -> float:
@@ -260,8 +262,9 @@ def smooth_exact(exact: ExactViews, patches: Patches, mode: str, reduce: str, in
 
 
 def assert_votes_match(totals: np.ndarray, exact: ExactViews, draws: int) -> None:
-    """The votes pooled over ``draws`` estimation draws (per class, all views) agree with the exact probabilities:
-    each draw adds k·(its views' votes) ∈ [0, k] per class (false failure ≤ 1e-4, ``hoeffding_deviation``)."""
+    """The votes pooled over ``draws`` estimation draws (per class, all views) agree with the exact probabilities: each
+    draw adds, per class, how many of its k views vote for it, a value in [0, k] (``hoeffding_deviation``: false
+    failure ≤ 1e-4 over the classes together)."""
     expected = draws * exact.probabilities().sum(axis=0)
     allowed = hoeffding_deviation(draws, exact.views, tests=exact.classes)
     assert np.all(np.abs(totals - expected) <= allowed), f"pooled votes {totals} vs exact {expected.round(1)} ± {allowed:.0f}"
