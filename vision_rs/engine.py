@@ -144,6 +144,50 @@ class ViewVoteTally(_DeviceCounts):
         self._add(cells, (views, classes), logits)
 
 
+class PixelVoteTally(_DeviceCounts):
+    """Per-pixel votes [h, w, classes] of segmentation outputs [B, 1, classes, H, W], counted inside ``region``.
+
+    ``region`` is (rows, columns) slices of the H×W output (None: all of it), so localized smoothing
+    counts only the output cell whose distribution produced the draws; ``size`` is the (H, W) every
+    output must have (the input's own).
+    """
+
+    def __init__(self, size: tuple[int, int], region: tuple[slice, slice] | None = None, num_classes: int | None = None) -> None:
+        super().__init__(num_classes)
+        self.size = tuple(size)
+        self.region = region or (slice(None), slice(None))
+
+    def check(self, outputs: object, rows: int) -> torch.Tensor:
+        masks = check_masks(outputs, rows, self.num_classes, self.size)
+        self.num_classes = masks.shape[1]
+        return masks
+
+    def update(self, outputs: torch.Tensor) -> None:
+        rows, cols = self.region
+        labels = outputs[:, 0, :, rows, cols].argmax(dim=1)  # [B, h, w]
+        height, width = labels.shape[1:]
+        classes = outputs.shape[2]
+        cells = torch.arange(height * width, device=labels.device) * classes + labels.flatten(1)
+        self._add(cells, (height, width, classes), outputs)
+
+
+def check_masks(masks: object, batch: int, num_classes: int | None, size: tuple[int, ...]) -> torch.Tensor:
+    """Return ``masks`` if it is a tensor [batch, num_classes, H, W] at ``size``; raise ModelOutputError otherwise."""
+    if not isinstance(masks, torch.Tensor):
+        raise ModelOutputError(
+            f"the segmentation model returned {type(masks).__name__}, not a tensor of class scores [B, classes, H, W] "
+            "(or a dict with 'out', as torchvision's segmentation models)"
+        )
+    if masks.ndim != 4 or masks.shape[0] != batch or tuple(masks.shape[2:]) != tuple(size):
+        raise ModelOutputError(
+            f"the segmentation model returned shape {tuple(masks.shape)} for a batch of {batch}; expected "
+            f"[{batch}, classes, {size[0]}, {size[1]}] (is it a classifier? use vision_rs.smooth)"
+        )
+    if num_classes is not None and masks.shape[1] != num_classes:
+        raise ModelOutputError(f"the segmentation model returned {masks.shape[1]} classes, expected num_classes={num_classes}")
+    return masks
+
+
 def check_logits(logits: object, batch: int, num_classes: int | None) -> torch.Tensor:
     """Return ``logits`` if it is a tensor [batch, num_classes]; raise ModelOutputError otherwise."""
     if not isinstance(logits, torch.Tensor):
