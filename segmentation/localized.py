@@ -130,6 +130,19 @@ def sigma_map(localized: Localized, height: int, width: int, output_cell: int) -
     return row[cells].astype(np.float32)
 
 
+def cell_squared_norms(delta: np.ndarray, localized: Localized) -> np.ndarray:
+    """‖δ_l‖² for every input cell l of a perturbation δ [C, H, W] or [H, W], float64 [cells].
+
+    Sums over channels and over the pixels of each cell ([0,1] pixel units, squared).
+    """
+    delta = np.asarray(delta, dtype=np.float64)
+    if delta.ndim not in (2, 3):
+        raise InvalidParameterError(f"delta must have shape [C, H, W] or [H, W], got {delta.shape}")
+    squared = delta**2 if delta.ndim == 2 else (delta**2).sum(axis=0)
+    cells = cell_map(localized, *squared.shape)
+    return np.bincount(cells.ravel(), weights=squared.ravel(), minlength=localized.cells)
+
+
 def _check_cell(localized: Localized, cell: object) -> int:
     if isinstance(cell, bool) or not isinstance(cell, numbers.Integral) or not 0 <= cell < localized.cells:
         raise InvalidParameterError(
