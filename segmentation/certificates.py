@@ -17,11 +17,13 @@ import math
 import numbers
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
-from scipy.stats import beta, binom, norm
+from scipy.special import ndtri
+from scipy.stats import beta, binom
 
 from vision_rs.errors import InvalidParameterError, VisionRSError
 from vision_rs.params import check_alpha, check_sigma
@@ -126,7 +128,7 @@ def pixel_radii(p_lower: object, sigma: float) -> np.ndarray:
     """σ Φ⁻¹(p̲) per pixel ([0,1] pixel units, L2), 0.0 where p̲ ≤ 1/2 (abstain). float64."""
     bounds = _as_probabilities("p_lower", p_lower)
     sigma = check_sigma(sigma)
-    return np.where(bounds > 0.5, sigma * norm.ppf(np.maximum(bounds, 0.5)), 0.0)
+    return np.where(bounds > 0.5, sigma * ndtri(np.maximum(bounds, 0.5)), 0.0)
 
 
 def certify_pixels(counts: object, n: object, sigma: float, alpha: float) -> PixelCertificate:
@@ -207,7 +209,7 @@ def certify_pixels_at_threshold(
         certified = bonferroni_rejections(pvalues, alpha)
     else:
         raise InvalidParameterError(f"correction must be 'holm' or 'bonferroni', got {correction!r}")
-    return ThresholdCertificate(certified=certified, radius=float(sigma * norm.ppf(tau)), pvalues=pvalues)
+    return ThresholdCertificate(certified=certified, radius=float(sigma * ndtri(tau)), pvalues=pvalues)
 
 
 # ----------------------------------------------------------------------------- localized: base certificates
@@ -237,7 +239,7 @@ def anisotropic_robust(p_lower: object, output_cell: object, sigmas: object, cel
     if squared.shape != (table.shape[1],) or not np.isfinite(squared).all() or (squared < 0).any():
         raise InvalidParameterError(f"cell_sq_norms must be {table.shape[1]} finite values >= 0, one per input cell")
     budget = (squared / table**2).sum(axis=1)  # Σ_l ‖δ_l‖²/σ_{k,l}² for every output cell k
-    margin = norm.ppf(np.maximum(bounds, 0.5))
+    margin = ndtri(np.maximum(bounds, 0.5))
     return (bounds > 0.5) & (budget[cells] < margin**2)
 
 
@@ -333,11 +335,13 @@ class _Program:
     def shape(self) -> tuple[int, int, int]:
         return self.weights.shape[1], self.weights.shape[0], self.thresholds.size
 
+    @cached_property
     def objective(self) -> np.ndarray:
         """Coefficients to maximise."""
         inputs, cells, groups = self.shape
         return np.concatenate([np.zeros(inputs + cells), self.multiplicity])
 
+    @cached_property
     def inequalities(self) -> tuple[sparse.csr_array, np.ndarray]:
         """A_ub, b_ub with A_ub x ≤ b_ub: the budget row, then the rows of the formulation."""
         inputs, cells, groups = self.shape
@@ -369,13 +373,16 @@ class _Program:
         upper[0] = 1.0
         return matrix, upper
 
+    @cached_property
     def equalities(self) -> sparse.csr_array:
         """A_eq with A_eq x = 0: s_k − Σ_l W_{k,l} b_l = 0."""
         inputs, cells, groups = self.shape
-        return sparse.hstack(
-            [sparse.csr_array(-self.weights), sparse.eye_array(cells), sparse.csr_array((cells, groups))]
-        ).tocsr()
+        rows = np.concatenate([np.repeat(np.arange(cells), inputs), np.arange(cells)])
+        cols = np.concatenate([np.tile(np.arange(inputs), cells), inputs + np.arange(cells)])
+        values = np.concatenate([-self.weights.ravel(), np.ones(cells)])
+        return sparse.csr_array((values, (rows, cols)), shape=(cells, inputs + cells + groups))
 
+    @cached_property
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """0 ≤ b ≤ 1, 0 ≤ s_k ≤ max_l W_{k,l}, 0 ≤ t ≤ 1: all implied by the rows, stated for the dual bound."""
         inputs, cells, groups = self.shape
@@ -388,23 +395,19 @@ class _Program:
 
         Valid whatever the solver's tolerances; the returned value includes a slack for float rounding.
         """
-        a_ub, b_ub = self.inequalities()
-        a_eq = self.equalities()
-        lower, upper = self.bounds()
+        (a_ub, b_ub), a_eq, (lower, upper) = self.inequalities, self.equalities, self.bounds
         y = np.maximum(y, 0.0)
-        reduced = self.objective() - a_ub.T @ y - a_eq.T @ v
+        reduced = self.objective - a_ub.T @ y - a_eq.T @ v
         terms = np.maximum(reduced * lower, reduced * upper)
-        scale = np.abs(self.objective()) + abs(a_ub).T @ y + abs(a_eq).T @ np.abs(v)
+        scale = np.abs(self.objective) + abs(a_ub).T @ y + abs(a_eq).T @ np.abs(v)
         rounding = DUAL_BOUND_SLACK * (1.0 + float(y @ b_ub) + float(scale @ np.maximum(np.abs(lower), upper)))
         return math.fsum([float(y @ b_ub), *terms.tolist()]) + rounding
 
 
 def _solve_lp(program: _Program) -> float:
     """An upper bound on the LP optimum: HiGHS's duals put into the weak-duality bound."""
-    a_ub, b_ub = program.inequalities()
-    a_eq = program.equalities()
-    lower, upper = program.bounds()
-    result = linprog(-program.objective(), A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=np.zeros(a_eq.shape[0]),
+    (a_ub, b_ub), a_eq, (lower, upper) = program.inequalities, program.equalities, program.bounds
+    result = linprog(-program.objective, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=np.zeros(a_eq.shape[0]),
                      bounds=np.stack([lower, upper], axis=1), method="highs")
     if result.status != 0 or result.ineqlin is None or result.eqlin is None:
         raise CertificateSolverError(f"HiGHS could not solve the collective LP (status {result.status}: {result.message})")
@@ -414,15 +417,13 @@ def _solve_lp(program: _Program) -> float:
 
 def _solve_milp(program: _Program, time_limit: float | None) -> float:
     """HiGHS's dual bound on the binary program (t ∈ {0, 1}), solved to a zero gap unless ``time_limit`` stops it."""
-    a_ub, b_ub = program.inequalities()
-    a_eq = program.equalities()
-    lower, upper = program.bounds()
+    (a_ub, b_ub), a_eq, (lower, upper) = program.inequalities, program.equalities, program.bounds
     inputs, cells, groups = program.shape
     integrality = np.concatenate([np.zeros(inputs + cells), np.ones(groups)])
     options: dict[str, float] = {"mip_rel_gap": 0.0}
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
-    result = milp(-program.objective(), integrality=integrality, bounds=Bounds(lower, upper), options=options,
+    result = milp(-program.objective, integrality=integrality, bounds=Bounds(lower, upper), options=options,
                   constraints=[LinearConstraint(a_ub, -np.inf, b_ub), LinearConstraint(a_eq, 0.0, 0.0)])
     dual = getattr(result, "mip_dual_bound", None)
     if result.status not in (0, 1) or dual is None or not math.isfinite(dual):
@@ -471,7 +472,7 @@ def collective_certificate(
     if table.shape[0] > table.shape[1] or (table.min(axis=1) < sigma_min).any():
         raise InvalidParameterError("sigmas must have the smallest entry of every row on its diagonal (σ_{k,k} = σ_min)")
     started = time.perf_counter()
-    margins = norm.ppf(np.maximum(bounds, 0.5))  # Φ⁻¹(p̲), 0 where abstaining
+    margins = ndtri(np.maximum(bounds, 0.5))  # Φ⁻¹(p̲), 0 where abstaining
     alive = mask & (bounds > 0.5)
     naive = alive & (sigma_min[cells] * margins > eps)
     in_program = alive & ~naive
@@ -480,6 +481,9 @@ def collective_certificate(
         return CollectiveCertificate(eps, naive_count, 0.0, 0, 0, naive_count, "none", time.perf_counter() - started, 0)
     group_cell, group_margin, multiplicity = _threshold_groups(margins[in_program], cells[in_program], bins)
     used, group_cell = np.unique(group_cell, return_inverse=True)
+    if used.size == 1:  # one output cell: spending all of ε² on it reaches every threshold (all ≤ 1), exactly
+        return CollectiveCertificate(eps, naive_count, float(targets_count), targets_count, targets_count, naive_count,
+                                     "none", time.perf_counter() - started, int(multiplicity.size))
     thresholds = (sigma_min[used][group_cell] * group_margin / eps) ** 2  # ≤ 1: the pixel is not certified naively
     free = thresholds <= FREE_SHARE
     flippable = int(multiplicity[free].sum())
