@@ -16,8 +16,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from dataclasses import dataclass, replace
-from functools import cached_property
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
@@ -306,125 +305,188 @@ def _threshold_groups(
             edges = np.linspace(values.min(), values.max(), bins + 1)[:-1]
             edges[0] = values.min()
             margins[inside] = edges[np.searchsorted(edges, values, side="right") - 1]
-    keys = np.stack([cells.astype(np.float64), margins], axis=1)
-    unique, multiplicity = np.unique(keys, axis=0, return_counts=True)  # lexicographic: cell, then margin
-    return unique[:, 0].astype(np.int64), unique[:, 1], multiplicity.astype(np.float64)
+    order = np.lexsort((margins, cells))  # by cell, then margin
+    cells, margins = cells[order], margins[order]
+    starts = np.flatnonzero(np.r_[True, (cells[1:] != cells[:-1]) | (margins[1:] != margins[:-1])])
+    multiplicity = np.diff(np.r_[starts, cells.size]).astype(np.float64)
+    return cells[starts], margins[starts], multiplicity
 
 
 @dataclass(frozen=True)
-class _Program:
-    """The adversary's program over x = [b (L), s (K), t (G)], maximising Σ_g m_g t_g.
+class _Adversary:
+    """The adversary's problem after grouping: which thresholds it must reach in which output cell.
 
-    b_l ≥ 0 is the share of ε² spent in input cell l (Σ b ≤ 1), s_k = Σ_l W_{k,l} b_l with
-    W_{k,l} = σ_min,k²/σ_{k,l}² ≤ 1, and group g of output cell k flips (t_g = 1) only if
-    s_k ≥ c_g = σ_min,k² Φ⁻¹(p̲_g)²/ε², i.e. Φ⁻¹(p̲_g)² ≤ Σ_l ε² b_l/σ_{k,l}².
-
-    * "pixel" (Schuchardt et al.): one row c_g t_g ≤ s_k per group.
-    * "prefix": groups of a cell sorted by c; rows t_g ≤ t_{g−1} and Σ_{g∈k} (c_g − c_{g−1}) t_g ≤ s_k.
-      Flipping a pixel lets the adversary flip every pixel of its cell with a smaller threshold,
-      so the binary optimum is the same; its LP relaxation is tighter.
+    b_l ≥ 0 is the share of ε² spent in input cell l (Σ b ≤ 1) and s_k = Σ_l W_{k,l} b_l with
+    W_{k,l} = σ_min,k²/σ_{k,l}² ≤ 1; group g (m_g pixels of output cell k) flips only if
+    s_k ≥ c_g = σ_min,k² Φ⁻¹(p̲_g)²/ε², which is Φ⁻¹(p̲_g)² ≤ Σ_l ε² b_l/σ_{k,l}².
     """
 
     weights: np.ndarray  # W for the output cells in use [K, L]
     group_cell: np.ndarray  # index into the K cells in use [G], sorted
-    thresholds: np.ndarray  # c_g [G], increasing within each cell
+    thresholds: np.ndarray  # c_g in (0, 1], increasing within each cell
     multiplicity: np.ndarray  # m_g [G]
-    formulation: str
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.weights.shape[1], self.weights.shape[0], self.thresholds.size
+    def cell_runs(self) -> list[slice]:
+        """The groups of each output cell, in order."""
+        edges = np.flatnonzero(np.r_[True, self.group_cell[1:] != self.group_cell[:-1], True])
+        return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
-    @cached_property
-    def objective(self) -> np.ndarray:
-        """Coefficients to maximise."""
-        inputs, cells, groups = self.shape
-        return np.concatenate([np.zeros(inputs + cells), self.multiplicity])
 
-    @cached_property
-    def inequalities(self) -> tuple[sparse.csr_array, np.ndarray]:
-        """A_ub, b_ub with A_ub x ≤ b_ub: the budget row, then the rows of the formulation."""
-        inputs, cells, groups = self.shape
-        t_col, s_col = inputs + cells + np.arange(groups), inputs + self.group_cell
-        rows, cols, values = [np.zeros(inputs, dtype=np.int64)], [np.arange(inputs)], [np.ones(inputs)]
-        if self.formulation == "pixel":
-            row = 1 + np.arange(groups)
-            rows += [row, row]
-            cols += [t_col, s_col]
-            values += [self.thresholds, -np.ones(groups)]
-            count = 1 + groups
-        else:
-            first = np.r_[True, self.group_cell[1:] != self.group_cell[:-1]]
-            step = np.where(first, self.thresholds, self.thresholds - np.r_[0.0, self.thresholds[:-1]])
-            cell_row = 1 + np.arange(cells)
-            rows += [1 + self.group_cell, cell_row]
-            cols += [t_col, inputs + np.arange(cells)]
-            values += [step, -np.ones(cells)]
-            later = np.flatnonzero(~first)  # t_g − t_{g−1} ≤ 0 for consecutive groups of one cell
-            order_row = 1 + cells + np.arange(later.size)
-            rows += [order_row, order_row]
-            cols += [t_col[later], t_col[later - 1]]
-            values += [np.ones(later.size), -np.ones(later.size)]
-            count = 1 + cells + later.size
-        matrix = sparse.csr_array(
-            (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(count, inputs + cells + groups)
-        )
-        upper = np.zeros(count)
-        upper[0] = 1.0
-        return matrix, upper
+@dataclass(frozen=True)
+class _LinearProgram:
+    """max objective·x with A_ub x ≤ b_ub, A_eq x = 0, lower ≤ x ≤ upper (bounds implied by the rows)."""
 
-    @cached_property
-    def equalities(self) -> sparse.csr_array:
-        """A_eq with A_eq x = 0: s_k − Σ_l W_{k,l} b_l = 0."""
-        inputs, cells, groups = self.shape
-        rows = np.concatenate([np.repeat(np.arange(cells), inputs), np.arange(cells)])
-        cols = np.concatenate([np.tile(np.arange(inputs), cells), inputs + np.arange(cells)])
-        values = np.concatenate([-self.weights.ravel(), np.ones(cells)])
-        return sparse.csr_array((values, (rows, cols)), shape=(cells, inputs + cells + groups))
-
-    @cached_property
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """0 ≤ b ≤ 1, 0 ≤ s_k ≤ max_l W_{k,l}, 0 ≤ t ≤ 1: all implied by the rows, stated for the dual bound."""
-        inputs, cells, groups = self.shape
-        upper = np.concatenate([np.ones(inputs), self.weights.max(axis=1), np.ones(groups)])
-        return np.zeros(upper.size), upper
+    objective: np.ndarray
+    a_ub: sparse.csr_array
+    b_ub: np.ndarray
+    a_eq: sparse.csr_array
+    lower: np.ndarray
+    upper: np.ndarray
+    integral: np.ndarray  # bool per variable
 
     def dual_bound(self, y: np.ndarray, v: np.ndarray) -> float:
         """Weak duality: for any y ≥ 0 (rows ≤) and any v (rows =), every feasible x has
-        m·x ≤ y·b_ub + Σ_j max(d_j lo_j, d_j hi_j) with d = m − A_ubᵀy − A_eqᵀv.
+        objective·x ≤ y·b_ub + Σ_j max(d_j lower_j, d_j upper_j) with d = objective − A_ubᵀy − A_eqᵀv.
 
         Valid whatever the solver's tolerances; the returned value includes a slack for float rounding.
         """
-        (a_ub, b_ub), a_eq, (lower, upper) = self.inequalities, self.equalities, self.bounds
         y = np.maximum(y, 0.0)
-        reduced = self.objective - a_ub.T @ y - a_eq.T @ v
-        terms = np.maximum(reduced * lower, reduced * upper)
-        scale = np.abs(self.objective) + abs(a_ub).T @ y + abs(a_eq).T @ np.abs(v)
-        rounding = DUAL_BOUND_SLACK * (1.0 + float(y @ b_ub) + float(scale @ np.maximum(np.abs(lower), upper)))
-        return math.fsum([float(y @ b_ub), *terms.tolist()]) + rounding
+        reduced = self.objective - self.a_ub.T @ y - self.a_eq.T @ v
+        terms = np.maximum(reduced * self.lower, reduced * self.upper)
+        scale = np.abs(self.objective) + abs(self.a_ub).T @ y + abs(self.a_eq).T @ np.abs(v)
+        extent = np.maximum(np.abs(self.lower), np.abs(self.upper))
+        rounding = DUAL_BOUND_SLACK * (1.0 + float(y @ np.abs(self.b_ub)) + float(scale @ extent))
+        return math.fsum([float(y @ self.b_ub), *terms.tolist()]) + rounding
 
 
-def _solve_lp(program: _Program) -> float:
+def _sparse(rows: list[np.ndarray], cols: list[np.ndarray], values: list[np.ndarray], shape: tuple[int, int]) -> sparse.csr_array:
+    return sparse.csr_array((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=shape)
+
+
+def _budget_rows(adversary: _Adversary, columns: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], sparse.csr_array]:
+    """Row 0 of A_ub (Σ_l b_l ≤ 1) as triplets, and A_eq (s_k − Σ_l W_{k,l} b_l = 0); b first, then s."""
+    cells, inputs = adversary.weights.shape
+    rows = np.concatenate([np.repeat(np.arange(cells), inputs), np.arange(cells)])
+    cols = np.concatenate([np.tile(np.arange(inputs), cells), inputs + np.arange(cells)])
+    values = np.concatenate([-adversary.weights.ravel(), np.ones(cells)])
+    equalities = sparse.csr_array((values, (rows, cols)), shape=(cells, columns))
+    return [np.zeros(inputs, dtype=np.int64)], [np.arange(inputs)], [np.ones(inputs)], equalities
+
+
+def _cell_pieces(thresholds: np.ndarray, multiplicity: np.ndarray, formulation: str) -> tuple[np.ndarray, np.ndarray]:
+    """Lines α + β s whose minimum (with the cap Σ m) is one cell's most flipped pixels h(s) in the LP.
+
+    "pixel": h(s) = Σ_g m_g min(1, s/c_g), the paper's relaxation; its pieces are
+    α_j = Σ_{g≤j} m_g, β_j = Σ_{g>j} m_g/c_g. "prefix": the upper concave hull of the
+    points (0, 0) and (c_j, Σ_{g≤j} m_g), i.e. the best mix of two "flip every pixel up to
+    threshold j" moves; its pieces are the hull's edges.
+    """
+    flipped = np.cumsum(multiplicity)
+    if formulation == "pixel":
+        tail = np.cumsum((multiplicity / thresholds)[::-1])[::-1]
+        return np.r_[0.0, flipped[:-1]], tail
+    hull = [(0.0, 0.0)]
+    for point in zip(thresholds.tolist(), flipped.tolist()):
+        while len(hull) >= 2 and _not_below(hull[-2], hull[-1], point):
+            hull.pop()
+        hull.append(point)
+    corners = np.array(hull)
+    slopes = np.diff(corners[:, 1]) / np.diff(corners[:, 0])
+    return corners[:-1, 1] - slopes * corners[:-1, 0], slopes
+
+
+def _not_below(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]) -> bool:
+    """Whether b lies on or under the segment from a to c (then it is not a corner of the upper hull)."""
+    return (b[1] - a[1]) * (c[0] - a[0]) <= (c[1] - a[1]) * (b[0] - a[0])
+
+
+def _relaxation(adversary: _Adversary, formulation: str) -> _LinearProgram:
+    """The LP over x = [b (L), s (K), u (K)]: maximise Σ_k u_k with u_k ≤ α + β s_k for each piece of cell k.
+
+    Eliminating the per-pixel t (for fixed s, the best t is min(1, s/c_g) in "pixel") leaves this
+    exact equivalent with 2K + L variables, which HiGHS solves far faster than one t per pixel.
+    """
+    cells, inputs = adversary.weights.shape
+    columns = inputs + 2 * cells
+    rows, cols, values, equalities = _budget_rows(adversary, columns)
+    intercepts = [np.ones(1)]
+    for run in adversary.cell_runs():
+        cell = int(adversary.group_cell[run.start])
+        intercept, slope = _cell_pieces(adversary.thresholds[run], adversary.multiplicity[run], formulation)
+        first = sum(part.size for part in intercepts)
+        piece_rows = first + np.arange(intercept.size)
+        rows += [piece_rows, piece_rows]
+        cols += [np.full(intercept.size, inputs + cells + cell), np.full(intercept.size, inputs + cell)]
+        values += [np.ones(intercept.size), -slope]
+        intercepts.append(intercept)
+    b_ub = np.concatenate(intercepts)
+    totals = np.bincount(adversary.group_cell, weights=adversary.multiplicity, minlength=cells)
+    return _LinearProgram(
+        objective=np.concatenate([np.zeros(inputs + cells), np.ones(cells)]),
+        a_ub=_sparse(rows, cols, values, (b_ub.size, columns)),
+        b_ub=b_ub,
+        a_eq=equalities,
+        lower=np.zeros(columns),
+        upper=np.concatenate([np.ones(inputs), adversary.weights.max(axis=1), totals]),
+        integral=np.zeros(columns, dtype=bool),
+    )
+
+
+def _binary_program(adversary: _Adversary) -> _LinearProgram:
+    """The exact program over x = [b (L), s (K), t (G)], t binary: maximise Σ_g m_g t_g with, per cell,
+    t_g ≤ t_{g−1} and Σ_g (c_g − c_{g−1}) t_g ≤ s_k.
+
+    Flipping a pixel lets the adversary flip every pixel of its cell with a lower threshold, so the
+    ordered t lose nothing against t_g c_g ≤ s_k; they make the relaxation the concave hull ("prefix").
+    """
+    cells, inputs = adversary.weights.shape
+    groups = adversary.thresholds.size
+    columns = inputs + cells + groups
+    rows, cols, values, equalities = _budget_rows(adversary, columns)
+    t_col = inputs + cells + np.arange(groups)
+    first = np.r_[True, adversary.group_cell[1:] != adversary.group_cell[:-1]]
+    step = np.where(first, adversary.thresholds, adversary.thresholds - np.r_[0.0, adversary.thresholds[:-1]])
+    rows += [1 + adversary.group_cell, 1 + np.arange(cells)]
+    cols += [t_col, inputs + np.arange(cells)]
+    values += [step, -np.ones(cells)]
+    later = np.flatnonzero(~first)  # t_g − t_{g−1} ≤ 0 within a cell
+    order_rows = 1 + cells + np.arange(later.size)
+    rows += [order_rows, order_rows]
+    cols += [t_col[later], t_col[later - 1]]
+    values += [np.ones(later.size), -np.ones(later.size)]
+    count = 1 + cells + later.size
+    b_ub = np.zeros(count)
+    b_ub[0] = 1.0
+    return _LinearProgram(
+        objective=np.concatenate([np.zeros(inputs + cells), adversary.multiplicity]),
+        a_ub=_sparse(rows, cols, values, (count, columns)),
+        b_ub=b_ub,
+        a_eq=equalities,
+        lower=np.zeros(columns),
+        upper=np.concatenate([np.ones(inputs), adversary.weights.max(axis=1), np.ones(groups)]),
+        integral=np.r_[np.zeros(inputs + cells, dtype=bool), np.ones(groups, dtype=bool)],
+    )
+
+
+def _solve_lp(program: _LinearProgram) -> float:
     """An upper bound on the LP optimum: HiGHS's duals put into the weak-duality bound."""
-    (a_ub, b_ub), a_eq, (lower, upper) = program.inequalities, program.equalities, program.bounds
-    result = linprog(-program.objective, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=np.zeros(a_eq.shape[0]),
-                     bounds=np.stack([lower, upper], axis=1), method="highs")
+    result = linprog(-program.objective, A_ub=program.a_ub, b_ub=program.b_ub, A_eq=program.a_eq,
+                     b_eq=np.zeros(program.a_eq.shape[0]), bounds=np.stack([program.lower, program.upper], axis=1),
+                     method="highs")
     if result.status != 0 or result.ineqlin is None or result.eqlin is None:
         raise CertificateSolverError(f"HiGHS could not solve the collective LP (status {result.status}: {result.message})")
     # scipy reports ∂(minimised objective)/∂(right-hand side); for the maximisation the duals are their negatives
     return program.dual_bound(-np.asarray(result.ineqlin.marginals), -np.asarray(result.eqlin.marginals))
 
 
-def _solve_milp(program: _Program, time_limit: float | None) -> float:
-    """HiGHS's dual bound on the binary program (t ∈ {0, 1}), solved to a zero gap unless ``time_limit`` stops it."""
-    (a_ub, b_ub), a_eq, (lower, upper) = program.inequalities, program.equalities, program.bounds
-    inputs, cells, groups = program.shape
-    integrality = np.concatenate([np.zeros(inputs + cells), np.ones(groups)])
+def _solve_milp(program: _LinearProgram, time_limit: float | None) -> float:
+    """HiGHS's dual bound on the binary program, solved to a zero gap unless ``time_limit`` stops it."""
     options: dict[str, float] = {"mip_rel_gap": 0.0}
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
-    result = milp(-program.objective, integrality=integrality, bounds=Bounds(lower, upper), options=options,
-                  constraints=[LinearConstraint(a_ub, -np.inf, b_ub), LinearConstraint(a_eq, 0.0, 0.0)])
+    result = milp(-program.objective, integrality=program.integral.astype(np.int64), bounds=Bounds(program.lower, program.upper),
+                  options=options, constraints=[LinearConstraint(program.a_ub, -np.inf, program.b_ub),
+                                                LinearConstraint(program.a_eq, 0.0, 0.0)])
     dual = getattr(result, "mip_dual_bound", None)
     if result.status not in (0, 1) or dual is None or not math.isfinite(dual):
         raise CertificateSolverError(f"HiGHS could not solve the collective MILP (status {result.status}: {result.message})")
@@ -488,13 +550,13 @@ def collective_certificate(
     free = thresholds <= FREE_SHARE
     flippable = int(multiplicity[free].sum())
     optimum, solver = float(flippable), "none"
-    program = _Program((sigma_min[used][:, None] / table[used]) ** 2, group_cell[~free], thresholds[~free],
-                       multiplicity[~free], formulation)
-    if program.thresholds.size:
-        bound, solver = _solve_lp(program), "highs-lp"
+    adversary = _Adversary((sigma_min[used][:, None] / table[used]) ** 2, group_cell[~free], thresholds[~free],
+                           multiplicity[~free])
+    if adversary.thresholds.size:
+        bound, solver = _solve_lp(_relaxation(adversary, formulation)), "highs-lp"
         program_flips = math.floor(bound)
         if exact:
-            milp_bound = _solve_milp(replace(program, formulation="prefix"), time_limit)
+            milp_bound = _solve_milp(_binary_program(adversary), time_limit)
             program_flips = min(program_flips, math.floor(milp_bound + MILP_DUAL_TOLERANCE * max(1.0, abs(milp_bound))))
             bound, solver = min(bound, milp_bound), "highs-milp"
         optimum += bound
