@@ -261,6 +261,8 @@ MILP_DUAL_TOLERANCE = 1e-6
 FREE_SHARE = 1e-6
 """Pixels that this share of ε² can flip (p̲ barely above 1/2) count as flipped without entering the program:
 conservative, and it keeps the program's coefficients within [FREE_SHARE, 1]."""
+THRESHOLD_ROUNDING = 1e-12
+"""Relative amount by which the thresholds c are lowered: covers float rounding in computing c and W (conservative)."""
 FORMULATIONS = ("pixel", "prefix")
 
 
@@ -285,7 +287,7 @@ class CollectiveCertificate:
     seconds: float
     """Wall time of building and solving the program."""
     groups: int
-    """Variables t in the program: distinct (output cell, threshold) pairs after merging and binning."""
+    """Distinct (output cell, threshold) groups after merging and binning: the binary program's variables t."""
 
 
 def _threshold_groups(
@@ -546,7 +548,9 @@ def collective_certificate(
     if used.size == 1:  # one output cell: spending all of ε² on it reaches every threshold (all ≤ 1), exactly
         return CollectiveCertificate(eps, naive_count, float(targets_count), targets_count, targets_count, naive_count,
                                      "none", time.perf_counter() - started, int(multiplicity.size))
-    thresholds = (sigma_min[used][group_cell] * group_margin / eps) ** 2  # ≤ 1: the pixel is not certified naively
+    # ≤ 1 as the pixel is not certified naively; lowered by THRESHOLD_ROUNDING so that rounding in computing
+    # c and W can only make pixels look easier to flip
+    thresholds = (sigma_min[used][group_cell] * group_margin / eps) ** 2 * (1 - THRESHOLD_ROUNDING)
     free = thresholds <= FREE_SHARE
     flippable = int(multiplicity[free].sum())
     optimum, solver = float(flippable), "none"
