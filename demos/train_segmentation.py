@@ -54,7 +54,7 @@ def region_masks(noise: dict, size: int) -> torch.Tensor:
 
 def train(
     noise: dict, epochs: int, seed: int, loss_region: str = "mask", train_scenes: int | None = None,
-    batch_size: int = 32, lr: float = 3e-3,
+    batch_size: int = 16, lr: float = 1e-2,
 ) -> tuple[DigitsSegNet, dict[str, str]]:
     """Train one DigitsSegNet with ``noise`` ({"sigma": σ} or {"localized": {...}}); return it and its metadata."""
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -143,7 +143,7 @@ def noisy_test_metrics(model: DigitsSegNet, noise: dict, seed: int, test_scenes:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["isotropic", "localized", "both"], default="both")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--loss", choices=["mask", "cell"], default="mask", help="pixels the loss scores (localized)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-scenes", type=int, default=None, help="use only the first N train scenes")
