@@ -21,6 +21,11 @@ with and without bins; the table gives the median seconds per solve over the ima
 largest, and the median number of program variables t. The MILP gets ``--milp-time-limit``
 seconds per solve (its dual bound then is still a valid, looser, certificate).
 Goals (issue 11): LP ≤ 0.1 s per solve on the small case, ≤ 1 s for the large binned LP.
+
+The HiGHS build in scipy 1.17 prints "HighsMipSolverData::transformNewIntegerFeasibleSolution
+tmpSolver.run();" from C during some MILP solves; pipe through ``grep -v HighsMip`` to drop it.
+A MILP stopped by the time limit reports its dual bound, so its count may then be below the
+binned one.
 """
 
 from __future__ import annotations
@@ -72,10 +77,9 @@ def measure(maps: list[np.ndarray], localized: Localized, modes: dict[str, dict]
 
 
 def print_table(title: str, rows: list[tuple[str, float, float, float]]) -> None:
-    print(f"\n{title}")
-    print(f"{'mode':<34}{'median s':>10}{'max s':>10}{'variables t':>13}")
-    for label, median, largest, groups in rows:
-        print(f"{label:<34}{median:>10.4f}{largest:>10.4f}{groups:>13.0f}")
+    lines = [f"\n{title}", f"{'mode':<34}{'median s':>10}{'max s':>10}{'variables t':>13}"]
+    lines += [f"{label:<34}{median:>10.4f}{largest:>10.4f}{groups:>13.0f}" for label, median, largest, groups in rows]
+    print("\n".join(lines), flush=True)  # flushed: HiGHS's MILP writes to the same stdout from C
 
 
 def small_case(images: int, bins: int, milp_limit: float) -> None:
@@ -99,7 +103,7 @@ def small_case(images: int, bins: int, milp_limit: float) -> None:
                        for options in modes.values()] for eps in EPS}
     print("\ncertified pixels of the first counted image (same column order):")
     for eps, counts in certified.items():
-        print(f"  eps {eps:<5} " + "  ".join(f"{c:5d}" for c in counts))
+        print(f"  eps {eps:<5} " + "  ".join(f"{c:5d}" for c in counts), flush=True)
 
 
 def large_case() -> None:
