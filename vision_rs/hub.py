@@ -155,13 +155,6 @@ def torchvision_pretrained_cfg(weights: object) -> dict[str, object]:
     }
 
 
-def resources_weights(name: str, info: dict[str, object]) -> Path:
-    """The installed weight file of an embedded model (from its registry entry)."""
-    from importlib import resources
-
-    return Path(str(resources.files("vision_rs.embedded") / "weights" / str(info["file"])))
-
-
 def is_checkpoint_path(name: str) -> bool:
     return name.endswith(CHECKPOINT_SUFFIXES) or os.path.isfile(name)
 
@@ -214,7 +207,7 @@ def create_model_with_source(
                 f"{name} is an embedded {info['task']} model: smooth it with {embedded.TASKS[str(info['task'])]}"
             )
         model = embedded.load_embedded(name, pretrained=pretrained)
-        weights = Path(str(resources_weights(name, info))) if pretrained else None
+        weights = embedded.shipped_weights(str(info["file"])) if pretrained else None
         source = ModelSource(name, pretrained, str(weights) if weights else None, file_sha256(weights) if weights else None)
     elif name.startswith(TORCHVISION_PREFIX):
         model, source = create_torchvision_model(name[len(TORCHVISION_PREFIX):], pretrained=pretrained, num_classes=num_classes)

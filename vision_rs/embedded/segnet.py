@@ -10,15 +10,13 @@ made by ``demos/train_segmentation.py``.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import load_checkpoint_into
-from ..errors import CheckpointError
+from . import shipped_weights, with_shipped_weights
 from .scenes import NUM_SEG_CLASSES, SCENE_SIZE
 
 # Per-channel statistics of the 2,000 train scenes (rounded), the normalisation of the embedded segmentation models.
@@ -26,9 +24,9 @@ SCENES_MEAN = (0.2379, 0.2437, 0.2374)
 SCENES_STD = (0.1753, 0.1750, 0.1755)
 
 EMBEDDED_SEG_MODELS: dict[str, dict[str, object]] = {
-    "digits_segnet.sigma_0.25": {"file": "digits_segnet_sigma_0.25.safetensors", "sigma": 0.25},
+    "digits_segnet.sigma_0.25": {"file": "digits_segnet_sigma_0.25.safetensors", "sigma": 0.25, "size": SCENE_SIZE},
     "digits_segnet_localized.grid_3x3_sigma_0.25_1.00": {
-        "file": "digits_segnet_localized_grid_3x3_sigma_0.25_1.00.safetensors",
+        "file": "digits_segnet_localized_grid_3x3_sigma_0.25_1.00.safetensors", "size": SCENE_SIZE,
         "localized": {"grid": (3, 3), "sigma_min": 0.25, "sigma_max": 1.0},
     },
 }
@@ -69,6 +67,8 @@ class DigitsSegNet(nn.Module):
             "input_size": (3, SCENE_SIZE, SCENE_SIZE),
             "num_classes": num_classes,
             "crop_pct": 1.0,
+            "interpolation": "bilinear",
+            "first_conv": "enc_full.0",
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,20 +83,9 @@ class DigitsSegNet(nn.Module):
 
 def segmentation_weights_path(name: str) -> Path:
     """Where the weight file of embedded segmentation model ``name`` is installed."""
-    return Path(str(resources.files(__package__) / "weights" / str(EMBEDDED_SEG_MODELS[name]["file"])))
+    return shipped_weights(str(EMBEDDED_SEG_MODELS[name]["file"]))
 
 
 def load_embedded_segmentation_model(name: str, pretrained: bool = True) -> DigitsSegNet:
     """An embedded segmentation model by name (see :data:`EMBEDDED_SEG_MODELS`), with its shipped weights."""
-    if name not in EMBEDDED_SEG_MODELS:
-        raise KeyError(f"unknown embedded segmentation model {name!r}; choose from {sorted(EMBEDDED_SEG_MODELS)}")
-    model = DigitsSegNet()
-    if pretrained:
-        path = segmentation_weights_path(name)
-        if not path.is_file():
-            raise CheckpointError(
-                f"embedded weights {path} are missing from this install; "
-                "reinstall vision-rs or recreate them with `python demos/train_segmentation.py`"
-            )
-        load_checkpoint_into(model, path)
-    return model.eval()
+    return with_shipped_weights(DigitsSegNet(), EMBEDDED_SEG_MODELS, name, pretrained, "demos/train_segmentation.py")
