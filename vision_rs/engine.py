@@ -273,12 +273,15 @@ def draw_bytes(image_shape: tuple[int, ...], noise: Noise, view: View, dtype: to
     return (noisy.numel() + inputs.numel()) * noisy.element_size()
 
 
-def max_draws_per_batch(image_shape: tuple[int, ...], noise: Noise, view: View, config: EngineConfig, streams: int = 1) -> int:
+def max_draws_per_batch(
+    image_shape: tuple[int, ...], noise: Noise, view: View, config: EngineConfig, streams: int = 1, output_bytes: int = 0
+) -> int:
     """How many noisy draws fit ``config.memory_budget`` per batch (each of ``streams`` keeps one batch).
 
+    ``output_bytes``: what the model's outputs of one draw take when they are large (segmentation maps).
     Raises InvalidImageError when not even one draw fits: the input is too large for the budget.
     """
-    per_draw = draw_bytes(image_shape, noise, view)
+    per_draw = draw_bytes(image_shape, noise, view) + output_bytes
     most = config.memory_budget // (per_draw * streams) - 1  # one draw's worth for the image itself
     if most < 1:
         what = (f"an input of shape {tuple(image_shape)} takes {_format_bytes(per_draw)} per noisy draw with its "
@@ -299,6 +302,7 @@ def sample(
     generator: torch.Generator,
     config: EngineConfig,
     desc: str = "sampling",
+    output_bytes: int = 0,
 ) -> np.ndarray:
     """Push ``num`` noisy copies of ``image`` [C, H, W] (or [T, C, H, W]) through view and classifier into
     ``tally``; return its result.
@@ -306,14 +310,15 @@ def sample(
     Each batch holds at most ``batch_size // views`` noisy draws (at least one; see
     ``plan_batches``), so the model sees at most ``batch_size`` inputs per forward pass
     whatever ``num`` and the number of views are, and fewer when the draws would exceed the
-    memory budget (see ``max_draws_per_batch``). On CUDA, consecutive batches go to
+    memory budget (see ``max_draws_per_batch``; ``output_bytes`` per draw counts large model outputs such as
+    segmentation maps). On CUDA, consecutive batches go to
     ``config.streams`` streams, each with its own noise buffer, so noise, crops and the
     model of one batch overlap the next; the tally runs on the current stream after
     waiting for the batch's stream.
     """
     check_count("num", num)
     streams = _streams(image.device, config.streams)
-    most = max_draws_per_batch(tuple(image.shape), noise, view, config, len(streams))
+    most = max_draws_per_batch(tuple(image.shape), noise, view, config, len(streams), output_bytes)
     draws, _ = plan_batches(num, view.count, config.batch_size, most)
     # always contiguous: normal_ into a channels_last buffer is ~9x slower on the CPU, and the layout would change
     # which noise value lands on which pixel; _forward hands the model channels_last inputs when asked

@@ -12,6 +12,7 @@ network connection. Names:
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -126,7 +127,9 @@ def create_torchvision_model(name: str, *, pretrained: bool, num_classes: int | 
     except ValueError as exc:
         raise _unknown_name(name, "torchvision") from exc
     weights = weights_enum.DEFAULT
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs: dict[str, object] = {} if num_classes is None else {"num_classes": num_classes}
+    if "weights_backbone" in inspect.signature(tvm.get_model_builder(name)).parameters:
+        kwargs["weights_backbone"] = None  # segmentation / detection builders would download ImageNet backbone weights
     model = tvm.get_model(name, weights=None, **kwargs)
     source = ModelSource(TORCHVISION_PREFIX + name, pretrained=pretrained)
     if pretrained:

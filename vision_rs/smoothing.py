@@ -53,7 +53,8 @@ def _nonzero_counts(counts: np.ndarray) -> dict[int, int]:
     return {int(c): int(v) for c, v in enumerate(counts) if v}
 
 
-def _generator(device: torch.device, seed: int | None) -> tuple[torch.Generator, int]:
+def seeded_generator(device: torch.device, seed: int | None) -> tuple[torch.Generator, int]:
+    """A generator on ``device`` seeded with ``seed``, or with a fresh seed that is returned to reproduce the run."""
     seed = check_seed(seed)
     generator = torch.Generator(device=device)
     if seed is None:
@@ -177,7 +178,7 @@ class SmoothedClassifier:
         pixels = self._pixels(image)
         self._warn_about_scale(*pixels.shape[-2:])
         pixels = pixels.to(self.device)
-        generator, seed = _generator(self.device, seed)
+        generator, seed = seeded_generator(self.device, seed)
         view = self.smoothing.make_view(tuple(pixels.shape), self.spec.transform, generator)
 
         def votes(num: int, desc: str) -> np.ndarray:
