@@ -8,7 +8,7 @@
   scipy's HiGHS.
 
 σ and ε are in [0, 1] pixel units; ε bounds the L2 norm of one perturbation shared by all
-pixels (over all pixels and channels of the image). See docs/theory_segmentation.md.
+pixels (over all pixels and channels of the image). See docs/theory.md, "Segmentation".
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Segmentation certificates: localized geometry, per-pixel bounds, the τ test, the anisotropic condition and
-the collective program (docs/theory_segmentation.md).
+the collective program (docs/theory.md, "Segmentation").
 
 Three kinds of checks:
 
