@@ -25,7 +25,7 @@ from vision_rs.evaluation import run_dataset, run_record
 from vision_rs.images import IMAGE_SUFFIXES
 from vision_rs.inputs import collect_files
 from vision_rs.params import check_alpha, check_count, check_seed
-from vision_rs.runs import RunFiles, read_jsonl
+from vision_rs.runs import RunFiles, read_jsonl, read_table
 
 from .certificates import check_eps
 from .results import IGNORE_INDEX, SegmentationCertificate, check_label_map
@@ -87,27 +87,15 @@ class SegmentationRow:
         return "\t".join(values) + "\n"
 
 
+def _segmentation_row(header: list[str], parts: list[str]) -> SegmentationRow:
+    extra = header[len(BASE_COLUMNS):]
+    return SegmentationRow(int(parts[0]), int(parts[1]), int(parts[2]), int(parts[3]), float(parts[4]), float(parts[5]),
+                           {name: int(value) for name, value in zip(extra, parts[6:], strict=True)})
+
+
 def read_segmentation_rows(path: str | os.PathLike) -> list[SegmentationRow]:
     """Rows of a segmentation run's TSV."""
-    path = Path(path)
-    if not path.is_file():
-        raise OutputPathError(f"no such results file: {path}")
-    lines = path.read_text().splitlines()
-    header = lines[0].split("\t") if lines else []
-    if tuple(header[: len(BASE_COLUMNS)]) != BASE_COLUMNS:
-        raise OutputPathError(f"{path} is not a segmentation run: its header must start with {' '.join(BASE_COLUMNS)}")
-    extra = header[len(BASE_COLUMNS):]
-    rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        try:
-            rows.append(SegmentationRow(int(parts[0]), int(parts[1]), int(parts[2]), int(parts[3]), float(parts[4]),
-                                        float(parts[5]), {name: int(v) for name, v in zip(extra, parts[6:], strict=True)}))
-        except (IndexError, ValueError) as exc:
-            raise OutputPathError(f"{path}:{number}: malformed row {line!r}") from exc
-    return rows
+    return read_table(path, BASE_COLUMNS, "a segmentation run", _segmentation_row)
 
 
 def is_segmentation_run(path: str | os.PathLike) -> bool:

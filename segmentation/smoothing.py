@@ -24,8 +24,8 @@ from vision_rs.images import ImageInput, to_unit_tensor
 from vision_rs.models import evaluation_mode
 from vision_rs.noise import GaussianNoise, Noise, SigmaMapNoise
 from vision_rs.params import check_alpha, check_count, check_sigma
-from vision_rs.record import ModelSource, state_sha256
-from vision_rs.smoothing import ModelOptions, place, prepare_model, seeded_generator
+from vision_rs.record import ModelSource
+from vision_rs.smoothing import ModelOptions, describe_smoothed, place, prepare_model, seeded_generator
 from vision_rs.views import WholeImage
 
 from .certificates import certify_pixels, certify_pixels_at_threshold
@@ -84,14 +84,7 @@ class SmoothedSegmenter:
 
     def describe(self) -> dict[str, Any]:
         """What defines this smoothed model, JSON-ready (the run record of a segmentation data-set run)."""
-        autocast = self.config.autocast_dtype
-        return {
-            "model": self.source.to_dict(), "state_sha256": state_sha256(self.base.model), "spec": self.spec.describe(),
-            "method": self.method, "details": self.details, "sigma": self.sigma, "num_classes": self.num_classes,
-            "autocast": None if autocast is None else str(autocast).removeprefix("torch."), "device": str(self.device),
-            "batch_size": self.config.batch_size, "channels_last": self.config.channels_last,
-            "streams": self.config.streams, "memory_budget": self.config.memory_budget,
-        }
+        return describe_smoothed(self)
 
     def inputs(self, image: ImageInput, channels: int | None) -> torch.Tensor:
         return to_unit_tensor(image, channels)

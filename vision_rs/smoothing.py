@@ -63,6 +63,27 @@ def seeded_generator(device: torch.device, seed: int | None) -> tuple[torch.Gene
     return generator, seed
 
 
+def describe_smoothed(smoothed: Any) -> dict[str, Any]:
+    """The run-record description every smoothed model shares (classifier, video, segmentation): where the model
+    came from and a fingerprint of its weights, its input spec, the method and its settings, σ, and the engine."""
+    config = smoothed.config
+    return {
+        "model": smoothed.source.to_dict(),
+        "state_sha256": state_sha256(smoothed.base.model),
+        "spec": smoothed.spec.describe(),
+        "method": smoothed.method,
+        "details": smoothed.details,
+        "sigma": smoothed.sigma,
+        "num_classes": smoothed.num_classes,
+        "autocast": None if config.autocast_dtype is None else str(config.autocast_dtype).removeprefix("torch."),
+        "device": str(smoothed.device),
+        "batch_size": config.batch_size,
+        "channels_last": config.channels_last,
+        "streams": config.streams,
+        "memory_budget": config.memory_budget,
+    }
+
+
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -122,22 +143,7 @@ class SmoothedClassifier:
     def describe(self) -> dict[str, Any]:
         """What defines this smoothed classifier, JSON-ready: model source and weights fingerprint, input spec,
         method, σ and the engine settings (the run record of :func:`~vision_rs.certify_dataset`)."""
-        autocast = self.config.autocast_dtype
-        return {
-            "model": self.source.to_dict(),
-            "state_sha256": state_sha256(self.base.model),
-            "spec": self.spec.describe(),
-            "method": self.method,
-            "details": self.details,
-            "sigma": self.sigma,
-            "num_classes": self.num_classes,
-            "autocast": None if autocast is None else str(autocast).removeprefix("torch."),
-            "device": str(self.device),
-            "batch_size": self.config.batch_size,
-            "channels_last": self.config.channels_last,
-            "streams": self.config.streams,
-            "memory_budget": self.config.memory_budget,
-        }
+        return describe_smoothed(self)
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:
