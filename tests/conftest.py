@@ -2,9 +2,58 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from scipy.stats import binom, chi2, norm
 from torch import nn
+
+FALSE_FAILURE = 1e-4
+"""The most probability with which one statistical test here (each parametrized case) may fail a correct library,
+whatever the random stream (torch version, batch size, device)."""
+
+
+def binomial_tolerance(trials: int, rate: float, false_failure: float = FALSE_FAILURE) -> int:
+    """Most failures a method that fails each independent trial with probability ≤ ``rate`` shows in ``trials``
+    trials, except with probability ≤ ``false_failure``: the (1 − false_failure) quantile of Binomial(trials, rate)."""
+    return int(binom.ppf(1 - false_failure, trials, rate))
+
+
+def assert_sound_with_power(failures: int, trials: int, rate: float, unsound: dict[str, int], context: str = "") -> None:
+    """``failures`` in ``trials`` stays within ``binomial_tolerance(trials, rate)`` (false failure ≤ 1e-4), and each
+    named unsound variant's failure count in ``unsound`` exceeds it: the check can fail."""
+    tolerance = binomial_tolerance(trials, rate)
+    summary = f"{context}{failures}/{trials} failures (tolerance {tolerance}); unsound " + ", ".join(
+        f"'{name}' {count}" for name, count in unsound.items())
+    print(summary)
+    assert failures <= tolerance, summary
+    for name, count in unsound.items():
+        assert count > tolerance, f"the check has no power against '{name}': " + summary
+
+
+def hoeffding_deviation(draws: int, spread: float, tests: int = 1, false_failure: float = FALSE_FAILURE) -> float:
+    """Largest deviation of a sum of ``draws`` independent variables with values in an interval of length ``spread``
+    from its mean, except with probability ≤ ``false_failure`` over ``tests`` such sums together (Hoeffding 1963,
+    Theorem 2, two-sided, with Bonferroni): spread · sqrt(draws · log(2·tests/false_failure) / 2)."""
+    return spread * float(np.sqrt(draws * np.log(2 * tests / false_failure) / 2))
+
+
+def normal_mean_bound(count: int, sigma: float, tests: int = 1) -> float:
+    """|mean| of ``count`` independent N(0, σ²) values exceeds this with probability FALSE_FAILURE / ``tests``."""
+    return float(norm.isf(FALSE_FAILURE / (2 * tests)) * sigma / np.sqrt(count))
+
+
+def normal_rms_interval(count: int, sigma: float, tests: int = 1) -> tuple[float, float]:
+    """The root mean square of ``count`` independent N(0, σ²) values (σ² · χ²(count) / count) falls outside this
+    interval with probability FALSE_FAILURE / ``tests``."""
+    tail = FALSE_FAILURE / (2 * tests)
+    return sigma * float(np.sqrt(chi2.ppf(tail, count) / count)), sigma * float(np.sqrt(chi2.isf(tail, count) / count))
+
+
+def binomial_interval(trials: int, p: float, tests: int = 1) -> tuple[int, int]:
+    """A Binomial(trials, p) count falls outside [low, high] with probability ≤ FALSE_FAILURE / ``tests``."""
+    tail = FALSE_FAILURE / (2 * tests)
+    return int(binom.ppf(tail, trials, p)), int(binom.isf(tail, trials, p))
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +95,45 @@ class Recorder(nn.Module):
         self.inputs.append(x.clone())
         above = (x[:, 0, 0, 0] > 0.5).float()
         return torch.stack([1 - above, above], dim=1)
+
+
+class TreeClassifier(nn.Module):
+    """Analytic base classifier with three classes, decided by two linear scores of its input z (flattened):
+
+        class 0 if u·z < a,  else class 1 if v·z < b,  else class 2;
+
+    ``b=None`` leaves two classes (0 if u·z < a, else 1). With u ⊥ v, u·ε and v·ε are independent for
+    isotropic Gaussian noise ε ~ N(0, σ²I), so the smoothed class probabilities are products of Φ's:
+    P(0) = Φ(α), P(1) = Φ(−α) Φ(β), P(2) = Φ(−α) Φ(−β), with α = (a − u·z)/(σ‖u‖), β = (b − v·z)/(σ‖v‖).
+
+    The logits are continuous and piecewise linear, with the class above as their argmax:
+    ``logit_scale`` · [a − u·z, min(u·z − a, b − v·z), min(u·z − a, v·z − b)].
+    """
+
+    def __init__(self, u: np.ndarray, v: np.ndarray | None, a: float, b: float | None, logit_scale: float = 2.0) -> None:
+        super().__init__()
+        self.register_buffer("u", torch.as_tensor(np.ravel(u), dtype=torch.float64))
+        self.register_buffer("v", torch.as_tensor(np.ravel(v if v is not None else u), dtype=torch.float64))
+        self.a, self.b, self.logit_scale = float(a), b, float(logit_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1).double()
+        over = z @ self.u - self.a  # > 0: not class 0
+        if self.b is None:
+            logits = torch.stack([-over, over], dim=1)
+        else:
+            second = z @ self.v - self.b  # > 0: class 2 rather than 1
+            logits = torch.stack([-over, torch.minimum(over, -second), torch.minimum(over, second)], dim=1)
+        return (self.logit_scale * logits).float()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run faster on one intra-op thread (a second one only adds overhead on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

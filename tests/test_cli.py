@@ -342,3 +342,12 @@ def test_licence_file_matches_the_declared_licence() -> None:
     root = Path(__file__).resolve().parents[1]
     assert 'license = "Apache-2.0"' in (root / "pyproject.toml").read_text()
     assert "Apache License" in (root / "LICENSE").read_text() and "Version 2.0" in (root / "LICENSE").read_text()
+
+
+def test_plot_title_names_sigma_n_alpha_and_model(tmp_path: Path, image_folder: Path) -> None:
+    from vision_rs.cli import _plot_title
+
+    out = tmp_path / "titled.tsv"
+    assert main(certify_args(image_folder, out)) == 0
+    title = _plot_title([out])
+    assert "σ=0.25" in title and "n=50" in title and "α=0.001" in title and "model=digits_cnn.sigma_0.25" in title

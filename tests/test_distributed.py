@@ -125,12 +125,15 @@ def test_every_long_option_passes_torchrun_except_the_short_forms_it_would_take_
             return False
         return parsed.training_script_args == [command, "x", option, "1"]
 
-    refused = {(command, option) for command in ("certify", "certify-video")
+    certifying = [command for command in commands if command.startswith("certify")]
+    assert {"certify", "certify-video", "certify-seg"} <= set(certifying)
+    refused = {(command, option) for command in certifying
                for action in commands[command]._actions for option in action.option_strings
                if option.startswith("--") and not torchrun_takes(command, option)}
-    assert refused == {("certify", "--n"), ("certify-video", "--n"), ("certify-video", "--start")}
+    assert refused == {*((command, "--n") for command in certifying), ("certify-video", "--start")}
     assert "ambiguous option: --n could match" in capsys.readouterr().err
-    for command, short, long in (("certify", "--n", "--num-samples"), ("certify-video", "--start", "--start-frame")):
+    for command, short, long in (*((command, "--n", "--num-samples") for command in certifying),
+                                 ("certify-video", "--start", "--start-frame")):
         aliases = next(a.option_strings for a in commands[command]._actions if short in a.option_strings)
         assert long in aliases  # the long name that torchrun lets through
 

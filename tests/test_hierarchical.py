@@ -13,16 +13,45 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import brentq
-from scipy.stats import beta, binom, norm
+from scipy.stats import beta, multinomial, norm
 from torch import nn
 
 import vision_rs
-from tests.conftest import LinearTwoClass, Recorder
+from tests.conftest import (
+    LinearTwoClass,
+    Recorder,
+    assert_sound_with_power,
+    binomial_interval,
+    binomial_tolerance,
+    hoeffding_deviation,
+    normal_mean_bound,
+    normal_rms_interval,
+)
 from vision_rs import Hierarchical, InvalidParameterError, ModelOutputError
 from vision_rs.certificates import gaussian_radius, hierarchical_bounds, hierarchical_certify, hierarchical_radius
 from vision_rs.engine import EngineConfig, VoteTally, sample
 from vision_rs.noise import HierarchicalNoise
 from vision_rs.views import WholeImage
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+def resize_map(image_size: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
+    """[h·w, H·W]: how ``smooth(..., input_size=input_size)`` resizes one channel of an image to the model's input.
+
+    The only code here that depends on how the library resizes: found end to end, by certifying each basis
+    image with (almost) no noise and recording what the model receives. The resize is linear, so this is exact.
+    """
+    height, width = image_size
+    columns = []
+    for pixel in range(height * width):
+        model = Recorder()
+        basis = torch.zeros(1, height * width)
+        basis[0, pixel] = 1.0
+        smoothed = vision_rs.smooth(model, 1e-9, mean=(0.0,), std=(1.0,), input_size=input_size, progress=False)
+        smoothed.certify(basis.view(1, height, width), n0=1, n=1, alpha=0.5, seed=0)
+        columns.append(model.inputs[0][0, 0].flatten().double().numpy())
+    return np.stack(columns, axis=1)
+
 
 # ---------------------------------------------------------------------------------------------
 # An independent reference implementation of the theorem (bisection, no shared code)
@@ -198,15 +227,51 @@ def test_bounds_are_clopper_pearson_at_alpha_over_two(counts: list[int], candida
         assert bound.label == candidate and bound.radius == hierarchical_radius(p_lower, p_upper, 0.25, 0.9, 1)
 
 
+def three_class_counts(n: int) -> np.ndarray:
+    """Every count vector of n draws over three classes: [(n + 1)(n + 2)/2, 3]."""
+    return np.array([(a, b, n - a - b) for a in range(n + 1) for b in range(n + 1 - a)])
+
+
+def beta_lower(counts: np.ndarray, n: int, level: float) -> np.ndarray:
+    """Clopper–Pearson lower bounds at ``level``, written with scipy's Beta quantile (vectorised, 0 for no successes)."""
+    return np.where(counts == 0, 0.0, beta.ppf(level, np.maximum(counts, 1), n - counts + 1))
+
+
+def beta_upper(counts: np.ndarray, n: int, level: float) -> np.ndarray:
+    """Clopper–Pearson upper bounds at ``level`` (1 for all successes)."""
+    return np.where(counts == n, 1.0, beta.ppf(1 - level, counts + 1, np.maximum(n - counts, 1)))
+
+
 def test_bounds_cover_candidate_and_true_runner_up_at_once() -> None:
-    """The two runners-up are equally likely, so the observed largest other count is often the wrong class."""
-    probabilities, n, alpha, trials = np.array([0.5, 0.25, 0.25]), 200, 0.1, 2000
-    counts = np.random.default_rng(0).multinomial(n, probabilities, size=trials)
-    failures = 0
-    for row in counts:
-        p_lower, p_upper = hierarchical_bounds(row.tolist(), 0, alpha)
-        failures += p_lower > probabilities[0] or p_upper < probabilities[1:].max()
-    assert failures <= binom.ppf(1 - 1e-4, trials, alpha)
+    """P(p̲A > p_A or p̄B < max_{c≠A} p_c) ≤ α, computed exactly: the multinomial probability of every count vector
+    of n = 80 draws whose bounds miss, for class probabilities with tied, distinct and equal runners-up. Exact sums
+    need no tolerance and cannot fail by chance.
+
+    Power: three unsound variants of the same bounds miss with probability > α for some of these probabilities:
+    the smallest other count as the runner-up, both bounds at α (no α/2 split), and always class 1.
+    """
+    n, alpha = 80, 0.1
+    counts = three_class_counts(n)
+    library = np.array([hierarchical_bounds(row.tolist(), 0, alpha) for row in counts])
+    half, full = beta_lower(counts[:, 0], n, alpha / 2), beta_lower(counts[:, 0], n, alpha)
+    variants = {
+        "smallest other count": (half, beta_upper(counts[:, 1:].min(axis=1), n, alpha / 2)),
+        "no alpha/2 split": (full, beta_upper(counts[:, 1:].max(axis=1), n, alpha)),
+        "always class 1": (half, beta_upper(counts[:, 1], n, alpha / 2)),
+    }
+    configurations = [(0.5, 0.25, 0.25), (0.5, 0.15, 0.35), (0.5, 0.35, 0.15), (0.34, 0.33, 0.33), (0.3, 0.35, 0.35), (0.6, 0.2, 0.2)]
+
+    def miss(probabilities: tuple[float, ...], lower: np.ndarray, upper: np.ndarray) -> float:
+        p = np.array(probabilities)
+        upper = np.minimum(upper, 1 - lower)
+        return float(multinomial.pmf(counts, n, p)[(lower > p[0]) | (upper < p[1:].max())].sum())
+
+    sound = max(miss(probabilities, library[:, 0], library[:, 1]) for probabilities in configurations)
+    unsound = {name: max(miss(probabilities, lower, upper) for probabilities in configurations) for name, (lower, upper) in variants.items()}
+    print(f"largest miss probability at alpha={alpha}: library {sound:.4f}, " + ", ".join(f"{k} {v:.4f}" for k, v in unsound.items()))
+    assert sound <= alpha
+    for name, worst in unsound.items():
+        assert worst > alpha, f"the check has no power: '{name}' misses with probability {worst:.4f} at most"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,11 +295,14 @@ def test_hierarchical_noise_selects_whole_pixels_with_probability_p(channels: in
     differs = noisy[:, :channels] != image  # [N, C, H, W]
     selected = differs.any(dim=1)
     assert torch.equal(selected, differs.all(dim=1))  # a pixel is noised on all its channels or on none
-    pixels = selected.numel()
-    assert abs(float(selected.float().mean()) - p) <= 3 * math.sqrt(p * (1 - p) / pixels)
-    noise = (noisy[:, :channels] - image).permute(1, 0, 2, 3)[:, selected]  # [C, selected pixels]
-    assert float(noise.std()) == pytest.approx(sigma, rel=0.02)
-    assert abs(float(noise.mean())) < 4 * sigma / math.sqrt(noise.numel())
+    # three statistical checks, exact laws, false failure ≤ 1e-4 together: Binomial(pixels, p) selections,
+    # and i.i.d. N(0, σ²) noise on the selected ones (its root mean square and its mean)
+    low, high = binomial_interval(selected.numel(), p, tests=3)
+    assert low <= int(selected.sum()) <= high
+    noise = (noisy[:, :channels] - image).permute(1, 0, 2, 3)[:, selected].double()  # [C, selected pixels]
+    low, high = normal_rms_interval(noise.numel(), sigma, tests=3)
+    assert low <= float(noise.pow(2).mean().sqrt()) <= high
+    assert abs(float(noise.mean())) <= normal_mean_bound(noise.numel(), sigma, tests=3)
     if indicator:
         flag = noisy[:, channels]
         assert torch.equal(flag, selected.to(flag.dtype))  # exactly 1 where noised, 0 elsewhere
@@ -274,6 +342,14 @@ class ExactLinear:
     robust budget ε*_r is exactly the root in ε of P(f = 1) at t = −ε‖w_{S_r}‖ equal to 1/2.
     Any certificate above ε*_r is false.
 
+    With the indicator channel (weights g on it, one per pixel) the score gains g·M, a constant given M:
+
+        P_{x+δ}(f = 1) = Σ_M P(M) Φ((m + g·M + w·δ)/(σ s_M)),
+
+    still increasing in t = w·δ, so the same worst case holds. A resize R to the model's input is linear and
+    the same for every channel (``resize_map``), so a model with weights Rᵀ⁺w on the colours and Rᵀ⁺g on the
+    resized indicator (Rᵀ⁺ = R(RᵀR)⁻¹, so that Rᵀ Rᵀ⁺ = I) has exactly these image-space weights.
+
     w is random (seeded) but concentrated on one pixel (the others get 5% of the scale).
     A spread-out w makes the r-pixel threat far weaker than the certificate assumes (ε*_1
     ≈ m/max_j‖w_j‖ ≫ m/‖w‖), so no certificate could come near ε*_r and the test could not
@@ -281,7 +357,8 @@ class ExactLinear:
     the exact probability, and radii that ignore Δ over-claim.
     """
 
-    def __init__(self, p: float, target: float, image: torch.Tensor, seed: int = 0) -> None:
+    def __init__(self, p: float, target: float, image: torch.Tensor, seed: int = 0, indicator: np.ndarray | None = None,
+                 resize: np.ndarray | None = None) -> None:
         rng = np.random.default_rng(seed)
         weight = 0.05 * rng.standard_normal((CHANNELS, PIXELS))
         weight[:, int(rng.integers(PIXELS))] = rng.standard_normal(CHANNELS)
@@ -289,42 +366,68 @@ class ExactLinear:
         sizes = ALL_MASKS.sum(axis=1)
         self.mask_probability = p**sizes * (1 - p) ** (PIXELS - sizes)
         self.scale = np.sqrt(ALL_MASKS @ self.pixel_norms**2)  # s_M
+        self.mask_shift = np.zeros(len(ALL_MASKS)) if indicator is None else ALL_MASKS @ indicator  # g·M
         self.p = p
         # bias so that P(f(x + noise) = 1) = target at the image itself
-        self.m = brentq(lambda m: self.probability(0.0, m) - target, 1e-9, 20.0)
-        flat = weight.reshape(-1)  # channel-major, as torch's [C, H, W].flatten()
-        bias = self.m - float(image.double().flatten().numpy() @ flat)
-        self.model = LinearTwoClass(torch.from_numpy(flat), bias)
+        self.m = brentq(lambda m: self.probability(0.0, m) - target, -20.0, 20.0)
+        bias = self.m - float(image.double().flatten().numpy() @ weight.reshape(-1))
+        channels = weight if indicator is None else np.concatenate([weight, indicator[None]])  # the model's input channels
+        if resize is not None:
+            channels = channels @ np.linalg.pinv(resize)  # Rᵀ⁺ on each channel: [channels, h·w]
+            assert np.allclose(channels @ resize, weight if indicator is None else np.concatenate([weight, indicator[None]]))
+        self.model = LinearTwoClass(torch.from_numpy(channels.reshape(-1)), bias)  # channel-major, as [C, H, W].flatten()
 
     def probability(self, shift: float, m: float | None = None) -> float:
         """P(f = 1) at x + δ with w·δ = shift."""
         m = self.m if m is None else m
+        centre = m + self.mask_shift + shift
         empty = self.scale == 0
-        z = np.where(empty, np.where(m + shift > 0, np.inf, -np.inf), (m + shift) / (SOUND_SIGMA * np.where(empty, 1.0, self.scale)))
+        z = np.where(empty, np.where(centre > 0, np.inf, -np.inf), centre / (SOUND_SIGMA * np.where(empty, 1.0, self.scale)))
         return float(self.mask_probability @ norm.cdf(z))
 
     def true_budget(self, r: int) -> float:
         """ε*_r: the exact robust L2 budget against r changed pixels."""
         worst = math.sqrt(float(np.sum(np.sort(self.pixel_norms)[::-1][:r] ** 2)))  # ‖w_{S_r}‖
-        return brentq(lambda eps: self.probability(-eps * worst) - 0.5, 0.0, 2 * self.m / worst, xtol=1e-12)
+        high = abs(self.m) / worst + 1.0
+        while self.probability(-high * worst) > 0.5:
+            high *= 2
+        return brentq(lambda eps: self.probability(-eps * worst) - 0.5, 0.0, high, xtol=1e-12)
+
+
+def hierarchical_setup(p: float, target: float, indicator_and_resize: bool) -> tuple[ExactLinear, vision_rs.SmoothedClassifier]:
+    """The exact linear classifier and its hierarchical smoothing; with ``indicator_and_resize`` the model reads the
+    4×4 image resized to 8×8 and the selection mask as a fourth channel, resized alike."""
+    image = torch.rand(CHANNELS, SIDE, SIDE, generator=torch.Generator().manual_seed(1234))
+    if not indicator_and_resize:
+        exact = ExactLinear(p, target, image)
+        return exact, vision_rs.smooth(exact.model, sigma=SOUND_SIGMA, hierarchical=Hierarchical(p=p), batch_size=500, progress=False)
+    indicator = 0.3 * np.random.default_rng(7).standard_normal(PIXELS)
+    exact = ExactLinear(p, target, image, indicator=indicator, resize=resize_map((SIDE, SIDE), (8, 8)))
+    smoothed = vision_rs.smooth(exact.model, sigma=SOUND_SIGMA, hierarchical=Hierarchical(p=p, indicator=True), input_size=(8, 8),
+                                mean=(0.0,) * CHANNELS, std=(1.0,) * CHANNELS, batch_size=500, progress=False)
+    return exact, smoothed
 
 
 @pytest.mark.parametrize(
-    ("p", "target", "ignoring_delta_is_detectable"),
-    [(0.85, 0.8, True), (0.9, 0.85, False)],
-    ids=["p0.85", "p0.90"],
+    ("p", "target", "ignoring_delta_is_detectable", "indicator_and_resize"),
+    # with the indicator the model also sees which pixels are noised: the true budgets grow and Δ's share of the
+    # certificate's slack is no longer visible (the Cohen plug-in and the vote counts still are)
+    [(0.85, 0.8, True, False), (0.9, 0.85, False, False), (0.85, 0.8, False, True)],
+    ids=["p0.85", "p0.90", "p0.85-indicator-resized"],
 )
-def test_certified_budgets_exceed_the_true_budget_at_most_alpha_of_the_time(p: float, target: float, ignoring_delta_is_detectable: bool) -> None:
+def test_certified_budgets_exceed_the_true_budget_at_most_alpha_of_the_time(
+    p: float, target: float, ignoring_delta_is_detectable: bool, indicator_and_resize: bool
+) -> None:
+    exact, smoothed = hierarchical_setup(p, target, indicator_and_resize)
     image = torch.rand(CHANNELS, SIDE, SIDE, generator=torch.Generator().manual_seed(1234))
-    exact = ExactLinear(p, target, image)
     assert exact.probability(0.0) == pytest.approx(target, abs=1e-9)
     rs = [r for r in range(1, 20) if p**r > 0.5]
     truth = {r: exact.true_budget(r) for r in rs}
-    smoothed = vision_rs.smooth(exact.model, sigma=SOUND_SIGMA, hierarchical=Hierarchical(p=p), batch_size=500, progress=False)
     alpha, trials, n = 0.05, 300, 500
-    violations = cohen_plug_in_too_far = ignoring_delta_too_far = certified = 0
+    violations = cohen_plug_in_too_far = ignoring_delta_too_far = certified = class_one_votes = 0
     for seed in range(trials):
         cert = smoothed.certify(image, n0=20, n=n, alpha=alpha, seed=seed)
+        class_one_votes += cert.counts.get(1, 0)
         assert sorted(cert.radii) == rs
         if cert.label is not None:
             certified += 1
@@ -334,16 +437,33 @@ def test_certified_budgets_exceed_the_true_budget_at_most_alpha_of_the_time(p: f
         # unsound: Cohen's Gaussian radius from the plug-in estimate k/n, no Δ, no confidence bound
         k = cert.counts.get(1, 0)
         cohen_plug_in_too_far += cert.candidate == 1 and gaussian_radius(k / n, SOUND_SIGMA) > truth[1]
-    tolerance = binom.ppf(1 - 1e-4, trials, alpha)  # fails a sound method with probability ≤ 1e-4
+    tolerance = binomial_tolerance(trials, alpha)  # fails a sound method with probability ≤ 1e-4
     summary = (f"p={p}: {violations}/{trials} false certificates (tolerance {tolerance:.0f}), {certified} certified; "
                f"Cohen plug-in over-claims {cohen_plug_in_too_far}, ignoring Δ over-claims {ignoring_delta_too_far}; "
-               f"true budgets {truth}")
+               f"true budgets {truth}; class-1 votes {class_one_votes} of {trials * n} (exact rate {target})")
     print(summary)
     assert certified > trials / 2, summary  # the certificates are not vacuous
     assert violations <= tolerance, summary
+    # the votes follow the exact probability: the noise, the mask, the indicator and the resize are what the model
+    # above assumes (Binomial(trials·n, target) total; false failure ≤ 1e-4)
+    assert abs(class_one_votes - trials * n * target) <= hoeffding_deviation(trials * n, 1.0), summary
     assert cohen_plug_in_too_far > tolerance, "the check has no power: " + summary
     if ignoring_delta_is_detectable:
         assert ignoring_delta_too_far > tolerance, "the check cannot see a missing Δ: " + summary
+
+
+def test_predict_under_hierarchical_smoothing_is_wrong_at_most_alpha_of_the_time() -> None:
+    """P(class 1) = 0.52 exactly: PREDICT may name class 0 in at most α of the trials; the top count alone does so
+    far more often."""
+    exact, smoothed = hierarchical_setup(0.85, 0.52, indicator_and_resize=False)
+    image = torch.rand(CHANNELS, SIDE, SIDE, generator=torch.Generator().manual_seed(1234))
+    alpha, trials, n = 0.05, 200, 200
+    wrong = plug_in_wrong = 0
+    for seed in range(trials):
+        prediction = smoothed.predict(image, n=n, alpha=alpha, seed=seed)
+        wrong += prediction.label == 0
+        plug_in_wrong += prediction.counts.get(1, 0) <= prediction.counts.get(0, 0)  # argmax; a tie goes to class 0
+    assert_sound_with_power(wrong, trials, alpha, {"plug-in": plug_in_wrong})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,7 +605,8 @@ def test_indicator_channel_reaches_the_model_unnormalised() -> None:
     assert seen.shape == (192, 4, 8, 8)
     flag = seen[:, 3]
     assert set(flag.unique().tolist()) <= {0.0, 1.0}
-    assert 0.7 < float(flag.mean()) < 0.9
+    low, high = binomial_interval(flag.numel(), 0.8)  # Binomial(pixels, p) noised pixels; false failure ≤ 1e-4
+    assert low <= int(flag.sum()) <= high
     colours = seen[:, :3] * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
     unselected = (flag == 0).unsqueeze(1).expand_as(colours)
     assert torch.allclose(colours[unselected], image.expand_as(colours)[unselected], atol=1e-6)

@@ -153,6 +153,23 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     preprocessing.add_argument("--test-size", action="store_true", help="use timm's test_input_size and test_crop_pct")
 
 
+def _grid(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*[xX×,]\s*(\d+)\s*", text)
+    if not match or min(int(match.group(1)), int(match.group(2))) < 1:
+        raise argparse.ArgumentTypeError(f"must be rows x columns of cells, e.g. 3x5, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _eps_list(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not value >= 0 or value == float("inf") for value in values):
+        raise argparse.ArgumentTypeError(f"must be comma-separated budgets >= 0, e.g. 0.25,0.5,1, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vision-rs",
@@ -236,6 +253,40 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--classes", type=Path, metavar="FILE", help="class names → labels (as for certify)")
     video.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    seg = commands.add_parser(
+        "certify-seg",
+        help="certify every pixel of segmentation masks: per-pixel (isotropic) or localized smoothing with collective counts",
+        description="Certify each image's mask. Isotropic smoothing (--sigma) certifies every pixel on its own; localized "
+        "smoothing (--grid, --sigma-min, --sigma-max) also counts the pixels that keep their class under ONE shared "
+        "perturbation of norm <= eps (the collective certificate, solved with scipy's HiGHS).",
+        epilog=UNITS + "\nOutput (--out run.tsv): one row per image, idx labelled correct abstained miou time, then the "
+        "pixels certified correct at each eps (pixel@eps; naive@eps and collective@eps for localized smoothing); "
+        "run.jsonl holds the run record and each image's summary. Resumable; read by `vision-rs report`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    seg.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    _add_model_options(seg)
+    noise = seg.add_argument_group("smoothing: --sigma (isotropic) or --grid with --sigma-min/--sigma-max (localized)")
+    noise.add_argument("--sigma", type=SIGMA, help="isotropic noise std in [0,1] pixel units")
+    noise.add_argument("--grid", type=_grid, metavar="IxJ", help="localized smoothing on an I×J grid of cells, e.g. 3x5")
+    noise.add_argument("--sigma-min", type=SIGMA, help="localized: std on the certified cell")
+    noise.add_argument("--sigma-max", type=SIGMA, help="localized: std on the farthest cells")
+    certs = seg.add_argument_group("certificates")
+    certs.add_argument("--eps", type=_eps_list, default=[0.1, 0.25, 0.5, 1.0], metavar="E1,E2,...",
+                       help="L2 budgets to count certified pixels at (default: 0.1,0.25,0.5,1)")
+    certs.add_argument("--correction", choices=["bonferroni", "holm", "bonferroni-threshold"], default="bonferroni",
+                       help="bonferroni: per-pixel bounds and radii; holm: Fischer et al.'s test of p > tau (isotropic)")
+    certs.add_argument("--tau", type=float, default=0.75, help="threshold of the holm test (default: 0.75)")
+    certs.add_argument("--exact", action="store_true", help="solve the collective program exactly (MILP; slower than the LP)")
+    certs.add_argument("--bins", type=POSITIVE, help="merge each cell's bounds into this many bins (conservative, faster)")
+    seg.add_argument("--masks", type=Path, metavar="DIR", help="label maps: DIR/<image stem>.png of class indices (255 = ignore)")
+    _add_sampling_options(seg, n_default=1000)
+    seg.set_defaults(alpha=0.01)
+    _add_speed_options(seg)
+    seg.add_argument("--out", type=Path, help="write results to this .tsv (and .jsonl beside it); resumes if it exists")
+    seg.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
     report = commands.add_parser(
         "report",
         help="certified-accuracy table and PNG curve of result TSVs",
@@ -263,9 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--video", action="store_true",
                       help="the video demo instead: 30 held-out moving-digit clips (mp4), a 3D CNN on the whole clip and "
                            "on sub-clips, and the image CNN frame by frame, at equal compute")
-    demo.add_argument("--n0", type=POSITIVE, help="selection samples (default: 100; video: 60)")
-    demo.add_argument("--n", type=POSITIVE, help="estimation samples (default: 1000; video: 600)")
+    demo.add_argument("--segmentation", action="store_true",
+                      help="the segmentation demo instead: 12 held-out digit scenes, isotropic against localized smoothing "
+                           "(per-pixel and collective certificates) at equal compute")
+    demo.add_argument("--n0", type=POSITIVE, help="selection samples (default: 100; video: 60; segmentation: 10 per cell)")
+    demo.add_argument("--n", type=POSITIVE, help="estimation samples (default: 1000; video: 600; segmentation: 100 per cell)")
     demo.add_argument("--alpha", type=ALPHA, default=0.001, help="failure probability (default: 0.001)")
+    demo.add_argument("--alpha-seg", type=ALPHA, default=0.01,
+                      help="failure probability of a whole mask in the segmentation demo (default: 0.01)")
     demo.add_argument("--seed", type=NON_NEGATIVE, default=0, help="noise seed; test image idx uses seed+idx (default: 0)")
     demo.add_argument("--limit", type=POSITIVE, help="certify only the first LIMIT test inputs (video default: 30)")
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
@@ -317,7 +373,7 @@ def model_options(args: argparse.Namespace) -> dict[str, object]:
 def _print_run(out: Path, summary: object) -> None:
     from .summaries import format_summaries
 
-    if _rank() not in (None, 0):  # under torchrun rank 0 speaks for the run
+    if not _speaks_for_the_run():
         return
     print(format_summaries({out.name: summary}))  # type: ignore[dict-item]
     print(f"wrote {out} and {out.with_suffix('.jsonl')}")
@@ -351,6 +407,30 @@ def _certify_video(args: argparse.Namespace) -> None:
         cert = smoothed.certify(clip, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx)
         predict = -1 if cert.label is None else cert.label
         print(f"{path}\t{predict}\t{cert.radius:.4f}\t{cert.p_lower:.4f}\t{cert.seconds:.2f}\t{backend}", flush=True)
+
+
+def _certify_seg(args: argparse.Namespace) -> None:
+    from .segmentation import Localized, smooth
+    from .segmentation.datasets import certify_segmentation_dataset, format_segmentation_summaries, summarize_segmentation
+
+    localized_args = (args.grid, args.sigma_min, args.sigma_max)
+    if (args.sigma is None) == all(value is None for value in localized_args):
+        raise InvalidParameterError("give --sigma (isotropic) or --grid IxJ --sigma-min S --sigma-max S (localized)")
+    if args.sigma is None and any(value is None for value in localized_args):
+        raise InvalidParameterError("localized smoothing needs all of --grid, --sigma-min and --sigma-max")
+    localized = Localized(args.grid, args.sigma_min, args.sigma_max) if args.sigma is None else None
+    smoothed = smooth(args.model, args.sigma, localized=localized, **model_options(args))
+    out = args.out
+    if out is None:
+        raise InvalidParameterError("certify-seg writes a table per image: give --out run.tsv")
+    certify_segmentation_dataset(
+        smoothed, args.inputs, out, masks=args.masks, eps=args.eps, n0=args.n0, n=args.n, alpha=args.alpha,
+        seed=args.seed, correction=args.correction, tau=args.tau, exact=args.exact, bins=args.bins,
+        progress=not args.no_progress,
+    )
+    if _speaks_for_the_run():
+        print(format_segmentation_summaries({out.name: summarize_segmentation(out)}))
+        print(f"wrote {out} and {out.with_suffix('.jsonl')}")
 
 
 def _certify(args: argparse.Namespace) -> None:
@@ -434,16 +514,25 @@ def _plot_title(tables: Sequence[Path]) -> str:
     return "; ".join(unique)[:160]
 
 
-def _report(args: argparse.Namespace) -> None:
-    from .errors import OutputPathError
+def _write_plot(target: Path, draw: Callable[[Path], Path]) -> None:
+    """Draw a plot to ``target``, saying whether it replaced one; without matplotlib say the plot is skipped."""
+    existed = target.exists()
+    try:
+        plot = draw(target)
+    except MissingDependencyError as exc:
+        print(f"plots skipped: {exc}")
+        return
+    print(f"{'replaced' if existed else 'wrote'} {plot}")
+
+
+def _report_classification(runs_by_label: dict[str, Path], args: argparse.Namespace, plot_target: Path | None) -> None:
     from .plots import plot_certified_accuracy
     from .runs import jsonl_path, read_certificates, read_rows
     from .summaries import accuracy_over_pixels_and_budget, format_pixel_budget_table, format_summaries, summarize
 
-    labels = unique_labels(args.tables)
-    runs = {label: read_rows(path) for label, path in zip(labels, args.tables)}
+    runs = {label: read_rows(path) for label, path in runs_by_label.items()}
     print(format_summaries({label: summarize(rows, args.radii) for label, rows in runs.items()}))
-    for label, path in zip(labels, args.tables):  # hierarchical runs: certified accuracy over changed pixels r and ε
+    for label, path in runs_by_label.items():  # hierarchical runs: certified accuracy over changed pixels r and ε
         jsonl = jsonl_path(path)
         pairs = read_certificates(jsonl) if jsonl.is_file() else []
         if pairs and pairs[0][1].method == "hierarchical" and any(lab >= 0 for lab, _ in pairs):
@@ -451,21 +540,50 @@ def _report(args: argparse.Namespace) -> None:
             table = accuracy_over_pixels_and_budget(pairs, pixels, [r for r in args.radii if r > 0] or [0.0])
             print(f"\n{label}: certified accuracy against any change of at most r pixels with total L2 < ε")
             print(format_pixel_budget_table(table))
-    if args.no_plot:
+    if plot_target is None:
         return
     if not any(row.label >= 0 for rows in runs.values() for row in rows):
         print("no plot: no run has labelled rows, and certified accuracy needs true labels")
         return
-    target = args.plot or default_plot_path(args.tables)
-    existed = target.exists()
-    try:
-        plot = plot_certified_accuracy(runs, target, title=_plot_title(args.tables))
-    except MissingDependencyError as exc:
-        print(f"plots skipped: {exc}")
+    title = _plot_title(list(runs_by_label.values()))
+    _write_plot(plot_target, lambda target: plot_certified_accuracy(runs, target, title=title))
+
+
+def _report_segmentation(runs_by_label: dict[str, Path], plot_target: Path | None) -> None:
+    from .plots import plot_curves
+    from .segmentation.datasets import format_segmentation_summaries, segmentation_curves, summarize_segmentation
+
+    summaries = {label: summarize_segmentation(path) for label, path in runs_by_label.items()}
+    print("Segmentation: certified pixel accuracy (certified correct pixels / labelled pixels) against the L2 budget ε")
+    print(format_segmentation_summaries(summaries))
+    if plot_target is None or all(summary.pixel_accuracy != summary.pixel_accuracy for summary in summaries.values()):
         return
-    except OutputPathError:
-        raise
-    print(f"{'replaced' if existed else 'wrote'} {plot}")
+    curves = segmentation_curves(summaries)
+    _write_plot(plot_target, lambda target: plot_curves(
+        curves, target, xlabel="L2 budget ε ([0,1] pixel units)", ylabel="certified pixel accuracy", markers=True))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .errors import OutputPathError
+    from .segmentation.datasets import is_segmentation_run
+
+    labels = unique_labels(args.tables)
+    for path in args.tables:
+        if not path.is_file():
+            raise OutputPathError(f"no such results file: {path}")
+    segmentation = {label: path for label, path in zip(labels, args.tables) if is_segmentation_run(path)}
+    classification = {label: path for label, path in zip(labels, args.tables) if label not in segmentation}
+    both = bool(segmentation) and bool(classification)
+    if classification:
+        target = None if args.no_plot else args.plot or default_plot_path(list(classification.values()))
+        _report_classification(classification, args, target)
+    if segmentation:
+        target = None if args.no_plot else args.plot or default_plot_path(list(segmentation.values()))
+        if both and args.plot is not None:
+            target = args.plot.with_name(args.plot.stem + "_segmentation" + args.plot.suffix)
+        if classification:
+            print()
+        _report_segmentation(segmentation, target)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -473,6 +591,12 @@ def _demo(args: argparse.Namespace) -> None:
     from .summaries import format_pixel_budget_table, format_summaries
 
     started = time.perf_counter()
+    if args.video and args.segmentation:
+        raise InvalidParameterError("choose --video or --segmentation, not both")
+    if args.segmentation:
+        _segmentation_demo(args)
+        print(f"done in {time.perf_counter() - started:.1f} s")
+        return
     if args.video:
         n0, n, limit = args.n0 or 60, args.n or 600, args.limit or 30
         result = run_video_demo(args.out_dir, n0=n0, n=n, alpha=args.alpha, seed=args.seed, limit=limit, device=args.device)
@@ -491,6 +615,22 @@ def _demo(args: argparse.Namespace) -> None:
     if result.plot_skipped:
         print(f"plots skipped: {result.plot_skipped}")
     print(f"done in {time.perf_counter() - started:.1f} s")
+
+
+def _segmentation_demo(args: argparse.Namespace) -> None:
+    from .demo import run_segmentation_demo
+    from .segmentation.datasets import format_segmentation_summaries
+
+    n0, n, limit, alpha = args.n0 or 10, args.n or 100, args.limit or 12, args.alpha_seg
+    result = run_segmentation_demo(args.out_dir, n0=n0, n=n, alpha=alpha, seed=args.seed, limit=limit, device=args.device)
+    print(f"Embedded digit scenes (first {limit} test scenes, 64×64), {n0}+{n} draws per output cell of the 3×3 grid "
+          f"(isotropic: 9× as many for the whole image), alpha={alpha}; certified pixel accuracy against the L2 budget ε:")
+    print(format_segmentation_summaries(result.summaries))  # type: ignore[arg-type]
+    for eps, winner in result.winners.items():
+        print(f"ε={eps:g}: most certified pixels with {winner}")
+    print(f"wrote {', '.join(str(p) for p in result.tables.values())}" + (f" and {result.plot}" if result.plot else ""))
+    if result.plot_skipped:
+        print(f"plots skipped: {result.plot_skipped}")
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -525,6 +665,11 @@ def _rank() -> int | None:
     """This process's rank under torchrun (from its environment, without importing torch), else None."""
     rank, world_size = os.environ.get("RANK", ""), os.environ.get("WORLD_SIZE", "")
     return int(rank) if rank.isdigit() and world_size.isdigit() and int(world_size) > 1 else None
+
+
+def _speaks_for_the_run() -> bool:
+    """Whether this process prints a run's results: always, but under torchrun only rank 0."""
+    return _rank() in (None, 0)
 
 
 def _name() -> str:
@@ -573,7 +718,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code) if isinstance(exc.code, int) else 2
     keep_freed_memory_in_process()
     _configure_logging(args.verbose)
-    handlers = {"certify": _certify, "certify-video": _certify_video, "report": _report, "demo": _demo, "models": _models}
+    handlers = {"certify": _certify, "certify-video": _certify_video, "certify-seg": _certify_seg, "report": _report,
+                "demo": _demo, "models": _models}
     try:
         handlers[args.command](args)
     except VisionRSError as exc:

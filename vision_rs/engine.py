@@ -144,6 +144,50 @@ class ViewVoteTally(_DeviceCounts):
         self._add(cells, (views, classes), logits)
 
 
+class PixelVoteTally(_DeviceCounts):
+    """Per-pixel votes [h, w, classes] of segmentation outputs [B, 1, classes, H, W], counted inside ``region``.
+
+    ``region`` is (rows, columns) slices of the H×W output (None: all of it), so localized smoothing
+    counts only the output cell whose distribution produced the draws; ``size`` is the (H, W) every
+    output must have (the input's own).
+    """
+
+    def __init__(self, size: tuple[int, int], region: tuple[slice, slice] | None = None, num_classes: int | None = None) -> None:
+        super().__init__(num_classes)
+        self.size = tuple(size)
+        self.region = region or (slice(None), slice(None))
+
+    def check(self, outputs: object, rows: int) -> torch.Tensor:
+        masks = check_masks(outputs, rows, self.num_classes, self.size)
+        self.num_classes = masks.shape[1]
+        return masks
+
+    def update(self, outputs: torch.Tensor) -> None:
+        rows, cols = self.region
+        labels = outputs[:, 0, :, rows, cols].argmax(dim=1)  # [B, h, w]
+        height, width = labels.shape[1:]
+        classes = outputs.shape[2]
+        cells = torch.arange(height * width, device=labels.device) * classes + labels.flatten(1)
+        self._add(cells, (height, width, classes), outputs)
+
+
+def check_masks(masks: object, batch: int, num_classes: int | None, size: tuple[int, ...]) -> torch.Tensor:
+    """Return ``masks`` if it is a tensor [batch, num_classes, H, W] at ``size``; raise ModelOutputError otherwise."""
+    if not isinstance(masks, torch.Tensor):
+        raise ModelOutputError(
+            f"the segmentation model returned {type(masks).__name__}, not a tensor of class scores [B, classes, H, W] "
+            "(or a dict with 'out', as torchvision's segmentation models)"
+        )
+    if masks.ndim != 4 or masks.shape[0] != batch or tuple(masks.shape[2:]) != tuple(size):
+        raise ModelOutputError(
+            f"the segmentation model returned shape {tuple(masks.shape)} for a batch of {batch}; expected "
+            f"[{batch}, classes, {size[0]}, {size[1]}] (is it a classifier? use vision_rs.smooth)"
+        )
+    if num_classes is not None and masks.shape[1] != num_classes:
+        raise ModelOutputError(f"the segmentation model returned {masks.shape[1]} classes, expected num_classes={num_classes}")
+    return masks
+
+
 def check_logits(logits: object, batch: int, num_classes: int | None) -> torch.Tensor:
     """Return ``logits`` if it is a tensor [batch, num_classes]; raise ModelOutputError otherwise."""
     if not isinstance(logits, torch.Tensor):
@@ -229,12 +273,15 @@ def draw_bytes(image_shape: tuple[int, ...], noise: Noise, view: View, dtype: to
     return (noisy.numel() + inputs.numel()) * noisy.element_size()
 
 
-def max_draws_per_batch(image_shape: tuple[int, ...], noise: Noise, view: View, config: EngineConfig, streams: int = 1) -> int:
+def max_draws_per_batch(
+    image_shape: tuple[int, ...], noise: Noise, view: View, config: EngineConfig, streams: int = 1, output_bytes: int = 0
+) -> int:
     """How many noisy draws fit ``config.memory_budget`` per batch (each of ``streams`` keeps one batch).
 
+    ``output_bytes``: what the model's outputs of one draw take when they are large (segmentation maps).
     Raises InvalidImageError when not even one draw fits: the input is too large for the budget.
     """
-    per_draw = draw_bytes(image_shape, noise, view)
+    per_draw = draw_bytes(image_shape, noise, view) + output_bytes
     most = config.memory_budget // (per_draw * streams) - 1  # one draw's worth for the image itself
     if most < 1:
         what = (f"an input of shape {tuple(image_shape)} takes {_format_bytes(per_draw)} per noisy draw with its "
@@ -255,6 +302,7 @@ def sample(
     generator: torch.Generator,
     config: EngineConfig,
     desc: str = "sampling",
+    output_bytes: int = 0,
 ) -> np.ndarray:
     """Push ``num`` noisy copies of ``image`` [C, H, W] (or [T, C, H, W]) through view and classifier into
     ``tally``; return its result.
@@ -262,14 +310,15 @@ def sample(
     Each batch holds at most ``batch_size // views`` noisy draws (at least one; see
     ``plan_batches``), so the model sees at most ``batch_size`` inputs per forward pass
     whatever ``num`` and the number of views are, and fewer when the draws would exceed the
-    memory budget (see ``max_draws_per_batch``). On CUDA, consecutive batches go to
+    memory budget (see ``max_draws_per_batch``; ``output_bytes`` per draw counts large model outputs such as
+    segmentation maps). On CUDA, consecutive batches go to
     ``config.streams`` streams, each with its own noise buffer, so noise, crops and the
     model of one batch overlap the next; the tally runs on the current stream after
     waiting for the batch's stream.
     """
     check_count("num", num)
     streams = _streams(image.device, config.streams)
-    most = max_draws_per_batch(tuple(image.shape), noise, view, config, len(streams))
+    most = max_draws_per_batch(tuple(image.shape), noise, view, config, len(streams), output_bytes)
     draws, _ = plan_batches(num, view.count, config.batch_size, most)
     # always contiguous: normal_ into a channels_last buffer is ~9x slower on the CPU, and the layout would change
     # which noise value lands on which pixel; _forward hands the model channels_last inputs when asked

@@ -36,11 +36,11 @@ class Certifier(Protocol):
 
 
 def run_dataset(
-    items: Sequence[tuple[Any, int]],
+    items: Sequence[tuple[Any, Any]],
     sources: Sequence[str | None],
     run: RunFiles,
     record: dict[str, Any],
-    certify_one: Callable[[int, Any, int], tuple[str, dict[str, Any]]],
+    certify_one: Callable[[int, Any, Any], tuple[str, dict[str, Any]]],
     *,
     progress: bool = True,
     desc: str = "certify",
@@ -49,9 +49,10 @@ def run_dataset(
 ) -> None:
     """Certify every (input, label) of ``items`` not finished by an earlier run with the same ``record``.
 
-    ``certify_one(idx, input, label)`` returns the TSV line and the JSON-ready result of one input;
-    each is written as soon as it is done, so an interrupt (Ctrl-C, a kill) keeps every finished row
-    and rerunning continues after them.
+    ``certify_one(idx, input, label)`` returns the TSV line and the JSON-ready result of one input (a
+    class label for classification, a label map for segmentation); each is written as soon as it is
+    done, with its ``idx`` and ``source``, so an interrupt (Ctrl-C, a kill) keeps every finished row and
+    rerunning continues after them.
 
     Under torchrun (``distributed=None``: auto; ``False``: one process; ``True``: insist) the unfinished
     inputs are dealt round-robin over the ranks (:meth:`~vision_rs.distributed.Ranks.share`); each rank
@@ -96,11 +97,11 @@ def _progress_bar(ranks: Ranks | None, total: int, done: int, progress: bool, de
 
 
 def _certify_share(
-    items: Sequence[tuple[Any, int]],
+    items: Sequence[tuple[Any, Any]],
     sources: Sequence[str | None],
     indices: Sequence[int],
     files: RunFiles,
-    certify_one: Callable[[int, Any, int], tuple[str, dict[str, Any]]],
+    certify_one: Callable[[int, Any, Any], tuple[str, dict[str, Any]]],
     bar: tqdm,
 ) -> None:
     """Certify the inputs at ``indices`` in order, appending each row to ``files`` as soon as it is done."""
@@ -108,8 +109,8 @@ def _certify_share(
     try:
         for idx in indices:
             item, label = items[idx]
-            line, result = certify_one(idx, item, int(label))
-            files.append(line, {"idx": idx, "label": int(label), "source": sources[idx], **result})
+            line, result = certify_one(idx, item, label)
+            files.append(line, {"idx": idx, "source": sources[idx], **result})
             bar.update(min(step, bar.total - bar.n))
     finally:
         files.close()
@@ -233,13 +234,14 @@ def certify_classification_dataset(
     run = RunFiles(out)
     record = run_record(task, smoothed, {"n0": n0, "n": n, "alpha": alpha, "seed": seed, **settings}, mapping, len(items))
 
-    def certify_one(idx: int, item: Any, label: int) -> tuple[str, dict[str, Any]]:
+    def certify_one(idx: int, item: Any, label: Any) -> tuple[str, dict[str, Any]]:
+        label = int(label)
         given, notes = kind.read(item) if are_files else (item, {})
         cert = smoothed.certify(given, n0=n0, n=n, alpha=alpha, seed=seed + idx, progress=False)
         predict = ABSTAIN if cert.label is None else cert.label
         correct = UNKNOWN_LABEL if label == UNKNOWN_LABEL else int(predict == label)
         row = Row(idx, label, predict, cert.radius, correct, cert.seconds)
-        return row.tsv(), {"correct": correct, "certificate": cert.to_dict(), **notes}
+        return row.tsv(), {"label": label, "correct": correct, "certificate": cert.to_dict(), **notes}
 
     place_on_rank_device(smoothed, resolve_ranks(distributed))
     run_dataset(items, sources, run, record, certify_one, progress=progress, distributed=distributed,

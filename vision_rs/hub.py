@@ -12,6 +12,7 @@ network connection. Names:
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -126,7 +127,9 @@ def create_torchvision_model(name: str, *, pretrained: bool, num_classes: int | 
     except ValueError as exc:
         raise _unknown_name(name, "torchvision") from exc
     weights = weights_enum.DEFAULT
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs: dict[str, object] = {} if num_classes is None else {"num_classes": num_classes}
+    if "weights_backbone" in inspect.signature(tvm.get_model_builder(name)).parameters:
+        kwargs["weights_backbone"] = None  # segmentation / detection builders would download ImageNet backbone weights
     model = tvm.get_model(name, weights=None, **kwargs)
     source = ModelSource(TORCHVISION_PREFIX + name, pretrained=pretrained)
     if pretrained:
@@ -153,13 +156,6 @@ def torchvision_pretrained_cfg(weights: object) -> dict[str, object]:
         "mean": spec.mean, "std": spec.std, "input_size": spec.input_size, "crop_pct": spec.crop_pct,
         "crop_mode": spec.crop_mode, "interpolation": spec.interpolation, "resize_size": spec.resize_size,
     }
-
-
-def resources_weights(name: str, info: dict[str, object]) -> Path:
-    """The installed weight file of an embedded model (from its registry entry)."""
-    from importlib import resources
-
-    return Path(str(resources.files("vision_rs.embedded") / "weights" / str(info["file"])))
 
 
 def is_checkpoint_path(name: str) -> bool:
@@ -214,7 +210,7 @@ def create_model_with_source(
                 f"{name} is an embedded {info['task']} model: smooth it with {embedded.TASKS[str(info['task'])]}"
             )
         model = embedded.load_embedded(name, pretrained=pretrained)
-        weights = Path(str(resources_weights(name, info))) if pretrained else None
+        weights = embedded.shipped_weights(str(info["file"])) if pretrained else None
         source = ModelSource(name, pretrained, str(weights) if weights else None, file_sha256(weights) if weights else None)
     elif name.startswith(TORCHVISION_PREFIX):
         model, source = create_torchvision_model(name[len(TORCHVISION_PREFIX):], pretrained=pretrained, num_classes=num_classes)

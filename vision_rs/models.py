@@ -144,17 +144,27 @@ def spec_from_torchvision_weights(weights: object) -> InputSpec:
 
 
 def _spec_from_pretrained_cfg(model: nn.Module, use_test_size: bool) -> InputSpec:
-    """The spec of a timm-style ``pretrained_cfg``: timm resolves it; an explicit ``resize_size`` is kept."""
+    """The spec of a timm-style ``pretrained_cfg``: timm resolves it. A torchvision preset attached by
+    :func:`vision_rs.hub.create_torchvision_model` (it has ``resize_size``) is read as it is: timm would fill a
+    missing input size (segmentation presets have none) with its own defaults."""
+    cfg = model.pretrained_cfg
+    if cfg.get("resize_size") is not None:
+        size = cfg.get("input_size")
+        return InputSpec(
+            mean=tuple(float(v) for v in cfg["mean"]), std=tuple(float(v) for v in cfg["std"]),
+            input_size=tuple(int(v) for v in size) if size is not None else None,  # type: ignore[arg-type]
+            crop_pct=float(cfg.get("crop_pct", 1.0)), crop_mode=str(cfg.get("crop_mode", "center")),
+            interpolation=str(cfg.get("interpolation", "bilinear")),
+            resize_size=tuple(int(v) for v in cfg["resize_size"]),  # type: ignore[arg-type]
+        )
     from timm.data import resolve_model_data_config
 
     config = resolve_model_data_config(model, use_test_size=use_test_size)
-    resize = model.pretrained_cfg.get("resize_size")
     return InputSpec(
         mean=tuple(float(v) for v in config["mean"]), std=tuple(float(v) for v in config["std"]),
         input_size=tuple(int(v) for v in config["input_size"]),  # type: ignore[arg-type]
         crop_pct=float(config["crop_pct"]), crop_mode=str(config["crop_mode"]),
         interpolation=str(config["interpolation"]),
-        resize_size=tuple(int(v) for v in resize) if resize is not None and not use_test_size else None,  # type: ignore[arg-type]
     )
 
 

@@ -7,6 +7,7 @@ from typing import Protocol
 
 import torch
 
+from .errors import InvalidParameterError
 from .params import check_selection_probability, check_sigma
 
 
@@ -46,6 +47,31 @@ class GaussianNoise:
     def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         buffer.normal_(0.0, self.sigma, generator=generator)
         return buffer.add_(image)
+
+
+@dataclass(frozen=True, eq=False)
+class SigmaMapNoise:
+    """Anisotropic Gaussian noise: N(0, σ_p²) on pixel p, every channel, with ``sigma_map`` [H, W] of stds in [0, 1]
+    pixel units (localized smoothing gives one map per output cell). ``sigma`` is its smallest std."""
+
+    sigma_map: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.sigma_map.ndim != 2 or not bool(torch.isfinite(self.sigma_map).all()) or not bool((self.sigma_map > 0).all()):
+            raise InvalidParameterError("sigma_map must be a finite [H, W] tensor of noise stds > 0 ([0, 1] pixel units)")
+
+    extra_channels = 0
+
+    @property
+    def sigma(self) -> float:
+        return float(self.sigma_map.min())
+
+    def input_note(self, channels: int) -> str:
+        return ""
+
+    def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        buffer.normal_(0.0, 1.0, generator=generator)
+        return buffer.mul_(self.sigma_map.to(buffer.device)).add_(image)
 
 
 @dataclass(frozen=True)

@@ -32,15 +32,19 @@ def plot_curves(
     xlabel: str,
     ylabel: str,
     title: str = "",
+    markers: bool = False,
 ) -> Path:
-    """Write a PNG with one line per named (xs, ys) curve; ys are fractions in [0, 1]. Returns the path."""
+    """Write a PNG with one line per named (xs, ys) curve; ys are fractions in [0, 1]. Returns the path.
+
+    ``markers``: mark the points (curves measured at a few x only, drawn as straight lines between them).
+    """
     plt = _pyplot()
     path = Path(path)
     if not path.parent.is_dir():
         raise OutputPathError(f"output folder {path.parent} does not exist; create it first")
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
     for name, (xs, ys) in curves.items():
-        axes.plot(xs, ys, label=name, clip_on=False)  # a curve at 1.0 stays visible above the frame
+        axes.plot(xs, ys, label=name, clip_on=False, marker="o" if markers else None)  # a curve at 1.0 stays visible
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_ylim(0, 1.02)

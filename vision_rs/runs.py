@@ -19,15 +19,16 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from .errors import OutputPathError
 from .results import Certificate
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 """Cohen et al.'s columns."""
@@ -59,24 +60,38 @@ class Row:
         return f"{self.idx}\t{self.label}\t{self.predict}\t{self.radius:.6f}\t{self.correct}\t{self.time:.4f}\n"
 
 
-def read_rows(path: str | os.PathLike) -> list[Row]:
-    """Rows of a Cohen-compatible TSV (ours, or Cohen et al.'s with ``H:MM:SS`` times)."""
+def read_table(path: str | os.PathLike, columns: Sequence[str], what: str, parse: Callable[[list[str], list[str]], T]) -> list[T]:
+    """The rows of a results TSV whose header starts with ``columns``: ``parse(header, fields)`` per non-empty line.
+
+    A missing file, another header or a malformed line raise OutputPathError naming the file and line.
+    """
     path = Path(path)
     if not path.is_file():
         raise OutputPathError(f"no such results file: {path}")
     lines = path.read_text().splitlines()
-    if not lines or tuple(lines[0].split("\t")) != TSV_COLUMNS:
-        raise OutputPathError(f"{path} is not a certification TSV: its header must be {' '.join(TSV_COLUMNS)}")
+    header = lines[0].split("\t") if lines else []
+    if tuple(header[: len(columns)]) != tuple(columns):
+        raise OutputPathError(f"{path} is not {what}: its header must start with {' '.join(columns)}")
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        parts = line.split("\t")
         try:
-            rows.append(Row(int(parts[0]), int(parts[1]), int(parts[2]), float(parts[3]), int(parts[4]), _seconds(parts[5])))
+            rows.append(parse(header, line.split("\t")))
         except (IndexError, ValueError) as exc:
             raise OutputPathError(f"{path}:{number}: malformed row {line!r}") from exc
     return rows
+
+
+def _cohen_row(header: list[str], parts: list[str]) -> Row:
+    if len(header) != len(TSV_COLUMNS):
+        raise ValueError("extra columns")
+    return Row(int(parts[0]), int(parts[1]), int(parts[2]), float(parts[3]), int(parts[4]), _seconds(parts[5]))
+
+
+def read_rows(path: str | os.PathLike) -> list[Row]:
+    """Rows of a Cohen-compatible TSV (ours, or Cohen et al.'s with ``H:MM:SS`` times)."""
+    return read_table(path, TSV_COLUMNS, "a certification TSV", _cohen_row)
 
 
 def _seconds(text: str) -> float:

@@ -53,13 +53,35 @@ def _nonzero_counts(counts: np.ndarray) -> dict[int, int]:
     return {int(c): int(v) for c, v in enumerate(counts) if v}
 
 
-def _generator(device: torch.device, seed: int | None) -> tuple[torch.Generator, int]:
+def seeded_generator(device: torch.device, seed: int | None) -> tuple[torch.Generator, int]:
+    """A generator on ``device`` seeded with ``seed``, or with a fresh seed that is returned to reproduce the run."""
     seed = check_seed(seed)
     generator = torch.Generator(device=device)
     if seed is None:
         return generator, int(generator.seed())
     generator.manual_seed(seed)
     return generator, seed
+
+
+def describe_smoothed(smoothed: Any) -> dict[str, Any]:
+    """The run-record description every smoothed model shares (classifier, video, segmentation): where the model
+    came from and a fingerprint of its weights, its input spec, the method and its settings, σ, and the engine."""
+    config = smoothed.config
+    return {
+        "model": smoothed.source.to_dict(),
+        "state_sha256": state_sha256(smoothed.base.model),
+        "spec": smoothed.spec.describe(),
+        "method": smoothed.method,
+        "details": smoothed.details,
+        "sigma": smoothed.sigma,
+        "num_classes": smoothed.num_classes,
+        "autocast": None if config.autocast_dtype is None else str(config.autocast_dtype).removeprefix("torch."),
+        "device": str(smoothed.device),
+        "batch_size": config.batch_size,
+        "channels_last": config.channels_last,
+        "streams": config.streams,
+        "memory_budget": config.memory_budget,
+    }
 
 
 def _duration(seconds: float) -> str:
@@ -121,22 +143,7 @@ class SmoothedClassifier:
     def describe(self) -> dict[str, Any]:
         """What defines this smoothed classifier, JSON-ready: model source and weights fingerprint, input spec,
         method, σ and the engine settings (the run record of :func:`~vision_rs.certify_dataset`)."""
-        autocast = self.config.autocast_dtype
-        return {
-            "model": self.source.to_dict(),
-            "state_sha256": state_sha256(self.base.model),
-            "spec": self.spec.describe(),
-            "method": self.method,
-            "details": self.details,
-            "sigma": self.sigma,
-            "num_classes": self.num_classes,
-            "autocast": None if autocast is None else str(autocast).removeprefix("torch."),
-            "device": str(self.device),
-            "batch_size": self.config.batch_size,
-            "channels_last": self.config.channels_last,
-            "streams": self.config.streams,
-            "memory_budget": self.config.memory_budget,
-        }
+        return describe_smoothed(self)
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key not in self._warned:
@@ -177,7 +184,7 @@ class SmoothedClassifier:
         pixels = self._pixels(image)
         self._warn_about_scale(*pixels.shape[-2:])
         pixels = pixels.to(self.device)
-        generator, seed = _generator(self.device, seed)
+        generator, seed = seeded_generator(self.device, seed)
         view = self.smoothing.make_view(tuple(pixels.shape), self.spec.transform, generator)
 
         def votes(num: int, desc: str) -> np.ndarray:

@@ -70,9 +70,11 @@ TASKS = {
 
 
 def _registries() -> dict[str, dict[str, dict[str, object]]]:
+    from .segnet import EMBEDDED_SEG_MODELS
     from .videonet import EMBEDDED_VIDEO_MODELS
 
-    return {"image-classification": EMBEDDED_MODELS, "video-classification": EMBEDDED_VIDEO_MODELS}
+    return {"image-classification": EMBEDDED_MODELS, "video-classification": EMBEDDED_VIDEO_MODELS,
+            "segmentation": EMBEDDED_SEG_MODELS}
 
 
 def embedded_model_info(name: str) -> dict[str, object] | None:
@@ -92,6 +94,10 @@ def load_embedded(name: str, pretrained: bool = True) -> nn.Module:
         from .videonet import load_embedded_video_model
 
         return load_embedded_video_model(name, pretrained)
+    if info["task"] == "segmentation":
+        from .segnet import load_embedded_segmentation_model
+
+        return load_embedded_segmentation_model(name, pretrained)
     return load_embedded_model(name, pretrained)
 
 
@@ -102,33 +108,51 @@ def describe_embedded_models() -> list[dict[str, object]]:
         for name, info in registry.items():
             p = info.get("p")
             frames = f"{info['frames']}×" if "frames" in info else ""
+            size = info.get("size", IMAGE_SIZE)
+            localized = info.get("localized")
+            noise = info["sigma"] if localized is None else (
+                f"localized {localized['grid'][0]}×{localized['grid'][1]}, {localized['sigma_min']}–{localized['sigma_max']}")
             rows.append({
-                "name": name, "task": task, "input": f"{frames}3×{IMAGE_SIZE}×{IMAGE_SIZE}", "sigma": info["sigma"],
+                "name": name, "task": task, "input": f"{frames}3×{size}×{size}", "sigma": noise,
                 "smoothing": f"{TASKS[task]}(..., hierarchical=Hierarchical(p={p}, indicator=True))" if p is not None
                 else f"{TASKS[task]}",
             })
     return rows
 
 
+def shipped_weights(file: str) -> Path:
+    """Where a weight file shipped with vision-rs is installed."""
+    return Path(str(resources.files(__package__) / "weights" / file))
+
+
 def weights_path(name: str) -> Path:
-    """Where the weight file of embedded model ``name`` is installed."""
-    return Path(str(resources.files(__package__) / "weights" / str(EMBEDDED_MODELS[name]["file"])))
+    """Where the weight file of embedded image model ``name`` is installed."""
+    return shipped_weights(str(EMBEDDED_MODELS[name]["file"]))
 
 
-def load_embedded_model(name: str, pretrained: bool = True) -> DigitsCNN:
-    """An embedded model by name (see :data:`EMBEDDED_MODELS`), with its shipped weights unless ``pretrained=False``."""
-    if name not in EMBEDDED_MODELS:
-        raise KeyError(f"unknown embedded model {name!r}; choose from {sorted(EMBEDDED_MODELS)}")
-    model = DigitsCNN(in_chans=int(EMBEDDED_MODELS[name].get("in_chans", 3)))  # type: ignore[call-overload]
+def with_shipped_weights(model: nn.Module, registry: dict[str, dict[str, object]], name: str, pretrained: bool,
+                         script: str) -> nn.Module:
+    """``model`` in eval mode with the weights ``registry[name]`` ships (unless ``pretrained=False``).
+
+    ``script`` is the demo script that makes the file, named when it is missing from the install.
+    """
+    if name not in registry:
+        raise KeyError(f"unknown embedded model {name!r}; choose from {sorted(registry)}")
     if pretrained:
-        path = weights_path(name)
+        path = shipped_weights(str(registry[name]["file"]))
         if not path.is_file():
             raise CheckpointError(
-                f"embedded weights {path} are missing from this install; "
-                "reinstall vision-rs or recreate them with `python demos/train_digits.py`"
+                f"embedded weights {path} are missing from this install; reinstall vision-rs or recreate them "
+                f"with `python {script}`"
             )
         load_checkpoint_into(model, path)
     return model.eval()
+
+
+def load_embedded_model(name: str, pretrained: bool = True) -> DigitsCNN:
+    """An embedded image model by name (see :data:`EMBEDDED_MODELS`), with its shipped weights unless ``pretrained=False``."""
+    in_chans = int(EMBEDDED_MODELS.get(name, {}).get("in_chans", 3))  # type: ignore[call-overload]
+    return with_shipped_weights(DigitsCNN(in_chans=in_chans), EMBEDDED_MODELS, name, pretrained, "demos/train_digits.py")
 
 
 __all__ = [
@@ -141,6 +165,8 @@ __all__ = [
     "digits_split",
     "embedded_model_info",
     "load_embedded",
+    "shipped_weights",
+    "with_shipped_weights",
     "load_embedded_model",
     "weights_path",
 ]

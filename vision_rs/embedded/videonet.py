@@ -7,15 +7,12 @@ Weights are made by ``demos/train_video.py``.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..checkpoints import load_checkpoint_into
-from ..errors import CheckpointError
-from . import DIGITS_MEAN, DIGITS_STD
+from . import DIGITS_MEAN, DIGITS_STD, shipped_weights, with_shipped_weights
 from .clips import CLIP_FRAMES
 from .digits import IMAGE_SIZE, NUM_CLASSES
 
@@ -67,23 +64,12 @@ class DigitsC3D(nn.Module):
 
 def video_weights_path(name: str) -> Path:
     """Where the weight file of embedded video model ``name`` is installed."""
-    return Path(str(resources.files(__package__) / "weights" / str(EMBEDDED_VIDEO_MODELS[name]["file"])))
+    return shipped_weights(str(EMBEDDED_VIDEO_MODELS[name]["file"]))
 
 
 def load_embedded_video_model(name: str, pretrained: bool = True) -> DigitsC3D:
     """An embedded video model by name (see :data:`EMBEDDED_VIDEO_MODELS`), with its shipped weights unless ``pretrained=False``."""
-    if name not in EMBEDDED_VIDEO_MODELS:
-        raise KeyError(f"unknown embedded video model {name!r}; choose from {sorted(EMBEDDED_VIDEO_MODELS)}")
-    model = DigitsC3D()
-    if pretrained:
-        path = video_weights_path(name)
-        if not path.is_file():
-            raise CheckpointError(
-                f"embedded weights {path} are missing from this install; "
-                "reinstall vision-rs or recreate them with `python demos/train_video.py`"
-            )
-        load_checkpoint_into(model, path)
-    return model.eval()
+    return with_shipped_weights(DigitsC3D(), EMBEDDED_VIDEO_MODELS, name, pretrained, "demos/train_video.py")
 
 
 __all__ = ["EMBEDDED_VIDEO_MODELS", "DigitsC3D", "load_embedded_video_model", "video_weights_path"]
