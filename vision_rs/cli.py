@@ -8,15 +8,20 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
+import os
 import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import InvalidParameterError, MissingDependencyError, VisionRSError
 from .params import check_alpha, check_sigma
+
+if TYPE_CHECKING:
+    import torch
 
 EMBEDDED_NAMES = "digits_cnn.sigma_0.25, digits_cnn.sigma_0.50, digits_cnn_hier.p_0.85_sigma_0.25"
 EXIT_INTERRUPTED = 130
@@ -231,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     reading = video.add_argument_group("reading (decord, or PyAV when decord cannot)")
     reading.add_argument("--frames", type=POSITIVE, help="frames per clip (default: all)")
     reading.add_argument("--stride", type=POSITIVE, default=1, help="take every STRIDE-th frame (default: 1)")
-    reading.add_argument("--start", type=NON_NEGATIVE, default=0, help="first frame (default: 0)")
+    reading.add_argument("--start", "--start-frame", dest="start", type=NON_NEGATIVE, default=0,
+                         help="first frame (default: 0); --start-frame under torchrun")
     reading.add_argument("--uniform", action="store_true", help="spread --frames evenly over the video instead")
     reading.add_argument("--pad", choices=["loop", "repeat"], help="extend a video too short for the request")
     reading.add_argument("--size", type=POSITIVE, nargs=2, metavar=("H", "W"), help="resize frames when reading")
@@ -330,6 +336,24 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------- commands
 
 
+def rank_device_option(args: argparse.Namespace) -> str | torch.device | None:
+    """``--device``; under torchrun, on a GPU (the default when there is one), the GPU of the process's ``LOCAL_RANK``.
+
+    Under torchrun with several processes ``--out`` is needed: each one certifies its share into files beside it.
+    """
+    import torch
+
+    from .distributed import rank_device, ranks_from_environment
+
+    ranks = ranks_from_environment()
+    if ranks is None:
+        return args.device
+    if ranks.world_size > 1 and args.out is None:
+        raise InvalidParameterError("under torchrun give --out run.tsv: every process certifies its share of the inputs "
+                                    "into files beside it, which rank 0 merges")
+    return rank_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), ranks)
+
+
 def model_options(args: argparse.Namespace) -> dict[str, object]:
     """The :class:`~vision_rs.smoothing.ModelOptions` the model, preprocessing and speed options give."""
     import torch
@@ -337,7 +361,7 @@ def model_options(args: argparse.Namespace) -> dict[str, object]:
     options: dict[str, object] = dict(
         pretrained=not args.no_pretrained, mean=args.mean, std=args.std, input_size=args.input_size,
         crop_pct=args.crop_pct, interpolation=args.interpolation, use_test_size=args.test_size,
-        num_classes=args.num_classes, arch=args.arch, checkpoint=args.checkpoint, device=args.device,
+        num_classes=args.num_classes, arch=args.arch, checkpoint=args.checkpoint, device=rank_device_option(args),
         batch_size=args.batch_size, progress=not args.no_progress, channels_last=args.channels_last,
         streams=args.streams, autocast_dtype=getattr(torch, AUTOCAST_DTYPES[args.autocast]) if args.autocast else None,
     )
@@ -349,6 +373,8 @@ def model_options(args: argparse.Namespace) -> dict[str, object]:
 def _print_run(out: Path, summary: object) -> None:
     from .summaries import format_summaries
 
+    if not _speaks_for_the_run():
+        return
     print(format_summaries({out.name: summary}))  # type: ignore[dict-item]
     print(f"wrote {out} and {out.with_suffix('.jsonl')}")
 
@@ -402,8 +428,9 @@ def _certify_seg(args: argparse.Namespace) -> None:
         seed=args.seed, correction=args.correction, tau=args.tau, exact=args.exact, bins=args.bins,
         progress=not args.no_progress,
     )
-    print(format_segmentation_summaries({out.name: summarize_segmentation(out)}))
-    print(f"wrote {out} and {out.with_suffix('.jsonl')}")
+    if _speaks_for_the_run():
+        print(format_segmentation_summaries({out.name: summarize_segmentation(out)}))
+        print(f"wrote {out} and {out.with_suffix('.jsonl')}")
 
 
 def _certify(args: argparse.Namespace) -> None:
@@ -634,10 +661,27 @@ def keep_freed_memory_in_process() -> bool:
         return False
 
 
+def _rank() -> int | None:
+    """This process's rank under torchrun (from its environment, without importing torch), else None."""
+    rank, world_size = os.environ.get("RANK", ""), os.environ.get("WORLD_SIZE", "")
+    return int(rank) if rank.isdigit() and world_size.isdigit() and int(world_size) > 1 else None
+
+
+def _speaks_for_the_run() -> bool:
+    """Whether this process prints a run's results: always, but under torchrun only rank 0."""
+    return _rank() in (None, 0)
+
+
+def _name() -> str:
+    """``vision-rs``, and under torchrun ``vision-rs[rank 1/4]``: which process of the run speaks."""
+    rank = _rank()
+    return "vision-rs" if rank is None else f"vision-rs[rank {rank}/{os.environ['WORLD_SIZE']}]"
+
+
 def _configure_logging(verbose: bool) -> None:
     """vision-rs messages (resume points, warnings, time estimates) on stderr as ``vision-rs: ...``."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("vision-rs: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"{_name()}: %(message)s"))
     logger = logging.getLogger("vision_rs")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -646,13 +690,24 @@ def _configure_logging(verbose: bool) -> None:
 
 def _saved_rows(args: argparse.Namespace) -> str:
     """What an interrupt kept: the finished rows of the output file(s), which the same command resumes from."""
+    from .runs import part_path, part_ranks
+
     tables = [args.out] if getattr(args, "out", None) else sorted(Path(args.out_dir).glob("*.tsv")) if args.command == "demo" else []
-    tables = [path for path in tables if path.is_file()]
-    if not tables:
+    files = [path for table in tables for path in [table, *(part_path(table, *part) for part in part_ranks(table))]
+             if path.is_file()]  # under torchrun, the rows are in each rank's part files until rank 0 merges them
+    if not files:
         return "no rows were saved"
-    rows = sum(max(0, sum(1 for line in path.read_text().splitlines() if line.strip()) - 1) for path in tables)
+    rows = sum(max(0, sum(1 for line in path.read_text().splitlines() if line.strip()) - 1) for path in files)
     where = tables[0] if len(tables) == 1 else f"{len(tables)} files in {tables[0].parent}"
     return f"{rows} finished rows are saved ({where}); run the same command again to resume"
+
+
+def _hand_to_torchrun(error: BaseException) -> None:
+    """Under torchrun, the error goes in the summary its agent prints (see :func:`vision_rs.distributed.record_failure`)."""
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        from .distributed import record_failure
+
+        record_failure(error)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -668,10 +723,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handlers[args.command](args)
     except VisionRSError as exc:
-        print(f"vision-rs: error: {exc.cli_message}", file=sys.stderr)
+        print(f"{_name()}: error: {exc.cli_message}", file=sys.stderr)
+        _hand_to_torchrun(exc)
         return 2
     except KeyboardInterrupt:
-        print(f"\nvision-rs: interrupted: {_saved_rows(args)}", file=sys.stderr)
+        print(f"\n{_name()}: interrupted: {_saved_rows(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 

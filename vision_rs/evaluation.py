@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from tqdm.auto import tqdm
 
+from .distributed import Ranks, gather, host_name, on_rank_zero, place_on_rank_device, process_group, resolve_ranks
+from .errors import OutputPathError
 from .images import IMAGE_SUFFIXES, ImageInput, to_unit_tensor
 from .inputs import UNKNOWN_LABEL, LabelledFiles, check_class_to_idx, collect_files
 from .params import check_alpha, check_count, check_seed
 from .record import software_versions
 from .results import ABSTAIN, Certificate
-from .runs import Row, RunFiles, read_rows
+from .runs import Row, RunFiles, merge_parts, part_path, read_rows
 from .summaries import DEFAULT_RADII, Summary, summarize
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ def run_dataset(
     *,
     progress: bool = True,
     desc: str = "certify",
+    distributed: bool | None = None,
+    device: torch.device | str | None = None,
 ) -> None:
     """Certify every (input, label) of ``items`` not finished by an earlier run with the same ``record``.
 
@@ -48,19 +53,82 @@ def run_dataset(
     class label for classification, a label map for segmentation); each is written as soon as it is
     done, with its ``idx`` and ``source``, so an interrupt (Ctrl-C, a kill) keeps every finished row and
     rerunning continues after them.
+
+    Under torchrun (``distributed=None``: auto; ``False``: one process; ``True``: insist) the unfinished
+    inputs are dealt round-robin over the ranks (:meth:`~vision_rs.distributed.Ranks.share`); each rank
+    writes its rows to its own part files beside ``run`` and, when every rank is done, rank 0 merges them
+    into ``run`` (:func:`~vision_rs.runs.merge_parts`). ``device`` (where ``certify_one`` runs) picks the
+    process group's backend. Any run, of one process or many, first merges the parts an earlier run left.
     """
-    done = run.finished(record, sources)
-    if done:
-        log.info("resuming after row %d of %d (%s)", len(done), len(items), run.tsv)
+    ranks = resolve_ranks(distributed)
+    with process_group(ranks, device):
+        done = on_rank_zero(ranks, lambda: merge_parts(run, record, sources))
+        if done and (ranks is None or ranks.is_main):
+            log.info("resuming after row %d of %d (%s)", len(done), len(items), run.tsv)
+        todo = [idx for idx in range(len(items)) if idx not in done]
+        mine = todo if ranks is None else ranks.share(todo)
+        files = run if ranks is None else _rank_files(run, ranks, record, sources)
+        _certify_share(items, sources, mine, files, certify_one, _progress_bar(ranks, len(items), len(done),
+                                                                                progress, desc))
+        if ranks is not None:
+            _merge_when_all_done(run, record, sources, ranks, todo, written=len(mine))
+
+
+def _rank_files(run: RunFiles, ranks: Ranks, record: dict[str, Any], sources: Sequence[str | None]) -> RunFiles:
+    """This rank's part files, which rank 0 has just merged away: one still there was not visible to rank 0."""
+    files = RunFiles.part(run.tsv, ranks.rank, ranks.world_size, run.columns)
+    if files.tsv.exists() or files.jsonl.exists():
+        raise OutputPathError(_not_shared(files.tsv, ranks.rank, host_name()))
+    files.finished(record, sources)
+    return files
+
+
+def _not_shared(path: Path, rank: int, host: str) -> str:
+    return (f"rank 0 did not find {path}, where rank {rank} (on {host}) writes its rows: under torchrun on several "
+            "machines --out must be on a file system that every machine shares")
+
+
+def _progress_bar(ranks: Ranks | None, total: int, done: int, progress: bool, desc: str) -> tqdm:
+    """One bar over the whole data set, shown by rank 0 only. Rank 0 counts its own rows × the number of ranks
+    (their shares differ by at most one input): no messages between ranks while they certify."""
+    if ranks is not None:
+        desc = f"{desc} ({ranks.world_size} processes)"
+    return tqdm(total=total, initial=done, desc=desc, disable=not progress or (ranks is not None and not ranks.is_main))
+
+
+def _certify_share(
+    items: Sequence[tuple[Any, Any]],
+    sources: Sequence[str | None],
+    indices: Sequence[int],
+    files: RunFiles,
+    certify_one: Callable[[int, Any, Any], tuple[str, dict[str, Any]]],
+    bar: tqdm,
+) -> None:
+    """Certify the inputs at ``indices`` in order, appending each row to ``files`` as soon as it is done."""
+    step = max(1, round((bar.total - bar.n) / len(indices))) if indices else 1
     try:
-        for idx in tqdm(range(len(items)), desc=desc, disable=not progress):
-            if idx in done:
-                continue
+        for idx in indices:
             item, label = items[idx]
             line, result = certify_one(idx, item, label)
-            run.append(line, {"idx": idx, "source": sources[idx], **result})
+            files.append(line, {"idx": idx, "source": sources[idx], **result})
+            bar.update(min(step, bar.total - bar.n))
     finally:
-        run.close()
+        files.close()
+        bar.close()
+
+
+def _merge_when_all_done(run: RunFiles, record: dict[str, Any], sources: Sequence[str | None], ranks: Ranks,
+                         todo: Sequence[int], written: int) -> None:
+    """Wait for every rank, then rank 0 merges their parts into ``run``, checking that no row is missing."""
+    reports = gather(ranks, (host_name(), written))
+
+    def merge() -> None:
+        done = merge_parts(run, record, sources, warn=False)
+        for rank, (host, count) in enumerate(reports):
+            if count and not set(Ranks(rank, ranks.world_size, None).share(todo)) <= done:
+                raise OutputPathError(_not_shared(part_path(run.tsv, rank, ranks.world_size), rank, host))
+
+    on_rank_zero(ranks, merge)
 
 
 @dataclass(frozen=True)
@@ -154,8 +222,12 @@ def certify_classification_dataset(
     radii: Sequence[float],
     class_to_idx: Mapping[str, int] | None,
     progress: bool,
+    distributed: bool | None = None,
 ) -> Summary:
-    """The classification run of images and clips alike: Cohen's TSV, the run record, one certificate per row."""
+    """The classification run of images and clips alike: Cohen's TSV, the run record, one certificate per row.
+
+    Under torchrun (``distributed`` as for :func:`run_dataset`) a classifier on a GPU moves to its rank's GPU.
+    """
     n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
     check_seed(seed)
     items, sources, mapping, are_files = labelled_items(data, kind, smoothed, class_to_idx)
@@ -171,7 +243,9 @@ def certify_classification_dataset(
         row = Row(idx, label, predict, cert.radius, correct, cert.seconds)
         return row.tsv(), {"label": label, "correct": correct, "certificate": cert.to_dict(), **notes}
 
-    run_dataset(items, sources, run, record, certify_one, progress=progress)
+    place_on_rank_device(smoothed, resolve_ranks(distributed))
+    run_dataset(items, sources, run, record, certify_one, progress=progress, distributed=distributed,
+                device=getattr(smoothed, "device", None))
     return summarize(read_rows(run.tsv), radii)  # from the file: a resumed run summarises like an uninterrupted one
 
 
@@ -187,6 +261,7 @@ def certify_dataset(
     radii: Sequence[float] = DEFAULT_RADII,
     class_to_idx: Mapping[str, int] | None = None,
     progress: bool = True,
+    distributed: bool | None = None,
 ) -> Summary:
     """Certify every image of ``data`` and write ``out`` (TSV) and ``out`` with ``.jsonl`` (run record + certificates).
 
@@ -196,8 +271,14 @@ def certify_dataset(
     seed ``seed + idx``, so a resumed run gives the rows an uninterrupted one would. Files are all
     decoded and checked against the memory budget before anything is written. Returns the summary
     over all rows, earlier ones included.
+
+    Under torchrun the images are shared out over the processes, each on the GPU of its ``LOCAL_RANK``
+    (or the CPU), and rank 0 merges their rows into ``out``: the rows are those of one process, whatever
+    their number (see :func:`run_dataset`). ``distributed``: None = auto (torchrun's environment or an
+    initialised process group), False = this process certifies everything (under torchrun, give each
+    process its own ``out``), True = insist on ranks.
     """
     return certify_classification_dataset(
         smoothed, data, out, task="image-classification", kind=IMAGE_FILES, settings={}, n0=n0, n=n, alpha=alpha,
-        seed=seed, radii=radii, class_to_idx=class_to_idx, progress=progress,
+        seed=seed, radii=radii, class_to_idx=class_to_idx, progress=progress, distributed=distributed,
     )

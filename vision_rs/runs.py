@@ -6,13 +6,19 @@ software versions). Each later line is one finished input. Rows are flushed as t
 run loses nothing: rerunning the same command continues after the last finished row, and refuses to
 continue when anything that changes results differs, naming the field. Nothing is created before the
 first row is ready.
+
+A run over several processes (:mod:`vision_rs.distributed`) writes one such pair per rank beside the output,
+``run.tsv.rank1-of-4.part`` and ``run.jsonl.rank1-of-4.part``; :func:`merge_parts` folds them into the one
+TSV and JSONL, in index order, whatever number of processes wrote them.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +156,12 @@ def _is_environment(field: str) -> bool:
     return any(field == name or field.startswith(name + ".") for name in ENVIRONMENT_FIELDS)
 
 
+def _other_gpu_index(field: str, earlier: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
+    """Whether ``field`` is the classifier's device and only its index differs (each rank on its own GPU)."""
+    devices = [str(flatten(record).get(field)).split(":")[0] for record in (earlier, now)]
+    return field == "classifier.device" and devices[0] == devices[1]
+
+
 def record_differences(earlier: Mapping[str, Any], now: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """(fields that change results, environment fields) whose values differ between two run records."""
     before, after = flatten(earlier), flatten(now)
@@ -178,10 +190,20 @@ class RunFiles:
         self._tsv: TextIO | None = None
         self._jsonl: TextIO | None = None
 
-    def finished(self, record: dict[str, Any], sources: Sequence[str | None]) -> set[int]:
+    @classmethod
+    def part(cls, tsv: str | os.PathLike, rank: int, world_size: int, columns: Sequence[str] = TSV_COLUMNS) -> RunFiles:
+        """The files of rank ``rank`` of ``world_size`` in the run ``tsv``: the same pair, named by :func:`part_path`."""
+        files = cls(tsv, columns)
+        files.tsv, files.jsonl = part_path(files.tsv, rank, world_size), part_path(files.jsonl, rank, world_size)
+        return files
+
+    def finished(self, record: dict[str, Any], sources: Sequence[str | None], *, warn: bool = True,
+                 per_rank: bool = False) -> set[int]:
         """Indices already done by an earlier run with the same record and inputs (raises if they differ).
 
         ``record`` is this run's record (JSON-ready); it is written first when the files are created.
+        ``warn``: log the environment fields that differ (a resume on another device, ...); ``per_rank``: the
+        files are another rank's, so a GPU of another index (``cuda:3``, not ``cuda:0``) is no difference.
         """
         self.record = json.loads(json.dumps(record))  # as the JSONL will hold it
         tsv_lines = _keep_complete_lines(self.tsv)
@@ -201,7 +223,9 @@ class RunFiles:
                 f"{self.tsv} holds a run with other settings ({details}). Use another --out, or the same "
                 "settings to resume."
             )
-        if environment:
+        if per_rank:
+            environment = [field for field in environment if not _other_gpu_index(field, earlier, self.record)]
+        if environment and warn:
             log.warning("resuming %s with another %s: certificates stay valid; the rows after the resume point "
                         "may draw other random numbers than an uninterrupted run", self.tsv,
                         ", ".join(_describe_difference(field, earlier, self.record) for field in environment))
@@ -247,6 +271,70 @@ class RunFiles:
             if handle is not None:
                 handle.close()
         self._tsv = self._jsonl = None
+
+
+def part_path(path: str | os.PathLike, rank: int, world_size: int) -> Path:
+    """Rank ``rank`` of ``world_size``'s share of the run file ``path``: ``run.tsv`` → ``run.tsv.rank1-of-4.part``."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.rank{rank}-of-{world_size}.part")
+
+
+def part_ranks(tsv: str | os.PathLike) -> list[tuple[int, int]]:
+    """(rank, world size) of every part that processes left beside the run ``tsv``, by world size, then rank."""
+    tsv = Path(tsv)
+    found = set()
+    for name in (tsv.name, jsonl_path(tsv).name):  # a JSONL part alone: killed between the removals of a merge
+        pattern = re.compile(re.escape(name) + r"\.rank(\d+)-of-(\d+)\.part")
+        for path in tsv.parent.glob(glob.escape(name) + ".rank*-of-*.part"):
+            match = pattern.fullmatch(path.name)
+            if match and int(match.group(1)) < int(match.group(2)):
+                found.add((int(match.group(2)), int(match.group(1))))
+    return [(rank, world_size) for world_size, rank in sorted(found)]
+
+
+def _rows_by_index(files: RunFiles) -> dict[int, tuple[str, str]]:
+    """idx → (TSV line, JSONL line) of files that :meth:`RunFiles.finished` has checked and repaired."""
+    tsv = [line for line in _complete_lines(files.tsv.read_text())[1:] if line.strip()] if files.tsv.exists() else []
+    jsonl = _complete_lines(files.jsonl.read_text())[1:] if files.jsonl.exists() else []
+    results = {json.loads(line)["idx"]: line for line in jsonl}
+    indices = [int(line.split("\t", 1)[0]) for line in tsv]
+    return {idx: (line, results[idx]) for idx, line in zip(indices, tsv)}
+
+
+def _record_line(files: RunFiles) -> str | None:
+    lines = _complete_lines(files.jsonl.read_text()) if files.jsonl.exists() else []
+    return lines[0] if lines else None
+
+
+def merge_parts(run: RunFiles, record: dict[str, Any], sources: Sequence[str | None], *, warn: bool = True) -> set[int]:
+    """Fold every part file beside ``run`` into its TSV and JSONL, in index order; return the finished indices.
+
+    Each part is checked like the run itself (same record, same inputs; a partial last line is cut off).
+    The merged JSONL keeps the run's first record (the run's own, else the first part's). The JSONL is
+    replaced first, then the TSV, each at once (written beside it and renamed), and only then are the parts
+    removed, TSV first: a kill at any point leaves files from which the next merge loses and repeats no row.
+    A row found twice (a kill between the rename and the removal) is kept once, as the run file has it.
+    ``warn``: log the environment fields in which the files differ from ``record`` (but each rank's device).
+    """
+    done = run.finished(record, sources, warn=warn)
+    parts = [RunFiles.part(run.tsv, rank, world_size, run.columns) for rank, world_size in part_ranks(run.tsv)]
+    if not parts:
+        return done
+    rows = _rows_by_index(run)
+    for files in parts:
+        files.finished(record, sources, warn=warn, per_rank=True)
+        for idx, pair in _rows_by_index(files).items():
+            rows.setdefault(idx, pair)
+    header = next((line for line in map(_record_line, [run, *parts]) if line is not None), None)
+    header = header or json.dumps({RECORD_KEY: run.record})
+    order = sorted(rows)
+    atomic_write(run.jsonl, header + "\n" + "".join(rows[idx][1] + "\n" for idx in order))
+    atomic_write(run.tsv, "\t".join(run.columns) + "\n" + "".join(rows[idx][0] + "\n" for idx in order))
+    for files in parts:
+        files.tsv.unlink(missing_ok=True)
+        files.jsonl.unlink(missing_ok=True)
+    log.info("merged %d part file(s) into %s: %d rows", len(parts), run.tsv, len(order))
+    return set(order)
 
 
 def read_certificates(path: str | os.PathLike) -> list[tuple[int, Certificate]]:
