@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vision_rs.distributed import place_on_rank_device, resolve_ranks
 from vision_rs.errors import InvalidImageError, InvalidParameterError, OutputPathError
 from vision_rs.evaluation import run_dataset, run_record
 from vision_rs.images import IMAGE_SUFFIXES
@@ -142,13 +143,15 @@ def certify_segmentation_dataset(
     exact: bool = False,
     bins: int | None = None,
     progress: bool = True,
+    distributed: bool | None = None,
 ) -> list[SegmentationRow]:
     """Certify every image of ``data`` (files and folders with label maps in ``masks``, or (image, label map)
     pairs) and write ``out`` (TSV, one row per image) and its ``.jsonl``; resumable. Returns all rows.
 
     At every ε of ``eps`` the row counts the pixels certified correct: per pixel for isotropic smoothing,
     naively and collectively (LP, or the exact program with ``exact=True``; ``bins`` per cell) for localized
-    smoothing. Image ``idx`` uses seed ``seed + idx``.
+    smoothing. Image ``idx`` uses seed ``seed + idx``. Under torchrun (``distributed``: None = auto, False = one
+    process) the images are shared over the ranks and the model moves to its rank's GPU, as for classifiers.
     """
     n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
     check_seed(seed)
@@ -170,7 +173,8 @@ def certify_segmentation_dataset(
         row, extra = _row(idx, cert, label_map, eps, exact, bins)
         return row.tsv(), {"certificate": cert.summary(), **extra}
 
-    run_dataset(items, sources, run, record, certify_one, progress=progress)
+    place_on_rank_device(smoothed, resolve_ranks(distributed))
+    run_dataset(items, sources, run, record, certify_one, progress=progress, distributed=distributed, device=smoothed.device)
     return read_segmentation_rows(run.tsv)
 
 

@@ -104,10 +104,9 @@ def rank_device(device: torch.device | str, ranks: Ranks | None) -> torch.device
 
 
 def place_on_rank_device(certifier: object, ranks: Ranks | None) -> None:
-    """Move a smoothed classifier on a GPU to the GPU of its rank (in place); others stay where they are."""
-    from .smoothing import SmoothedClassifier
-
-    if ranks is None or not isinstance(certifier, SmoothedClassifier):
+    """Move a smoothed model (classifier, video, segmentation: anything with a ``base`` module and a ``device``) on a
+    GPU to the GPU of its rank (in place); others stay where they are."""
+    if ranks is None or not isinstance(getattr(certifier, "base", None), torch.nn.Module) or getattr(certifier, "device", None) is None:
         return
     target = rank_device(certifier.device, ranks)
     if target != certifier.device:
