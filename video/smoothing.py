@@ -37,7 +37,9 @@ def smooth(
     image method's four sound modes, views along time); ``chunk`` splits each (sub-)clip into chunks of
     the model's clip length whose logits are averaged. Mean, std, resize and crop come from the
     weights' ``VideoClassification`` preset or the model's ``pretrained_cfg`` and are applied per frame
-    after the noise. ``options``: see :class:`vision_rs.smoothing.ModelOptions`. ``certify`` and
+    after the noise. ``denoiser=`` (an image denoiser; see :class:`vision_rs.smoothing.ModelOptions`) runs on
+    every noisy frame before the sub-clips, resize and normalisation. ``options``: see
+    :class:`vision_rs.smoothing.ModelOptions`. ``certify`` and
     ``predict`` take a clip tensor [T, C, H, W] (uint8 or float in [0, 1]), a numpy [T, H, W, C] or a
     video file (all of its frames; use :func:`vision_rs.video.read_clip` to choose them).
     """
@@ -51,4 +53,4 @@ def smooth(
     layout = FramesAsImages(prepared.model, prepared.config.channels_last) if framewise else ClipLayout(prepared.model, chunk)
     base, device = place(NormalizedClassifier(layout, prepared.spec), prepared)
     return SmoothedClassifier(base, smoothing, noise, device, prepared.config, num_classes=prepared.num_classes,
-                              source=prepared.source, inputs=to_unit_clip)
+                              source=prepared.source, inputs=to_unit_clip, denoiser=prepared.denoiser)

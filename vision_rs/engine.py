@@ -214,7 +214,8 @@ def _first_forward(classifier: Callable[[torch.Tensor], torch.Tensor], inputs: t
         raise ModelOutputError(f"the model failed on a first batch of inputs shaped {tuple(inputs.shape)}: {exc}{hint}") from exc
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device`` with ``dtype``; nothing when ``dtype`` is None (fp32)."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -242,7 +243,7 @@ def _forward(
     inputs = inputs.contiguous(memory_format=_memory_format(inputs, config.channels_last))
     outputs = []
     for chunk in inputs.split(config.batch_size):
-        with _autocast(inputs.device, config.autocast_dtype):
+        with autocast_context(inputs.device, config.autocast_dtype):
             output = classifier(chunk) if note is None else _first_forward(classifier, chunk, note)
         outputs.append(check(output, chunk.shape[0]).float())
         note = None

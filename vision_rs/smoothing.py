@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .denoising import DenoisedView, Denoiser, DenoiserLike, load_denoiser
 from .engine import EngineConfig, max_draws_per_batch, sample
 from .errors import InvalidParameterError
 from .hub import create_model_with_source
@@ -65,10 +67,13 @@ def seeded_generator(device: torch.device, seed: int | None) -> tuple[torch.Gene
 
 def describe_smoothed(smoothed: Any) -> dict[str, Any]:
     """The run-record description every smoothed model shares (classifier, video, segmentation): where the model
-    came from and a fingerprint of its weights, its input spec, the method and its settings, σ, and the engine."""
+    came from and a fingerprint of its weights, the denoiser (when there is one), its input spec, the method and its
+    settings, σ, and the engine."""
     config = smoothed.config
+    denoiser = getattr(smoothed, "denoiser", None)
     return {
         "model": smoothed.source.to_dict(),
+        **({} if denoiser is None else {"denoiser": denoiser.describe()}),
         "state_sha256": state_sha256(smoothed.base.model),
         "spec": smoothed.spec.describe(),
         "method": smoothed.method,
@@ -107,6 +112,7 @@ class SmoothedClassifier:
         num_classes: int | None = None,
         source: ModelSource | None = None,
         inputs: Callable[[Any, int], torch.Tensor] = to_unit_tensor,
+        denoiser: Denoiser | None = None,
     ) -> None:
         self.base = base
         self.smoothing = smoothing
@@ -118,6 +124,8 @@ class SmoothedClassifier:
         """Where the base model and its weights came from (recorded with dataset runs)."""
         self.inputs = inputs
         """Turns an input (image, clip) into float [0, 1] pixels in its own channels, checked against the model."""
+        self.denoiser = None if denoiser is None else place_denoiser(denoiser, device, config)
+        """The denoiser between the noise and the view (denoised smoothing), on ``device``; None without one."""
         self._warned: set[str] = set()
 
     @property
@@ -168,11 +176,27 @@ class SmoothedClassifier:
                             "live at the full resolution (radii grow with the pixel count); resize it first if you "
                             "want the usual convention", height, width, 1 / factor)
 
+    def _view(self, shape: tuple[int, ...], generator: torch.Generator) -> View:
+        """The method's view of an input of ``shape``, behind the denoiser when there is one."""
+        view = self.smoothing.make_view(shape, self.spec.transform, generator)
+        if self.denoiser is None:
+            return view
+        return DenoisedView(view, self.denoiser.module, shape[-3], self.noise.extra_channels,
+                            self.config.autocast_dtype, self.config.channels_last, frames=len(shape) == 4)
+
+    @contextlib.contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """Eval mode for the base model and the denoiser while sampling."""
+        with evaluation_mode(self.base), (
+            evaluation_mode(self.denoiser.module) if self.denoiser is not None else contextlib.nullcontext()
+        ):
+            yield
+
     def check_fits(self, image_shape: Sequence[int]) -> None:
         """Raise InvalidImageError when one noisy draw of an image of ``image_shape`` (C, H, W) cannot fit the
         memory budget; run before any output is written."""
         shape = tuple(int(v) for v in image_shape)
-        view = self.smoothing.make_view(shape, self.spec.transform, torch.Generator())
+        view = self._view(shape, torch.Generator())
         streams = self.config.streams if self.device.type == "cuda" else 1
         max_draws_per_batch(shape, self.noise, view, self.config, streams)
 
@@ -185,7 +209,7 @@ class SmoothedClassifier:
         self._warn_about_scale(*pixels.shape[-2:])
         pixels = pixels.to(self.device)
         generator, seed = seeded_generator(self.device, seed)
-        view = self.smoothing.make_view(tuple(pixels.shape), self.spec.transform, generator)
+        view = self._view(tuple(pixels.shape), generator)
 
         def votes(num: int, desc: str) -> np.ndarray:
             tally = self.smoothing.make_tally(self.num_classes)
@@ -223,7 +247,7 @@ class SmoothedClassifier:
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
         votes, view, seed = self._vote_counter(image, batch_size, progress, seed)
         start = time.perf_counter()
-        with evaluation_mode(self.base):
+        with self._evaluating():
             candidate = self.smoothing.select(votes(n0, "select (n0)"))
             self._estimate_time(n0, time.perf_counter() - start, n)
             estimation = votes(n, "estimate (n)")
@@ -266,7 +290,7 @@ class SmoothedClassifier:
             raise InvalidParameterError(f"predict needs one vote per draw; use certify for mode={self.details.get('mode')!r}")
         votes, _, seed = self._vote_counter(image, batch_size, progress, seed)
         start = time.perf_counter()
-        with evaluation_mode(self.base):
+        with self._evaluating():
             counts = votes(n, "predict (n)")
         order = np.argsort(-counts, kind="stable")
         top, second = int(counts[order[0]]), int(counts[order[1]]) if counts.size > 1 else 0
@@ -322,6 +346,10 @@ class ModelOptions(TypedDict, total=False):
     ``memory_budget`` (bytes the noisy draws of a batch and their model inputs may take; default 2 GiB),
     ``progress``. ``batch_size``, ``memory_budget`` and ``device`` may change which noise values a seed
     gives, ``channels_last`` and autocast the model's rounding.
+    Denoised smoothing: ``denoiser`` (an ``nn.Module`` mapping noisy [N, C, H, W] in [0, 1] to images of the
+    same shape, an embedded name such as ``"digits_denoiser.sigma_0.25"``, a checkpoint of that architecture,
+    or a diffusers folder; see :mod:`vision_rs.denoising`) runs on every noisy draw before the view, resize
+    and normalisation; it is part of the base classifier, so every certificate holds unchanged.
     """
 
     pretrained: bool
@@ -342,6 +370,7 @@ class ModelOptions(TypedDict, total=False):
     streams: int
     memory_budget: int
     progress: bool
+    denoiser: DenoiserLike
 
 
 _MODEL_KEYS = ("pretrained", "weights", "checkpoint", "arch", "num_classes")
@@ -359,6 +388,8 @@ class PreparedModel:
     config: EngineConfig
     device: str | torch.device | None
     num_classes: int | None
+    denoiser: Denoiser | None = None
+    """The denoiser of denoised smoothing (loaded, fitted to σ, not yet placed); None without one."""
 
 
 def prepare_model(
@@ -372,8 +403,8 @@ def prepare_model(
     """The one path from a model or name to what a smoothed classifier needs, shared by every modality.
 
     Loads the model (offline), checks it (``check``: a classifier by default), reads its input spec
-    and fits it to the channels its first convolution reads, and validates the speed options.
-    ``task`` says which embedded models fit.
+    and fits it to the channels its first convolution reads, validates the speed options and loads the
+    ``denoiser`` option. ``task`` says which embedded models fit.
     """
     unknown = set(options) - set(ModelOptions.__annotations__)
     if unknown:
@@ -389,8 +420,9 @@ def prepare_model(
     check(loaded)
     spec = read_input_spec(loaded, weights=options.get("weights"), **{key: options[key] for key in _SPEC_KEYS if key in options})  # type: ignore[misc]
     spec = _colour_channels(loaded, noise, spec, overridden=options.get("mean") is not None)
-    warn_about_model(source, noise.sigma)
-    return PreparedModel(loaded, source, spec, config, device, num_classes)
+    denoiser = None if options.get("denoiser") is None else load_denoiser(options["denoiser"], noise.sigma)
+    warn_about_model(source, noise.sigma, denoised=denoiser is not None)
+    return PreparedModel(loaded, source, spec, config, device, num_classes, denoiser)
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:
@@ -410,6 +442,14 @@ def place(base: nn.Module, prepared: PreparedModel) -> tuple[nn.Module, torch.de
     if prepared.config.channels_last:
         base = to_channels_last(base)
     return base, model_device(base)
+
+
+def place_denoiser(denoiser: Denoiser, device: torch.device, config: EngineConfig) -> Denoiser:
+    """The denoiser's module moved to the base model's ``device`` (in place), channels-last when the engine is."""
+    module = denoiser.module.to(device)
+    if config.channels_last:
+        module = to_channels_last(module)
+    return Denoiser(module, denoiser.source, denoiser.trained_sigma)
 
 
 def method_for(hierarchical: Hierarchical | None, views: ViewMaker | None, reduce: str, mode: str) -> Method:
@@ -456,7 +496,7 @@ def smooth(
     prepared = prepare_model(model, noise, options)
     base, device = place(as_normalized_classifier(prepared.model, prepared.spec, noise.extra_channels), prepared)
     return SmoothedClassifier(base, smoothing, noise, device, prepared.config, num_classes=prepared.num_classes,
-                              source=prepared.source)
+                              source=prepared.source, denoiser=prepared.denoiser)
 
 
 def load_model(
@@ -494,14 +534,20 @@ def load_model(
     return model, source, device
 
 
-def warn_about_model(source: ModelSource, sigma: float) -> None:
-    """Warn when the certificates would say little: random weights, or an embedded model at another σ."""
+def warn_about_model(source: ModelSource, sigma: float, *, denoised: bool = False) -> None:
+    """Warn when the certificates would say little: random weights, or an embedded model at another σ (unless a
+    denoiser stands in front of it: it then sees denoised images)."""
     from .embedded import embedded_model_info
 
     if source.pretrained is False and source.checkpoint is None:
         log.warning("%s has random weights (pretrained=False, CLI --no-pretrained): its certificates say nothing "
                     "about a trained model", source.name)
     trained = (embedded_model_info(source.name) or {}).get("sigma")
-    if trained is not None and source.pretrained and abs(float(trained) - sigma) > 1e-9:  # type: ignore[arg-type]
+    if trained is None or denoised or not source.pretrained:
+        return
+    if float(trained) == 0:  # type: ignore[arg-type]
+        log.warning("embedded model %s was trained without noise: smoothed at σ=%g without a denoiser, expect "
+                    "abstentions and small radii; put one in front of it (denoiser=, CLI --denoiser)", source.name, sigma)
+    elif abs(float(trained) - sigma) > 1e-9:  # type: ignore[arg-type]
         log.warning("embedded model %s was trained with noise σ=%g, but smoothing uses σ=%g: expect abstentions "
                     "and small radii", source.name, trained, sigma)
