@@ -48,6 +48,7 @@ _LAZY = {
     "InputSpec": "models",
     "NormalizedClassifier": "models",
     "SmoothedClassifier": "smoothing",
+    "DiffusionDenoiser": "diffusion",
     "smooth": "smoothing",
     "clopper_pearson_lower": "stats",
     "clopper_pearson_upper": "stats",
@@ -56,6 +57,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .certificates import cohen_certify, gaussian_radius, hierarchical_radius
+    from .diffusion import DiffusionDenoiser
     from .evaluation import certify_dataset
     from .images import to_unit_tensor
     from .methods import Gaussian, Hierarchical, SmoothReduce
