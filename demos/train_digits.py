@@ -2,6 +2,7 @@
 
     python demos/train_digits.py                       # both σ, into the package's weights folder
     python demos/train_digits.py --sigma 0.25 --hierarchical-p 0.85   # the 4-channel hierarchical model
+    python demos/train_digits.py --sigma 0                 # digits_cnn.clean: no noise (for denoised smoothing)
     python demos/train_digits.py --sigma 0.25 --epochs 1 --out /tmp/w
 
 Each model sees the training split with fresh noise on [0, 1] pixels at every step
@@ -36,7 +37,9 @@ def noisy(batch: torch.Tensor, sigma: float, p: float | None, generator: torch.G
 
 
 def model_name(sigma: float, p: float | None) -> str:
-    return f"digits_cnn.sigma_{sigma:.2f}" if p is None else f"digits_cnn_hier.p_{p:.2f}_sigma_{sigma:.2f}"
+    if p is not None:
+        return f"digits_cnn_hier.p_{p:.2f}_sigma_{sigma:.2f}"
+    return "digits_cnn.clean" if sigma == 0 else f"digits_cnn.sigma_{sigma:.2f}"
 
 
 def train(
@@ -99,7 +102,8 @@ def noisy_test_accuracy(classifier: torch.nn.Module, sigma: float, p: float | No
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sigma", type=float, nargs="+", default=[0.25, 0.5], help="noise std(s) in [0,1] pixel units")
+    parser.add_argument("--sigma", type=float, nargs="+", default=[0.25, 0.5],
+                        help="noise std(s) in [0,1] pixel units; 0 trains without noise (digits_cnn.clean)")
     parser.add_argument("--hierarchical-p", type=float, default=None,
                         help="train the 4-channel hierarchical model with this selection probability")
     parser.add_argument("--epochs", type=int, default=60)

@@ -1,7 +1,8 @@
-"""Embedded offline defaults: the digits data set and small CNNs trained with Gaussian noise.
+"""Embedded offline defaults: the digits data set, small CNNs trained with Gaussian noise (and one without, for
+denoised smoothing), and small denoisers.
 
-The weights ship with the package as safetensors files (made by
-``demos/train_digits.py``), so the main paths run without any network.
+The weights ship with the package as safetensors files (made by ``demos/train_digits.py`` and
+``demos/train_denoiser.py``), so the main paths run without any network.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 
 from ..checkpoints import load_checkpoint_into
 from ..errors import CheckpointError
+from .denoiser import EMBEDDED_DENOISERS, DigitsDenoiser, load_embedded_denoiser
 from .digits import IMAGE_SIZE, NUM_CLASSES, DigitsDataset, digits_split
 
 # Per-channel statistics of the digits training split (rounded), the normalisation of the embedded models.
@@ -21,14 +23,16 @@ DIGITS_MEAN = (0.3569, 0.3598, 0.3569)
 DIGITS_STD = (0.2161, 0.2158, 0.2173)
 
 EMBEDDED_MODELS: dict[str, dict[str, object]] = {
+    "digits_cnn.clean": {"file": "digits_cnn_clean.safetensors", "sigma": 0.0},
     "digits_cnn.sigma_0.25": {"file": "digits_cnn_sigma_0.25.safetensors", "sigma": 0.25},
     "digits_cnn.sigma_0.50": {"file": "digits_cnn_sigma_0.50.safetensors", "sigma": 0.50},
     "digits_cnn_hier.p_0.85_sigma_0.25": {
         "file": "digits_cnn_hier_p_0.85_sigma_0.25.safetensors", "sigma": 0.25, "p": 0.85, "in_chans": 4,
     },
 }
-"""Embedded model names → weight file, the noise σ it was trained with and, for hierarchical
-models, the selection probability p and its input channels (3 colour + 1 indicator)."""
+"""Embedded model names → weight file, the noise σ it was trained with (0: none, the "off-the-shelf" model of
+denoised smoothing) and, for hierarchical models, the selection probability p and its input channels
+(3 colour + 1 indicator)."""
 
 
 class DigitsCNN(nn.Module):
@@ -112,11 +116,14 @@ def describe_embedded_models() -> list[dict[str, object]]:
             localized = info.get("localized")
             noise = info["sigma"] if localized is None else (
                 f"localized {localized['grid'][0]}×{localized['grid'][1]}, {localized['sigma_min']}–{localized['sigma_max']}")
-            rows.append({
-                "name": name, "task": task, "input": f"{frames}3×{size}×{size}", "sigma": noise,
-                "smoothing": f"{TASKS[task]}(..., hierarchical=Hierarchical(p={p}, indicator=True))" if p is not None
-                else f"{TASKS[task]}",
-            })
+            if p is not None:
+                smoothing = f"{TASKS[task]}(..., hierarchical=Hierarchical(p={p}, indicator=True))"
+            elif info["sigma"] == 0:
+                smoothing = f"{TASKS[task]}(..., denoiser=\"digits_denoiser.sigma_<σ>\")"
+            else:
+                smoothing = TASKS[task]
+            rows.append({"name": name, "task": task, "input": f"{frames}3×{size}×{size}", "sigma": noise,
+                         "smoothing": smoothing})
     return rows
 
 
@@ -158,13 +165,16 @@ def load_embedded_model(name: str, pretrained: bool = True) -> DigitsCNN:
 __all__ = [
     "DIGITS_MEAN",
     "DIGITS_STD",
+    "EMBEDDED_DENOISERS",
     "EMBEDDED_MODELS",
     "DigitsCNN",
     "DigitsDataset",
+    "DigitsDenoiser",
     "describe_embedded_models",
     "digits_split",
     "embedded_model_info",
     "load_embedded",
+    "load_embedded_denoiser",
     "shipped_weights",
     "with_shipped_weights",
     "load_embedded_model",
