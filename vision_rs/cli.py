@@ -23,7 +23,8 @@ from .params import check_alpha, check_sigma
 if TYPE_CHECKING:
     import torch
 
-EMBEDDED_NAMES = "digits_cnn.sigma_0.25, digits_cnn.sigma_0.50, digits_cnn_hier.p_0.85_sigma_0.25"
+EMBEDDED_NAMES = "digits_cnn.sigma_0.25, digits_cnn.sigma_0.50, digits_cnn_hier.p_0.85_sigma_0.25, digits_cnn.clean"
+EMBEDDED_DENOISER_NAMES = "digits_denoiser.sigma_0.25, digits_denoiser.sigma_0.50"
 EXIT_INTERRUPTED = 130
 
 UNITS = """\
@@ -57,6 +58,14 @@ Models (--model):
               local Hugging Face / torch hub cache; --no-pretrained for random)
   torchvision torchvision:NAME, e.g. torchvision:resnet18
   checkpoint  a .safetensors / .pt file, with --arch NAME (and --num-classes)
+
+Denoisers (--denoiser; denoised smoothing, in front of a model trained without noise):
+  embedded    {EMBEDDED_DENOISER_NAMES} (offline, shipped)
+  checkpoint  a .safetensors / .pt file of the embedded denoiser architecture
+              (vision_rs.embedded.DigitsDenoiser with its default sizes)
+  diffusion   a local folder with a diffusers UNet2DModel and its DDPM scheduler
+              (unet/ and scheduler/, as DDPMPipeline.save_pretrained writes;
+              needs pip install 'vision-rs[diffusion]')
 """
 
 
@@ -170,6 +179,13 @@ def _eps_list(text: str) -> list[float]:
     return values
 
 
+def _add_denoiser_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--denoiser", metavar="PATH_OR_NAME",
+                        help="denoised smoothing: a denoiser run on every noisy draw before the model (video: on every "
+                             f"frame): an embedded name ({EMBEDDED_DENOISER_NAMES}), a checkpoint of that architecture, "
+                             "or a diffusers folder (unet/ + scheduler/); see Denoisers below")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vision-rs",
@@ -194,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certify.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     _add_model_options(certify)
+    _add_denoiser_option(certify)
     certify.add_argument("--sigma", type=SIGMA, required=True, help="noise std in [0,1] pixel units, e.g. 0.25")
     certify.add_argument(
         "--hierarchical-p", type=float, metavar="P",
@@ -228,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     video.add_argument("inputs", nargs="+", help="video files and/or folders (searched recursively)")
     _add_model_options(video)
+    _add_denoiser_option(video)
     video.add_argument("--sigma", type=SIGMA, required=True, help="noise std in [0,1] pixel units, e.g. 0.25")
     video.add_argument("--framewise", action="store_true", help="--model is an image classifier: run it on every frame, "
                        "logits averaged over frames")
@@ -317,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--segmentation", action="store_true",
                       help="the segmentation demo instead: 12 held-out digit scenes, isotropic against localized smoothing "
                            "(per-pixel and collective certificates) at equal compute")
+    demo.add_argument("--denoised", action="store_true",
+                      help="the denoised-smoothing demo instead: the model trained without noise (digits_cnn.clean) "
+                           "smoothed without and with the embedded denoiser, and the noise-trained model as the "
+                           "reference, at σ = 0.25 and 0.5 and equal n")
     demo.add_argument("--n0", type=POSITIVE, help="selection samples (default: 100; video: 60; segmentation: 10 per cell)")
     demo.add_argument("--n", type=POSITIVE, help="estimation samples (default: 1000; video: 600; segmentation: 100 per cell)")
     demo.add_argument("--alpha", type=ALPHA, default=0.001, help="failure probability (default: 0.001)")
@@ -364,6 +386,7 @@ def model_options(args: argparse.Namespace) -> dict[str, object]:
         num_classes=args.num_classes, arch=args.arch, checkpoint=args.checkpoint, device=rank_device_option(args),
         batch_size=args.batch_size, progress=not args.no_progress, channels_last=args.channels_last,
         streams=args.streams, autocast_dtype=getattr(torch, AUTOCAST_DTYPES[args.autocast]) if args.autocast else None,
+        denoiser=getattr(args, "denoiser", None),
     )
     if args.memory_budget is not None:
         options["memory_budget"] = args.memory_budget
@@ -587,17 +610,23 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo, run_video_demo
+    from .demo import run_demo, run_denoised_demo, run_video_demo
     from .summaries import format_pixel_budget_table, format_summaries
 
     started = time.perf_counter()
-    if args.video and args.segmentation:
-        raise InvalidParameterError("choose --video or --segmentation, not both")
+    if args.video + args.segmentation + args.denoised > 1:
+        raise InvalidParameterError("choose one of --video, --segmentation and --denoised")
     if args.segmentation:
         _segmentation_demo(args)
         print(f"done in {time.perf_counter() - started:.1f} s")
         return
-    if args.video:
+    if args.denoised:
+        n0, n = args.n0 or 100, args.n or 1000
+        result = run_denoised_demo(args.out_dir, n0=n0, n=n, alpha=args.alpha, seed=args.seed, limit=args.limit,
+                                   device=args.device)
+        print(f"Denoised smoothing on the embedded digits test split, n0={n0}, n={n}, alpha={args.alpha} "
+              "(radii in [0,1] pixel units, L2):")
+    elif args.video:
         n0, n, limit = args.n0 or 60, args.n or 600, args.limit or 30
         result = run_video_demo(args.out_dir, n0=n0, n=n, alpha=args.alpha, seed=args.seed, limit=limit, device=args.device)
         print(f"Embedded moving-digit clips (first {limit} test clips, mp4), {n0}+{n} base-classifier evaluations per "
@@ -636,11 +665,19 @@ def _segmentation_demo(args: argparse.Namespace) -> None:
 def _models(args: argparse.Namespace) -> None:
     from .embedded import describe_embedded_models
 
+    from .embedded import EMBEDDED_DENOISERS
+
     print("Embedded models (shipped with vision-rs, offline):")
     print("| name | task | input | trained with σ | smooth with |")
     print("|---|---|---|---|---|")
     for row in describe_embedded_models():
         print(f"| {row['name']} | {row['task']} | {row['input']} | {row['sigma']} | {row['smoothing']} |")
+    print()
+    print("Embedded denoisers (denoiser=NAME, CLI --denoiser NAME; for models trained without noise):")
+    print("| name | removes noise σ |")
+    print("|---|---|")
+    for name, info in EMBEDDED_DENOISERS.items():
+        print(f"| {name} | {info['sigma']} |")
     print()
     print(MODELS_HELP)
 

@@ -399,16 +399,21 @@ def prepare_model(
     *,
     check: Callable[[nn.Module], None] = check_is_classifier,
     task: str = "image-classification",
+    denoising: bool = False,
 ) -> PreparedModel:
     """The one path from a model or name to what a smoothed classifier needs, shared by every modality.
 
     Loads the model (offline), checks it (``check``: a classifier by default), reads its input spec
     and fits it to the channels its first convolution reads, validates the speed options and loads the
-    ``denoiser`` option. ``task`` says which embedded models fit.
+    ``denoiser`` option. ``task`` says which embedded models fit. ``denoising``: the caller puts
+    ``prepared.denoiser`` in front of its views; without it a ``denoiser`` option is refused, never ignored.
     """
     unknown = set(options) - set(ModelOptions.__annotations__)
     if unknown:
         raise InvalidParameterError(f"unknown option(s) {sorted(unknown)}; see vision_rs.smoothing.ModelOptions")
+    if options.get("denoiser") is not None and not denoising:
+        raise InvalidParameterError(f"denoiser= is not supported for {task} yet; use it with vision_rs.smooth or "
+                                    "vision_rs.video.smooth")
     config = EngineConfig(**{key: options[key] for key in _ENGINE_KEYS if key in options})  # type: ignore[misc]
     num_classes = options.get("num_classes")
     if num_classes is not None:
@@ -493,7 +498,7 @@ def smooth(
     """
     smoothing = method_for(hierarchical, patches, reduce, mode)
     noise = smoothing.make_noise(sigma)  # validates sigma before any model is built
-    prepared = prepare_model(model, noise, options)
+    prepared = prepare_model(model, noise, options, denoising=True)
     base, device = place(as_normalized_classifier(prepared.model, prepared.spec, noise.extra_channels), prepared)
     return SmoothedClassifier(base, smoothing, noise, device, prepared.config, num_classes=prepared.num_classes,
                               source=prepared.source, denoiser=prepared.denoiser)
