@@ -118,7 +118,7 @@ def describe_embedded_models() -> list[dict[str, object]]:
                 f"localized {localized['grid'][0]}×{localized['grid'][1]}, {localized['sigma_min']}–{localized['sigma_max']}")
             if p is not None:
                 smoothing = f"{TASKS[task]}(..., hierarchical=Hierarchical(p={p}, indicator=True))"
-            elif info["sigma"] == 0:
+            elif info.get("sigma") == 0:
                 smoothing = f"{TASKS[task]}(..., denoiser=\"digits_denoiser.sigma_<σ>\")"
             else:
                 smoothing = TASKS[task]
