@@ -314,3 +314,8 @@ def test_the_embedded_clean_model_behind_the_denoiser_certifies_digits() -> None
                                 progress=False)
     certs = [smoothed.certify(images[i], n0=20, n=200, alpha=0.001, seed=i) for i in range(5)]
     assert sum(cert.label == int(labels[i]) and cert.radius > 0.25 for i, cert in enumerate(certs)) >= 4
+
+
+def test_segmentation_refuses_a_denoiser_until_it_applies_one() -> None:
+    with pytest.raises(InvalidParameterError, match="not supported for segmentation"):
+        vision_rs.segmentation.smooth(Recorder(), sigma=0.25, denoiser=nn.Identity(), progress=False)

@@ -54,8 +54,7 @@ def run_demo(
     changed pixel) into ``out_dir`` (created if missing). A finished demo is resumed, not redone.
     """
     out = demo_folder(out_dir)
-    dataset = DigitsDataset("test")
-    items = dataset if limit is None else [dataset[i] for i in range(min(limit, len(dataset)))]
+    items = held_out_digits(limit)
     summaries: dict[str, Summary] = {}
     tables: dict[str, Path] = {}
     by_pixels: dict[int, dict[float, float]] = {}
@@ -103,8 +102,7 @@ def run_denoised_demo(
     from it) and ``denoised_certified_accuracy.png`` into ``out_dir``; a finished demo is resumed.
     """
     out = demo_folder(out_dir)
-    dataset = DigitsDataset("test")
-    items = dataset if limit is None else [dataset[i] for i in range(min(limit, len(dataset)))]
+    items = held_out_digits(limit)
     options = dict(device=device, batch_size=batch_size, channels_last=True, progress=False)
     summaries: dict[str, Summary] = {}
     tables: dict[str, Path] = {}
@@ -123,6 +121,12 @@ def run_denoised_demo(
     plot, skipped = plot_runs(tables, out / "denoised_certified_accuracy.png",
                               f"denoised smoothing, embedded digits, n0={n0}, n={n}, α={alpha}")
     return DemoResult(summaries=summaries, tables=tables, plot=plot, hierarchical={}, plot_skipped=skipped)
+
+
+def held_out_digits(limit: int | None) -> DigitsDataset | list[tuple[object, int]]:
+    """The 360 held-out digits, or the first ``limit`` of them, as (image, label) items."""
+    dataset = DigitsDataset("test")
+    return dataset if limit is None else [dataset[i] for i in range(min(limit, len(dataset)))]
 
 
 def demo_folder(out_dir: str | Path) -> Path:

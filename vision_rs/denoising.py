@@ -112,17 +112,19 @@ class DenoisedView:
 
     ``channels``: the input's own channels (the denoiser sees those; a hierarchical indicator, the
     ``extra_channels`` after them, bypasses it unchanged). Clips [B, T, C, H, W] (``frames=True``) are
-    denoised frame by frame. A grey input is repeated to the denoiser's colour channels first when it reads more (the
-    model then gets colour images). The denoiser runs under the engine's autocast and, with
-    ``channels_last``, on channels-last inputs; its output is cast back to the noisy batch's dtype.
+    denoised frame by frame. A grey input is repeated to the denoiser's colour channels first when it
+    reads more (the model then gets colour images). The denoiser runs under the engine's autocast and,
+    with ``channels_last``, on channels-last inputs; its output is cast back to the noisy batch's dtype.
+    The first batch is checked (shape, dtype, finite values; one host sync) and a denoiser that fails
+    it raises ModelOutputError; later batches are checked for shape and dtype (no sync), and non-finite
+    values then show up as non-finite logits, which the tally refuses. The memory budget counts the
+    noisy draws and the model inputs as without a denoiser; the denoised copy and the denoiser's
+    activations, like the model's, are bounded by the batch size.
 
     Locality: a denoiser mixes the pixels of an image, so a view of the denoised image depends on every
     pixel. For images the view's ``c_max`` becomes its ``count`` (each view covers every pixel: the
     ``probit-mean`` radius then gains nothing from small patches, as it must) and no pixel is
     ``uncovered``. Clips are denoised frame by frame, so views along time keep their own ``c_max``.
-    The first batch is checked (shape, dtype, finite values; one host sync) and a denoiser that
-    fails it raises ModelOutputError; later batches are checked for shape and dtype (no sync), and
-    non-finite values then show up as non-finite logits, which the tally refuses.
     """
 
     def __init__(
