@@ -319,3 +319,13 @@ def test_the_embedded_clean_model_behind_the_denoiser_certifies_digits() -> None
 def test_segmentation_refuses_a_denoiser_until_it_applies_one() -> None:
     with pytest.raises(InvalidParameterError, match="not supported for segmentation"):
         vision_rs.segmentation.smooth(Recorder(), sigma=0.25, denoiser=nn.Identity(), progress=False)
+
+
+def test_the_denoisers_file_location_is_environment_but_its_fingerprint_is_not() -> None:
+    from vision_rs.runs import record_differences
+
+    earlier = {"classifier": {"denoiser": {"weights": "/a/w.safetensors", "weights_sha256": "1", "state_sha256": "2"}}}
+    moved = {"classifier": {"denoiser": {"weights": "/b/w.safetensors", "weights_sha256": "1", "state_sha256": "2"}}}
+    other = {"classifier": {"denoiser": {"weights": "/a/w.safetensors", "weights_sha256": "3", "state_sha256": "4"}}}
+    assert record_differences(earlier, moved) == ([], ["classifier.denoiser.weights"])
+    assert record_differences(earlier, other)[0] == ["classifier.denoiser.state_sha256", "classifier.denoiser.weights_sha256"]

@@ -38,8 +38,9 @@ RECORD_KEY = "run"
 
 ENVIRONMENT_FIELDS = (
     "classifier.device", "classifier.batch_size", "classifier.channels_last", "classifier.streams",
-    "classifier.memory_budget", "classifier.model.weights", "classifier.model.checkpoint", "versions.torch",
-    "versions.torchvision", "versions.timm", "versions.numpy", "versions.scipy", "inputs",
+    "classifier.memory_budget", "classifier.model.weights", "classifier.model.checkpoint", "classifier.denoiser.weights",
+    "classifier.denoiser.checkpoint", "versions.torch", "versions.torchvision", "versions.timm", "versions.numpy",
+    "versions.scipy", "inputs",
 )
 """Record fields (and their sub-fields) that change only which random numbers a seed gives or where files lie,
 not what is certified: a resumed run may differ in them (it says so), every other field must match."""
