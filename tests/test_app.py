@@ -170,7 +170,7 @@ def test_video_subclip_votes_along_time(certifier: AppCertifier) -> None:
     segments = result.votes_plot.axes[0].collections
     assert [tuple(s.get_segments()[0][:, 0]) for s in segments] == [(0, 7), (4, 11), (8, 15)]
     assert "16 frames × 3×32×32 values" in result.summary and f"True class: digit {truth}" in result.summary
-    assert result.strip.size[1] == 256
+    assert result.strip.size == (8 * 96 + 7 * 4, 2 * 96 + 4)  # 16 frames in two rows of 8
     whole = certifier.certify_video(clip, VideoRequest(n0=4, n=20, model="embedded:digits_cnn.sigma_0.25#framewise"))
     assert whole.view_counts.shape[0] == 1 and whole.view_counts.sum() == 20  # one view: the whole clip
 
@@ -261,7 +261,7 @@ def test_bad_and_large_uploads_show_our_message(handlers: Handlers, tmp_path: Pa
     _png(truncated, digit_example(0)[0])
     truncated.write_bytes(truncated.read_bytes()[:-40])
     with pytest.raises(gr.Error, match="cut.png"):
-        handlers.preview_image("Upload", 0, str(truncated))
+        handlers.preview(IMAGE, "Upload", 0, str(truncated))
     large = _png(tmp_path / "large.png", torch.zeros(3, 1100, 1000, dtype=torch.uint8))
     with pytest.raises(gr.Error, match=r"1000×1100 pixels; this app certifies images of at most 1,048,576"):
         handlers.certify_image(*_image_args(source="Upload", upload=str(large)))
@@ -274,13 +274,15 @@ def test_video_limits_show_our_message(catalog: ModelCatalog, tmp_path: Path) ->
     from vision_rs.embedded.clips import write_clips
 
     path = write_clips(tmp_path, limit=1)[0]
+    strip = Handlers(AppCertifier(catalog, device="cpu", progress=False)).preview(VIDEO, "Upload", 0, str(path))
+    assert strip.size == (8 * 96 + 7 * 4, 2 * 96 + 4)  # the uploaded file's 16 frames
     strict = Handlers(AppCertifier(catalog, AppLimits(max_video_frames=8), device="cpu", progress=False))
     with pytest.raises(gr.Error, match="clip_0000.mp4 has 16 frames; this app certifies clips of at most 8 frames"):
-        strict.preview_clip("Upload", 0, str(path))
+        strict.preview(VIDEO, "Upload", 0, str(path))
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
     with pytest.raises(gr.Error, match="broken.mp4") as caught:
-        strict.preview_clip("Upload", 0, str(bad))
+        strict.preview(VIDEO, "Upload", 0, str(bad))
     assert str(tmp_path) not in str(caught.value)
 
 
@@ -328,6 +330,24 @@ def test_a_cancelled_run_stops_at_the_next_batch_and_restores_train_mode(catalog
     assert result.certificate.n == 40 and model.training  # no hook left behind
 
 
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def test_command_line_app_defaults_and_errors(capsys: pytest.CaptureFixture) -> None:
+    import subprocess
+    import sys
+
+    from vision_rs.cli import build_parser, main
+
+    args = build_parser().parse_args(["app"])
+    assert (args.host, args.port, args.models, args.share, args.max_file_size) == ("127.0.0.1", None, None, False, 20 << 20)
+    assert main(["app", "--models", "/no/such/folder"]) == 2
+    assert "--models /no/such/folder: no such folder" in capsys.readouterr().err
+    launcher = Path(__file__).resolve().parents[1] / "demos" / "app.py"
+    shown = subprocess.run([sys.executable, str(launcher), "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "--models DIR" in shown.stdout and "127.0.0.1" in shown.stdout
+
+
 # ------------------------------------------------------------------------------------------------ the running server
 
 
@@ -348,6 +368,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     counting = CountingCNN()
     catalog.add(ModelChoice("test:counting", "counts its forward passes", IMAGE, "counting"), loader=lambda: counting)
     demo, url = launch_app(config, block=False, certifier=AppCertifier(catalog, config.limits, "cpu", batch_size=50))
+    assert demo.server_name == "127.0.0.1" and not demo.share, "localhost only, no public link, unless asked"
     yield url, models, counting
     demo.close()
 
@@ -488,7 +509,7 @@ def test_browser_upload_certify_and_see_the_certificate(server, tmp_path: Path) 
     upload = _png(tmp_path / "digit.png", image)
     driver = webdriver.Chrome(service=service, options=options)
     try:
-        wait = WebDriverWait(driver, 45)
+        wait = WebDriverWait(driver, 45, poll_frequency=0.05)
         started = time.monotonic()
         driver.get(url)
         certify = wait.until(ready.element_to_be_clickable((By.ID, "image-certify")))
@@ -497,8 +518,10 @@ def test_browser_upload_certify_and_see_the_certificate(server, tmp_path: Path) 
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#image-source input[value='Upload']").is_selected())
         started = time.monotonic()
         certify.click()
-        wait.until(lambda d: "###" not in (text := d.find_element(By.ID, "image-certificate").text)
-                   and ("Certified: digit" in text or "Abstained" in text))
+        box = driver.find_element(By.ID, "image-certificate")
+        tracker = box.find_element(By.CSS_SELECTOR, "[data-testid=status-tracker]")
+        wait.until(lambda d: "hide" in tracker.get_attribute("class")  # not pending (a pending box shows the progress)
+                   and ("Certified: digit" in box.text or "Abstained" in box.text))
         answered = time.monotonic() - started
         text = driver.find_element(By.ID, "image-certificate").text
         assert "True class" not in text, "the uploaded file was certified, not the embedded example"

@@ -3,9 +3,9 @@
 Three tabs call :class:`~vision_rs.app_certify.AppCertifier`; this module only lays out the page and connects it:
 
 * progress: the engine's tqdm bars, followed by ``gr.Progress(track_tqdm=True)``;
-* cancelling: the Cancel button cancels the event (``cancels=``), as a client's ``job.cancel()`` or a closed page
-  does; the handler then sets the run's stop event, the worker thread ends at its next forward pass, and the handler
-  waits for it before it lets gradio free the slot, so no cancelled run keeps computing or holds the model;
+* cancelling: the Cancel button cancels the event (``cancels=``; a gradio_client ``job.cancel()`` goes through the
+  same button); the handler then sets the run's stop event, the worker thread ends at its next forward pass, and the
+  handler waits for it before gradio frees the slot, so no cancelled run keeps computing or holds the model;
 * errors: our errors become ``gr.Error`` with our message; anything else is logged and shown as an internal error,
   never as a traceback;
 * a bounded queue (``queue_size`` waiting, ``concurrency`` certifications at once, shared by the three tabs);
@@ -16,6 +16,7 @@ Three tabs call :class:`~vision_rs.app_certify.AppCertifier`; this module only l
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import logging
@@ -23,6 +24,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,8 @@ from .app_certify import (
     scene_example,
 )
 from .app_models import IMAGE, SEGMENTATION, VIDEO, ModelCatalog
-from .errors import MissingDependencyError, VisionRSError
+from .errors import InvalidParameterError, MissingDependencyError, VisionRSError
+from .methods import MODES, REDUCTIONS
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +111,15 @@ def _page_errors(function: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-async def run_stoppable(work: Callable[..., Any], *args: Any) -> Any:
-    """``work(*args, stop)`` in a worker thread (with the caller's context, so tqdm reaches gr.Progress).
+async def run_stoppable(workers: Executor, work: Callable[..., Any], *args: Any) -> Any:
+    """``work(*args, stop)`` on one of ``workers``' threads, with the caller's context (so tqdm reaches gr.Progress).
 
     When gradio cancels the event, ``stop`` is set and the cancellation waits for the worker, which ends at its
     next forward pass; only then is the slot freed.
     """
     stop = threading.Event()
-    task = asyncio.ensure_future(asyncio.to_thread(work, *args, stop))
+    call = functools.partial(contextvars.copy_context().run, work, *args, stop)
+    task = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(workers, call))
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
@@ -126,63 +130,42 @@ async def run_stoppable(work: Callable[..., Any], *args: Any) -> Any:
         raise
 
 
-def _choose(source: str, example: Any, upload: str | None, kind: str) -> tuple[bool, Any]:
-    """(is the embedded example, example index or upload path); our error when 'Upload' has no file."""
-    from .errors import InvalidParameterError
-
-    if source == UPLOAD:
-        if not upload:
-            raise InvalidParameterError(f"upload {kind} first (or choose '{EMBEDDED}')")
-        return False, upload
-    return True, example
+INPUTS: dict[str, tuple[Callable[[Any], tuple[Any, Any]], Callable[[str, AppLimits], Any], str]] = {
+    IMAGE: (digit_example, read_image_upload, "an image"),
+    VIDEO: (clip_example, read_video_upload, "a video"),
+    SEGMENTATION: (scene_example, read_image_upload, "an image"),
+}
+"""Per tab: its embedded examples, how an upload is read (within the limits), what to upload."""
 
 
 class Handlers:
     """The functions the page calls (plain functions of the page's values; gradio passes them in order)."""
 
-    def __init__(self, certifier: AppCertifier) -> None:
+    def __init__(self, certifier: AppCertifier, concurrency: int = 1) -> None:
         self.certifier = certifier
         self.limits = certifier.limits
+        self.workers = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="vision-rs-certify")
+        """The threads certifications run on: as many as run at once, so their memory is reused run after run."""
 
     # -------------------------------------------------------------------------------- inputs
-    @_page_errors
-    def image_input(self, source: str, example: Any, upload: str | None) -> tuple[Any, int | None]:
-        embedded, value = _choose(source, example, upload, "an image")
-        return digit_example(value) if embedded else (read_image_upload(value, self.limits), None)
+    def read(self, kind: str, source: str, example: Any, upload: str | None) -> tuple[Any, Any]:
+        """(the input, its true label or mask when it is an embedded example) of tab ``kind``."""
+        embedded, uploaded, what = INPUTS[kind]
+        if source != UPLOAD:
+            return embedded(example)
+        if not upload:
+            raise InvalidParameterError(f"upload {what} first (or choose '{EMBEDDED}')")
+        return uploaded(upload, self.limits), None
 
     @_page_errors
-    def preview_image(self, source: str, example: Any, upload: str | None) -> Any:
-        from .app_pictures import enlarged
+    def preview(self, kind: str, source: str, example: Any, upload: str | None) -> Any:
+        """The picture of tab ``kind``'s input: the image scaled up, or a clip's frames; nothing before an upload."""
+        from .app_pictures import enlarged, frame_strip
 
         if source == UPLOAD and not upload:
             return None
-        return enlarged(self.image_input(source, example, upload)[0])[0]
-
-    @_page_errors
-    def clip_input(self, source: str, example: Any, upload: str | None) -> tuple[Any, int | None]:
-        embedded, value = _choose(source, example, upload, "a video")
-        return clip_example(value) if embedded else (read_video_upload(value, self.limits), None)
-
-    @_page_errors
-    def preview_clip(self, source: str, example: Any, upload: str | None) -> Any:
-        from .app_pictures import frame_strip
-
-        if source == UPLOAD and not upload:
-            return None
-        return frame_strip(self.clip_input(source, example, upload)[0])
-
-    @_page_errors
-    def scene_input(self, source: str, example: Any, upload: str | None) -> tuple[Any, Any]:
-        embedded, value = _choose(source, example, upload, "an image")
-        return scene_example(value) if embedded else (read_image_upload(value, self.limits), None)
-
-    @_page_errors
-    def preview_scene(self, source: str, example: Any, upload: str | None) -> Any:
-        from .app_pictures import enlarged
-
-        if source == UPLOAD and not upload:
-            return None
-        return enlarged(self.scene_input(source, example, upload)[0])[0]
+        data = self.read(kind, source, example, upload)[0]
+        return frame_strip(data) if kind == VIDEO else enlarged(data)[0]
 
     # -------------------------------------------------------------------------------- certify
     @_page_errors
@@ -190,9 +173,10 @@ class Handlers:
                       method: str, sigma: float, n0: int, n: int, alpha: float, seed: int, patch_size: int,
                       patch_stride: int, reduce: str, mode: str, p: float, indicator: bool,
                       stop: threading.Event | None = None) -> tuple:
-        image, truth = self.image_input(source, example, upload)
-        request = ImageRequest(model, method, sigma, n0, n, alpha, seed, patch_size, patch_stride, reduce, mode, p,
-                               indicator, arch or "", num_classes)
+        image, truth = self.read(IMAGE, source, example, upload)
+        request = ImageRequest(model=model, sigma=sigma, n0=n0, n=n, alpha=alpha, seed=seed, reduce=reduce, mode=mode,
+                               arch=arch or "", num_classes=num_classes, method=method, patch_size=patch_size,
+                               patch_stride=patch_stride, p=p, indicator=indicator)
         result = self.certifier.certify_image(image, request, truth=truth, stop=stop)
         budgets = {"headers": ["r (pixels changed)", "certified L2 budget ε"],
                    "data": [[r, round(radius, 5)] for r, radius in result.budgets]}
@@ -202,9 +186,10 @@ class Handlers:
     def certify_video(self, source: str, example: Any, upload: str | None, model: str, arch: str, num_classes: Any,
                       sigma: float, n0: int, n: int, alpha: float, seed: int, subclips: bool, subclip_length: int,
                       subclip_stride: int, reduce: str, mode: str, stop: threading.Event | None = None) -> tuple:
-        clip, truth = self.clip_input(source, example, upload)
-        request = VideoRequest(model, sigma, n0, n, alpha, seed, subclips, subclip_length, subclip_stride, reduce, mode,
-                               arch or "", num_classes)
+        clip, truth = self.read(VIDEO, source, example, upload)
+        request = VideoRequest(model=model, sigma=sigma, n0=n0, n=n, alpha=alpha, seed=seed, reduce=reduce, mode=mode,
+                               arch=arch or "", num_classes=num_classes, subclips=subclips,
+                               subclip_length=subclip_length, subclip_stride=subclip_stride)
         result = self.certifier.certify_video(clip, request, truth=truth, stop=stop)
         return result.summary, result.shares, result.strip, result.votes_plot
 
@@ -213,9 +198,11 @@ class Handlers:
                              localized_model: str | None, arch: str, num_classes: Any, sigma: float, grid_rows: int,
                              grid_cols: int, sigma_min: float, sigma_max: float, n0: int, n: int, alpha: float, seed: int,
                              eps: str, stop: threading.Event | None = None) -> tuple:
-        image, truth = self.scene_input(source, example, upload)
-        request = SegmentationRequest(isotropic_model or "", localized_model or "", sigma, grid_rows, grid_cols,
-                                      sigma_min, sigma_max, n0, n, alpha, seed, eps, arch or "", num_classes)
+        image, truth = self.read(SEGMENTATION, source, example, upload)
+        request = SegmentationRequest(sigma=sigma, n0=n0, n=n, alpha=alpha, seed=seed, arch=arch or "",
+                                      num_classes=num_classes, isotropic_model=isotropic_model or "",
+                                      localized_model=localized_model or "", grid_rows=grid_rows, grid_cols=grid_cols,
+                                      sigma_min=sigma_min, sigma_max=sigma_max, eps=eps)
         result = self.certifier.certify_segmentation(image, request, truth=truth, stop=stop)
         by_name = {run.name: run for run in result.runs}
         pictures = []
@@ -235,7 +222,7 @@ def _offline_theme(gr: Any) -> Any:
                              font_mono=["ui-monospace", "Consolas", "monospace"])
 
 
-def _stoppable_handler(method: Callable[..., Any], gr: Any) -> Callable[..., Any]:
+def _stoppable_handler(method: Callable[..., Any], workers: Executor, gr: Any) -> Callable[..., Any]:
     """An async gradio handler around ``method``: its parameters (``stop`` aside) and a ``gr.Progress`` that follows
     the engine's tqdm bars; cancelling the event stops the run (see :func:`run_stoppable`)."""
     tracker = gr.Progress(track_tqdm=True)
@@ -243,7 +230,7 @@ def _stoppable_handler(method: Callable[..., Any], gr: Any) -> Callable[..., Any
     async def handler(*args: Any) -> Any:
         if args and isinstance(args[-1], gr.Progress):
             args = args[:-1]  # gradio passes the tracker positionally, where the signature below puts it
-        return await run_stoppable(method, *args)
+        return await run_stoppable(workers, method, *args)
 
     parameters = [p for name, p in inspect.signature(method).parameters.items() if name != "stop"]
     handler.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -260,8 +247,13 @@ def _source_inputs(gr: Any, kind: str, examples: list[tuple[str, int]], file_typ
     return source, example, upload
 
 
-def _model_inputs(gr: Any, catalog: ModelCatalog, task: str, default: str, label: str = "Model") -> Any:
-    choices = [(choice.label, choice.key) for choice in catalog.for_task(task)]
+SKIP = "none (skip this smoothing)"
+
+
+def _model_inputs(gr: Any, catalog: ModelCatalog, task: str, default: str, label: str = "Model",
+                  optional: bool = False) -> Any:
+    """The models the catalog offers for ``task`` (``optional``: with a first choice that skips it, value '')."""
+    choices = [(SKIP, "")] * optional + [(choice.label, choice.key) for choice in catalog.for_task(task)]
     value = default if any(key == default for _, key in choices) else (choices[0][1] if choices else None)
     return gr.Dropdown(choices=choices, value=value, label=label)
 
@@ -282,6 +274,17 @@ def _sampling_inputs(gr: Any, n0: int, n: int, alpha: float) -> tuple:
     return n0_box, n_box, alpha_box, seed
 
 
+def _view_inputs(gr: Any, size_label: str, size: int, stride_label: str, stride: int) -> tuple:
+    """Smooth-Reduce's views (patches or sub-clips): their size and stride, the reduction and the mode."""
+    with gr.Row():
+        size_box = gr.Number(value=size, precision=0, label=size_label)
+        stride_box = gr.Number(value=stride, precision=0, label=stride_label)
+    with gr.Row():
+        reduce = gr.Radio(list(REDUCTIONS), value="mean", label="reduce")
+        mode = gr.Dropdown(list(MODES), value="vote", label="mode")
+    return size_box, stride_box, reduce, mode
+
+
 def _buttons(gr: Any, elem: str) -> tuple[Any, Any]:
     with gr.Row():
         run = gr.Button("Certify", variant="primary", elem_id=f"{elem}-certify")
@@ -289,12 +292,15 @@ def _buttons(gr: Any, elem: str) -> tuple[Any, Any]:
     return run, cancel
 
 
-def _connect(gr: Any, run: Any, cancel: Any, handler: Callable[..., Any], inputs: list, outputs: list, name: str) -> None:
-    event = run.click(_stoppable_handler(handler, gr), inputs, outputs, api_name=name, concurrency_id=CONCURRENCY_ID)
+def _connect(gr: Any, run: Any, cancel: Any, handler: Callable[..., Any], workers: Executor, inputs: list, outputs: list,
+             name: str) -> None:
+    event = run.click(_stoppable_handler(handler, workers, gr), inputs, outputs, api_name=name,
+                      concurrency_id=CONCURRENCY_ID)
     cancel.click(None, None, None, cancels=[event], queue=False)
 
 
-def _previews(preview: Callable[..., Any], inputs: list, output: Any, name: str) -> None:
+def _previews(handlers: Handlers, kind: str, inputs: list, output: Any, name: str) -> None:
+    preview = functools.partial(handlers.preview, kind)
     source, example, upload = inputs
     for trigger in (source.change, example.change):
         trigger(preview, inputs, output, api_name=False, concurrency_limit=4)
@@ -310,18 +316,13 @@ def _image_tab(gr: Any, handlers: Handlers, catalog: ModelCatalog) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             source, example, upload = _source_inputs(gr, "test digit", examples, ["image"], "image")
-            preview = gr.Image(value=handlers.preview_image(EMBEDDED, 0, None), label="Input image", interactive=False,
+            preview = gr.Image(value=handlers.preview(IMAGE, EMBEDDED, 0, None), label="Input image", interactive=False,
                                height=180, elem_id="image-preview")
             model = _model_inputs(gr, catalog, IMAGE, "embedded:digits_cnn.sigma_0.25")
             arch, classes = _checkpoint_inputs(gr)
             method = gr.Radio(list(METHODS), value="Gaussian", label="Method")
             with gr.Accordion("Smooth-Reduce: overlapping patches", open=False):
-                with gr.Row():
-                    patch_size = gr.Number(value=24, precision=0, label="patch size (pixels)")
-                    patch_stride = gr.Number(value=8, precision=0, label="stride (pixels)")
-                with gr.Row():
-                    reduce = gr.Radio(["mean", "max"], value="mean", label="reduce")
-                    mode = gr.Dropdown(["vote", "smoothed", "probit-mean"], value="vote", label="mode")
+                patch_size, patch_stride, reduce, mode = _view_inputs(gr, "patch size (pixels)", 24, "stride (pixels)", 8)
             with gr.Accordion("Hierarchical: r changed pixels", open=False):
                 with gr.Row():
                     p = gr.Slider(0.5, 1.0, value=0.85, step=0.01, label="p (pixel selected and noised)")
@@ -332,15 +333,15 @@ def _image_tab(gr: Any, handlers: Handlers, catalog: ModelCatalog) -> None:
         with gr.Column(scale=3):
             summary = gr.Markdown("Press **Certify**.", elem_id="image-certificate")
             shares = gr.Label(label="Vote shares of the n draws (top classes)", num_top_classes=5)
-            picture = gr.Image(label="Input (Smooth-Reduce: each patch with its vote)", interactive=False,
+            picture = gr.Image(label="The input (Smooth-Reduce: each patch with its vote)", interactive=False,
                                elem_id="image-picture", height=300)
             budgets = gr.Dataframe(headers=["r (pixels changed)", "certified L2 budget ε"], value=[],
                                    label="Hierarchical: certified budget per number of changed pixels r",
                                    interactive=False)
-            plot = gr.Plot(label="What radius N samples can reach")
+            plot = gr.Plot(label="What radius N samples can reach", show_label=False)
     inputs = [source, example, upload]
-    _previews(handlers.preview_image, inputs, preview, "preview_image")
-    _connect(gr, run, cancel, handlers.certify_image,
+    _previews(handlers, IMAGE, inputs, preview, "preview_image")
+    _connect(gr, run, cancel, handlers.certify_image, handlers.workers,
              [*inputs, model, arch, classes, method, sigma, n0, n, alpha, seed, patch_size, patch_stride, reduce, mode,
               p, indicator], [summary, shares, picture, budgets, plot], "certify_image")
 
@@ -368,24 +369,19 @@ def _video_tab(gr: Any, handlers: Handlers, catalog: ModelCatalog) -> None:
             arch, classes = _checkpoint_inputs(gr)
             with gr.Accordion("Sub-clips along time (temporal Smooth-Reduce)", open=False):
                 subclips = gr.Checkbox(value=False, label="reduce over sub-clips")
-                with gr.Row():
-                    length = gr.Number(value=8, precision=0, label="length (frames)")
-                    stride = gr.Number(value=4, precision=0, label="stride (frames)")
-                with gr.Row():
-                    reduce = gr.Radio(["mean", "max"], value="mean", label="reduce")
-                    mode = gr.Dropdown(["vote", "smoothed", "probit-mean"], value="vote", label="mode")
+                length, stride, reduce, mode = _view_inputs(gr, "length (frames)", 8, "stride (frames)", 4)
             sigma = gr.Slider(0.01, 2.0, value=0.25, step=0.01, label="σ (noise std, [0, 1] pixel units)")
             n0, n, alpha, seed = _sampling_inputs(gr, 60, 600, 0.001)
             run, cancel = _buttons(gr, "video")
         with gr.Column(scale=3):
-            strip = gr.Image(value=handlers.preview_clip(EMBEDDED, 0, None), label="Frames", interactive=False,
-                             elem_id="video-frames")
+            strip = gr.Image(value=handlers.preview(VIDEO, EMBEDDED, 0, None), label="Frames", interactive=False,
+                             elem_id="video-frames", height=240)
             summary = gr.Markdown("Press **Certify**.", elem_id="video-certificate")
             shares = gr.Label(label="Vote shares of the n draws (top classes)", num_top_classes=5)
-            votes = gr.Plot(label="Votes along time")
+            votes = gr.Plot(label="Votes along time", show_label=False)
     inputs = [source, example, upload]
-    _previews(handlers.preview_clip, inputs, strip, "preview_clip")
-    _connect(gr, run, cancel, handlers.certify_video,
+    _previews(handlers, VIDEO, inputs, strip, "preview_clip")
+    _connect(gr, run, cancel, handlers.certify_video, handlers.workers,
              [*inputs, model, arch, classes, sigma, n0, n, alpha, seed, subclips, length, stride, reduce, mode],
              [summary, shares, strip, votes], "certify_video")
 
@@ -395,13 +391,13 @@ def _segmentation_tab(gr: Any, handlers: Handlers, catalog: ModelCatalog) -> Non
     with gr.Row():
         with gr.Column(scale=2):
             source, example, upload = _source_inputs(gr, "test scene", examples, ["image"], "segmentation")
-            preview = gr.Image(value=handlers.preview_scene(EMBEDDED, 0, None), label="Input image", interactive=False,
+            preview = gr.Image(value=handlers.preview(SEGMENTATION, EMBEDDED, 0, None), label="Input image", interactive=False,
                                height=180)
             isotropic = _model_inputs(gr, catalog, SEGMENTATION, "embedded:digits_segnet.sigma_0.25",
-                                      "Isotropic smoothing: model (clear it to skip)")
+                                      "Isotropic smoothing: model", optional=True)
             sigma = gr.Slider(0.01, 2.0, value=0.25, step=0.01, label="σ (isotropic)")
             localized = _model_inputs(gr, catalog, SEGMENTATION, "embedded:digits_segnet_localized.grid_3x3_sigma_0.25_1.00",
-                                      "Localized smoothing: model (clear it to skip)")
+                                      "Localized smoothing: model", optional=True)
             with gr.Row():
                 rows = gr.Number(value=3, precision=0, label="grid rows")
                 cols = gr.Number(value=3, precision=0, label="grid columns")
@@ -416,16 +412,16 @@ def _segmentation_tab(gr: Any, handlers: Handlers, catalog: ModelCatalog) -> Non
                                   "own n0 + n draws.", elem_id="segmentation-certificate")
             with gr.Row():
                 iso_mask = gr.Image(label="Isotropic: predicted mask (magenta: abstained)", interactive=False)
-                iso_heat = gr.Plot(label="Isotropic: radius per pixel")
+                iso_heat = gr.Plot(label="Isotropic: radius per pixel", show_label=False)
             with gr.Row():
                 loc_mask = gr.Image(label="Localized: predicted mask (magenta: abstained)", interactive=False)
-                loc_heat = gr.Plot(label="Localized: radius per pixel")
-            curve = gr.Plot(label="Certified pixel ratio against ε")
+                loc_heat = gr.Plot(label="Localized: radius per pixel", show_label=False)
+            curve = gr.Plot(label="Certified pixel ratio against ε", show_label=False)
             table = gr.Dataframe(headers=["smoothing", "ε", "certified per pixel", "certified collectively"], value=[],
                                  interactive=False, label="Certified pixels")
     inputs = [source, example, upload]
-    _previews(handlers.preview_scene, inputs, preview, "preview_scene")
-    _connect(gr, run, cancel, handlers.certify_segmentation,
+    _previews(handlers, SEGMENTATION, inputs, preview, "preview_scene")
+    _connect(gr, run, cancel, handlers.certify_segmentation, handlers.workers,
              [*inputs, isotropic, localized, arch, classes, sigma, rows, cols, sigma_min, sigma_max, n0, n, alpha, seed,
               eps], [summary, iso_mask, iso_heat, loc_mask, loc_heat, curve, table], "certify_segmentation")
 
@@ -433,7 +429,7 @@ def _segmentation_tab(gr: Any, handlers: Handlers, catalog: ModelCatalog) -> Non
 def build_app(certifier: AppCertifier, config: AppConfig = AppConfig()) -> Any:
     """The page (a ``gr.Blocks``) with its queue set up; launch it with :func:`launch_app` or ``.launch``."""
     gr = _gradio()
-    handlers = Handlers(certifier)
+    handlers = Handlers(certifier, config.concurrency)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
         with gr.Tab("Image"):

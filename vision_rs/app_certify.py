@@ -321,7 +321,7 @@ def certificate_markdown(cert: Certificate, names: pictures.ClassNames, what: st
         ("seed", str(cert.seed)),
         ("time", f"{cert.seconds:.2f} s"),
     ]
-    table = "\n".join(["| | |", "|---|---|", *[f"| {key} | {value} |" for key, value in rows]])
+    table = "\n".join(["| certificate | |", "|---|---|", *[f"| {key} | {value} |" for key, value in rows]])
     extra = "".join(f"\n\n{note}" for note in notes if note)
     return f"{head}\n\n{table}{extra}"
 
@@ -337,52 +337,53 @@ def sigma_note(choice: ModelChoice, sigma: float) -> str:
 
 
 @dataclass(frozen=True)
-class ImageRequest:
-    """The image tab's settings (σ in [0, 1] pixel units; patch sizes in pixels of the input)."""
+class SamplingRequest:
+    """What every tab asks: σ (in [0, 1] pixel units; σ_min for localized smoothing), the sampling, and the
+    architecture of a checkpoint model (a timm, torchvision: or embedded name) with its class count."""
 
-    model: str = "embedded:digits_cnn.sigma_0.25"
-    method: str = "Gaussian"
     sigma: float = 0.25
     n0: int = 100
     n: int = 1000
     alpha: float = 0.001
     seed: int = 0
+    arch: str = ""
+    num_classes: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageRequest(SamplingRequest):
+    """The image tab's settings (patch sizes in pixels of the input)."""
+
+    model: str = "embedded:digits_cnn.sigma_0.25"
+    method: str = "Gaussian"
     patch_size: int = 24
     patch_stride: int = 8
     reduce: str = "mean"
     mode: str = "vote"
     p: float = 0.85
     indicator: bool = True
-    arch: str = ""
-    num_classes: int | None = None
 
 
 @dataclass(frozen=True)
-class VideoRequest:
+class VideoRequest(SamplingRequest):
     """The video tab's settings; sub-clips along time are temporal Smooth-Reduce."""
 
     model: str = "embedded:digits_c3d.sigma_0.25"
-    sigma: float = 0.25
     n0: int = 60
     n: int = 600
-    alpha: float = 0.001
-    seed: int = 0
     subclips: bool = False
     subclip_length: int = 8
     subclip_stride: int = 4
     reduce: str = "mean"
     mode: str = "vote"
-    arch: str = ""
-    num_classes: int | None = None
 
 
 @dataclass(frozen=True)
-class SegmentationRequest:
+class SegmentationRequest(SamplingRequest):
     """The segmentation tab's settings: an isotropic model, a localized one, or both (each may be '' to skip)."""
 
     isotropic_model: str = "embedded:digits_segnet.sigma_0.25"
     localized_model: str = "embedded:digits_segnet_localized.grid_3x3_sigma_0.25_1.00"
-    sigma: float = 0.25
     grid_rows: int = 3
     grid_cols: int = 3
     sigma_min: float = 0.25
@@ -390,10 +391,7 @@ class SegmentationRequest:
     n0: int = 10
     n: int = 100
     alpha: float = 0.01
-    seed: int = 0
     eps: str = "0, 0.1, 0.25, 0.5, 0.75, 1.0"
-    arch: str = ""
-    num_classes: int | None = None
 
 
 @dataclass
@@ -462,7 +460,7 @@ class AppCertifier:
         choice = self.catalog.get(key, task)
         return choice, self.catalog.load(choice, arch, classes), classes
 
-    def _counts(self, request: ImageRequest | VideoRequest | SegmentationRequest) -> tuple[int, int, int]:
+    def _counts(self, request: SamplingRequest) -> tuple[int, int, int]:
         return (whole(request.n0, "n0", 1, self.limits.max_n0), whole(request.n, "n", 1, self.limits.max_n),
                 whole(request.seed, "seed", 0))
 
@@ -555,7 +553,7 @@ class AppCertifier:
                              stop: threading.Event | None = None) -> SegmentationResult:
         """Certify every pixel of one image with the isotropic model, the localized one, or both, and count the
         pixels certified at each ε (per pixel, and collectively for localized smoothing)."""
-        from .segmentation import Localized, smooth
+        from .segmentation import Localized, check_label_map, smooth
 
         n0, n, seed = self._counts(request)
         eps = parse_eps(request.eps, self.limits.max_eps)
@@ -573,27 +571,16 @@ class AppCertifier:
         table: list[list[Any]] = []
         notes = []
         for name, key, smoothing in plans:
-            choice, model, classes = self._model(key, SEGMENTATION, request.arch, request.num_classes)
+            choice, model, _ = self._model(key, SEGMENTATION, request.arch, request.num_classes)
             smoothed = smooth(model, **smoothing, **self._options())
             with stoppable([smoothed.base], stop):
                 cert = smoothed.certify(image, n0=n0, n=n, alpha=request.alpha, seed=seed)
             if truth is not None:
-                from .segmentation import check_label_map
-
                 truth = check_label_map(truth, cert.shape, cert.num_classes)
-            counted = int((truth != 255).sum()) if truth is not None else int(cert.abstained.size)
-            per_pixel = [int(cert.certified(e, truth).sum()) for e in eps]
-            curves[f"{name}, per pixel" if name == "localized" else name] = (eps, [c / counted for c in per_pixel])
-            rows = {e: [name, e, c] for e, c in zip(eps, per_pixel)}
-            if name == "localized":
-                pixels = int(cert.abstained.size)
-                collective = cert.collective(eps, labels=truth, bins=COLLECTIVE_BINS if pixels > COLLECTIVE_BINS_ABOVE else None)
-                curves["localized, collective"] = (eps, [c.certified / counted for c in collective])
-                for e, c in zip(eps, collective):
-                    rows[e].append(c.certified)
-            for row in rows.values():
-                table.append(row + [None] * (4 - len(row)))
-            title = f"{name}: certified radius per pixel (median {np.median(cert.radii[~cert.abstained]) if (~cert.abstained).any() else 0:.3f})"
+            run_curves, rows = _eps_counts(name, cert, eps, truth)
+            curves.update(run_curves)
+            table += rows
+            title = f"{name}: certified radius per pixel (median {_median_radius(cert):.3f})"
             runs.append(SegmentationRun(name, cert, pictures.mask_picture(cert.labels, cert.abstained, cert.num_classes),
                                         pictures.radius_heatmap(cert.radii, cert.abstained, title)))
             notes.append(_segmentation_line(name, choice, cert, truth))
@@ -608,17 +595,40 @@ class AppCertifier:
         return SegmentationResult(runs, summary, curves, pictures.eps_plot(curves, what), table)
 
 
+def _median_radius(cert: Any) -> float:
+    kept = cert.radii[~cert.abstained]
+    return float(np.median(kept)) if kept.size else 0.0
+
+
+def _eps_counts(name: str, cert: Any, eps: list[float], truth: np.ndarray | None) -> tuple[dict, list[list[Any]]]:
+    """Pixels certified (correct ones, with ``truth``) at each ε, each on its own and, for localized smoothing,
+    collectively: {curve name: (ε, ratio to the labelled pixels)} and the table's rows."""
+    from .segmentation import IGNORE_INDEX
+
+    counted = max(1, int((truth != IGNORE_INDEX).sum()) if truth is not None else int(cert.abstained.size))
+    per_pixel = [int(cert.certified(e, truth).sum()) for e in eps]
+    counts = {f"{name}, per pixel" if cert.localized else name: per_pixel}
+    collective: list[Any] = [None] * len(eps)
+    if cert.localized:
+        bins = COLLECTIVE_BINS if cert.abstained.size > COLLECTIVE_BINS_ABOVE else None
+        collective = [c.certified for c in cert.collective(eps, labels=truth, bins=bins)]
+        counts[f"{name}, collective"] = collective
+    curves = {label: (eps, [count / counted for count in values]) for label, values in counts.items()}
+    return curves, [[name, e, p, c] for e, p, c in zip(eps, per_pixel, collective)]
+
+
 def _segmentation_line(name: str, choice: ModelChoice, cert: Any, truth: np.ndarray | None) -> str:
     pixels = int(cert.abstained.size)
-    kept = cert.radii[~cert.abstained]
     line = (f"**{name}** ({choice.name or choice.label}, σ = {cert.sigma:g}"
             + (f", grid {cert.localized['grid'][0]}×{cert.localized['grid'][1]}, σ_max = {cert.localized['sigma_max']:g}"
                if cert.localized else "")
             + f"): {int(cert.abstained.sum()):,} of {pixels:,} pixels abstain (magenta); median radius "
-            f"{float(np.median(kept)) if kept.size else 0.0:.3f}; n0 = {cert.n0}, n = {cert.n} per "
+            f"{_median_radius(cert):.3f}; n0 = {cert.n0}, n = {cert.n} per "
             f"{'output cell' if cert.localized else 'image'}, α = {cert.alpha:g} for the whole mask; {cert.seconds:.1f} s")
     if truth is not None:
-        labelled = truth != 255
+        from .segmentation import IGNORE_INDEX
+
+        labelled = truth != IGNORE_INDEX
         correct = int(((cert.labels == truth) & ~cert.abstained & labelled).sum())
         line += f"; {correct:,} of {int(labelled.sum()):,} labelled pixels correct"
     return line

@@ -140,7 +140,7 @@ class ModelCatalog:
     """The models the app offers, and a small cache of the loaded ones (shared by every user; read-only use)."""
 
     choices: dict[str, ModelChoice]
-    loaded_limit: int = 3
+    loaded_limit: int = 4
     """Loaded models kept in memory (least recently used dropped first)."""
     extra_loaders: dict[str, Callable[[], nn.Module]] = field(default_factory=dict)
     """Key → function building the model, for choices that are not built by name (tests, embedding applications)."""

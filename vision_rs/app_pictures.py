@@ -80,19 +80,20 @@ def patch_grid(
     return picture
 
 
-def frame_strip(clip: torch.Tensor, most: int = 16) -> Image.Image:
-    """Up to ``most`` frames of a clip [T, C, H, W] side by side (evenly spaced), each scaled up like an image."""
+def frame_strip(clip: torch.Tensor, most: int = 16, columns: int = 8, side: int = 96) -> Image.Image:
+    """Up to ``most`` frames of a clip [T, C, H, W] (evenly spaced) in rows of ``columns``, each scaled (nearest
+    neighbour) to ``side`` pixels high."""
     frames = clip.shape[0]
     chosen = np.unique(np.linspace(0, frames - 1, min(most, frames)).round().astype(int))
-    pictures = [enlarged(clip[int(t)])[0] for t in chosen]
-    gap = 4
-    width = sum(p.width for p in pictures) + gap * (len(pictures) - 1)
-    strip = Image.new("RGB", (width, pictures[0].height), (255, 255, 255))
-    x = 0
-    for picture in pictures:
-        strip.paste(picture, (x, 0))
-        x += picture.width + gap
-    return strip
+    height, width = clip.shape[-2:]
+    size = (max(1, round(width * side / height)), side)
+    pictures = [Image.fromarray(as_uint8_hwc(clip[int(t)]), "RGB").resize(size, Image.Resampling.NEAREST) for t in chosen]
+    gap, cols = 4, min(columns, len(pictures))
+    rows = -(-len(pictures) // cols)
+    sheet = Image.new("RGB", (cols * size[0] + gap * (cols - 1), rows * size[1] + gap * (rows - 1)), (255, 255, 255))
+    for i, picture in enumerate(pictures):
+        sheet.paste(picture, ((i % cols) * (size[0] + gap), (i // cols) * (size[1] + gap)))
+    return sheet
 
 
 def palette(classes: int) -> np.ndarray:
@@ -178,4 +179,5 @@ def eps_plot(curves: dict[str, tuple[Sequence[float], Sequence[float]]], ylabel:
     axes.grid(alpha=0.3)
     if curves:
         axes.legend(fontsize=8)
+    axes.set_title("certified pixels against the L2 budget ε", fontsize=9)
     return figure
