@@ -4,6 +4,7 @@ only when no browser is installed)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -364,6 +365,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     (models / "secret.safetensors").write_bytes(b"not served")
     config = AppConfig(port=_free_port(), models_dir=str(models), local_caches=False, device="cpu", queue_size=2,
                        limits=AppLimits(max_file_size=200_000))
+    before = os.environ.pop("GRADIO_TEMP_DIR", None)
     catalog = ModelCatalog.scan(models, local_caches=False)
     counting = CountingCNN()
     catalog.add(ModelChoice("test:counting", "counts its forward passes", IMAGE, "counting"), loader=lambda: counting)
@@ -371,6 +373,10 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     assert demo.server_name == "127.0.0.1" and not demo.share, "localhost only, no public link, unless asked"
     yield url, models, counting
     demo.close()
+    shutil.rmtree(os.environ["GRADIO_TEMP_DIR"], ignore_errors=True)
+    os.environ.pop("GRADIO_TEMP_DIR")
+    if before is not None:
+        os.environ["GRADIO_TEMP_DIR"] = before
 
 
 class CountingCNN(DigitsCNN):
@@ -412,8 +418,6 @@ def test_http_corrupt_upload_returns_our_error(server, tmp_path: Path) -> None:
 
 
 def test_http_serves_no_file_outside_its_own(server, tmp_path: Path) -> None:
-    import os
-
     import httpx
 
     url, models, _ = server

@@ -21,6 +21,7 @@ import functools
 import inspect
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -442,15 +443,17 @@ def build_app(certifier: AppCertifier, config: AppConfig = AppConfig()) -> Any:
     return demo
 
 
-def private_upload_folder() -> Path:
-    """Point gradio's upload and output folder at a new private folder (mode 0700), unless GRADIO_TEMP_DIR is set.
+def private_upload_folder() -> tuple[Path, bool]:
+    """Point gradio's upload and output folder at a new private folder (mode 0700), unless GRADIO_TEMP_DIR is set;
+    return the folder and whether it was made here.
 
     Gradio serves the files of that folder (and nothing else of ours): with a folder of its own, the app serves
     no file another program or an earlier run put into the shared default (/tmp/gradio).
     """
-    if not os.environ.get("GRADIO_TEMP_DIR"):
+    made = not os.environ.get("GRADIO_TEMP_DIR")
+    if made:
         os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="vision-rs-app-")
-    return Path(os.environ["GRADIO_TEMP_DIR"])
+    return Path(os.environ["GRADIO_TEMP_DIR"]), made
 
 
 def blocked_paths(config: AppConfig) -> list[str]:
@@ -465,8 +468,9 @@ def blocked_paths(config: AppConfig) -> list[str]:
 
 def launch_app(config: AppConfig = AppConfig(), *, block: bool = True, catalog: ModelCatalog | None = None,
                certifier: AppCertifier | None = None) -> tuple[Any, str]:
-    """Build and serve the app; returns (the running ``gr.Blocks``, its local URL). ``block``: serve until Ctrl+C."""
-    private_upload_folder()
+    """Build and serve the app; returns (the running ``gr.Blocks``, its local URL). ``block``: serve until Ctrl+C,
+    then remove the upload folder made for this server."""
+    folder, made = private_upload_folder()
     gr = _gradio()
     if certifier is None:
         catalog = catalog or ModelCatalog.scan(config.models_dir, local_caches=config.local_caches)
@@ -485,4 +489,6 @@ def launch_app(config: AppConfig = AppConfig(), *, block: bool = True, catalog: 
             demo.block_thread()
         finally:
             demo.close()
+            if made:
+                shutil.rmtree(folder, ignore_errors=True)
     return demo, url
