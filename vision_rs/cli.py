@@ -1,4 +1,4 @@
-"""The ``vision-rs`` command line: ``certify``, ``report``, ``demo``, ``models``.
+"""The ``vision-rs`` command line: ``certify``, ``report``, ``demo``, ``app``, ``models``.
 
 Importing this module does not import torch: ``vision-rs --help`` and ``--version`` answer at once.
 """
@@ -348,6 +348,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--limit", type=POSITIVE, help="certify only the first LIMIT test inputs (video default: 30)")
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
 
+    app = commands.add_parser(
+        "app",
+        help="serve the Gradio app: certify images, clips and segmentation masks in the browser (needs vision-rs[demo])",
+        description="Serve the vision-rs app on this machine: an image, a video and a segmentation tab, offline on the "
+        "embedded models and examples, with any timm / torchvision model whose weights are in the local caches, and "
+        "with the checkpoints of --models DIR. It prints the URL to open.",
+        epilog=UNITS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    app.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 serves the network)")
+    app.add_argument("--port", type=_at_least(1), help="port (default: 7860, or the next free one)")
+    app.add_argument("--models", type=Path, metavar="DIR",
+                     help="offer the checkpoint files in DIR (the page never takes a path)")
+    app.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs the internet)")
+    app.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    app.add_argument("--max-file-size", type=parse_bytes, default=20 << 20, metavar="SIZE",
+                     help="largest upload, e.g. 20MiB (default: 20MiB)")
+    app.add_argument("--queue-size", type=POSITIVE, default=16, help="requests that may wait in the queue (default: 16)")
+    app.add_argument("--concurrency", type=POSITIVE, default=1, help="certifications that run at once (default: 1)")
+
     commands.add_parser(
         "models", help="list the embedded models and how to name any timm / torchvision model or checkpoint",
         description="List the embedded models (offline) and how other models are named.", allow_abbrev=False,
@@ -662,6 +684,20 @@ def _segmentation_demo(args: argparse.Namespace) -> None:
         print(f"plots skipped: {result.plot_skipped}")
 
 
+def _app(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from .app import AppConfig, launch_app
+    from .app_certify import AppLimits
+
+    if args.models is not None and not args.models.is_dir():
+        raise InvalidParameterError(f"--models {args.models}: no such folder")
+    config = AppConfig(host=args.host, port=args.port, models_dir=str(args.models) if args.models else None,
+                       share=args.share, device=args.device, queue_size=args.queue_size, concurrency=args.concurrency,
+                       limits=replace(AppLimits(), max_file_size=args.max_file_size))
+    launch_app(config)
+
+
 def _models(args: argparse.Namespace) -> None:
     from .embedded import describe_embedded_models
 
@@ -756,7 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory_in_process()
     _configure_logging(args.verbose)
     handlers = {"certify": _certify, "certify-video": _certify_video, "certify-seg": _certify_seg, "report": _report,
-                "demo": _demo, "models": _models}
+                "demo": _demo, "app": _app, "models": _models}
     try:
         handlers[args.command](args)
     except VisionRSError as exc:
