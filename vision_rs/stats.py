@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 
 from scipy.optimize import brentq
-from scipy.stats import beta, binomtest
+from scipy.special import betaincinv
+from scipy.stats import binomtest
 
 from .errors import InvalidParameterError
 from .params import check_alpha
@@ -32,7 +33,8 @@ def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
     alpha = check_alpha(alpha)
     if successes == 0:
         return 0.0
-    return float(beta.ppf(alpha, successes, trials - successes + 1))
+    # the Beta quantile (scipy.stats.beta.ppf gives the same bits, 25x slower; sequential runs compute it at every look)
+    return float(betaincinv(successes, trials - successes + 1, alpha))
 
 
 def clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:
@@ -41,7 +43,7 @@ def clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:
     alpha = check_alpha(alpha)
     if successes == trials:
         return 1.0
-    return float(beta.ppf(1.0 - alpha, successes + 1, trials - successes))
+    return float(betaincinv(successes + 1, trials - successes, 1.0 - alpha))
 
 
 def top_two_pvalue(count_top: int, count_second: int) -> float:
