@@ -58,16 +58,21 @@ def certify_video_dataset(
     radii: Sequence[float] = DEFAULT_RADII,
     class_to_idx: Mapping[str, int] | None = None,
     progress: bool = True,
+    radius: float | None = None,
+    sequential: bool = False,
+    tolerance: float | None = None,
 ) -> Summary:
     """Certify every clip of ``data`` and write ``out`` (Cohen's TSV) and its ``.jsonl`` (run record + certificates).
 
     ``data``: video files and folders (class folders label them, as for images) read with ``reading``, or
     a sequence / Dataset of ``(clip, label)``. Every file is read and checked against the memory budget
     before anything is written; clip ``idx`` is certified with seed ``seed + idx``; rerunning resumes.
-    Each row records which backend read the clip and which frames.
+    Each row records which backend read the clip and which frames. ``radius=r`` or ``sequential=True,
+    tolerance=τ``: sequential certification, as for :func:`vision_rs.certify_dataset`.
     """
     kind = FileKind("video", VIDEO_SUFFIXES, reading.read)
     return certify_classification_dataset(
         smoothed, data, out, task="video-classification", kind=kind, settings={"reading": reading.describe()},
         n0=n0, n=n, alpha=alpha, seed=seed, radii=radii, class_to_idx=class_to_idx, progress=progress,
+        radius=radius, sequential=sequential, tolerance=tolerance,
     )
