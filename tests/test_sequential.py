@@ -24,7 +24,7 @@ from vision_rs.engine import EngineConfig, VoteTally, look_schedule, sample
 from vision_rs.errors import OutputPathError
 from vision_rs.noise import GaussianNoise
 from vision_rs.runs import read_jsonl
-from vision_rs.sequential import project_counts, sequential_goal
+from vision_rs.sequential import project_counts, replay, sequential_goal
 from vision_rs.stats import (
     FINAL_SHARE, alpha_spent, clopper_pearson_lower, clopper_pearson_upper, confidence_sequence_lower,
     confidence_sequence_upper, look_alpha,
@@ -266,11 +266,7 @@ def replayed(smoothed: vision_rs.SmoothedClassifier, image: torch.Tensor, seed: 
     votes(n, "estimate", stop=lambda counts, draws: looks.append((counts.copy(), draws)) or False)
     outcomes = []
     for goal in goals:
-        rule = smoothed._stopping_rule(sequential_goal(**goal), candidate, view, n, 0.001)
-        for counts, draws in looks:
-            if rule(counts, draws):
-                break
-        outcomes.append(rule.stopped)
+        outcomes.append(replay(smoothed._stopping_rule(sequential_goal(**goal), candidate, view, n, 0.001), looks))
     return outcomes
 
 

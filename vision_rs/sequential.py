@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,3 +191,17 @@ class StoppingRule:
         rate = clopper_pearson_upper(int(counts[self.candidate]), draws, level)
         projected = project_counts(counts, self.candidate, self.horizon - draws, rate)
         return self.certify(projected, self.horizon, self.alpha - alpha_spent(draws, self.horizon, self.alpha))
+
+
+def replay(rule: StoppingRule, looks: Iterable[tuple[np.ndarray, int]]) -> Stopped:
+    """Feed recorded looks (counts, draws) to a fresh ``rule`` until it stops, and return where.
+
+    The looks of a fixed-n run recorded through the engine's ``stop`` callback (one that never stops) are exactly
+    the looks a sequential run with the same seed and batch plan sees, so this gives exactly its outcome.
+    """
+    for counts, draws in looks:
+        if rule(counts, draws):
+            break
+    if rule.stopped is None:
+        raise InvalidParameterError("the recorded looks end before the budget n: record the whole fixed-n run")
+    return rule.stopped
