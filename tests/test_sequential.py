@@ -31,25 +31,18 @@ from vision_rs.stats import (
 )
 from vision_rs.views import WholeImage
 
-from tests.conftest import LinearTwoClass
+from tests.conftest import FALSE_FAILURE, LinearTwoClass, binomial_tolerance
 from tests.test_hierarchical import CHANNELS, SIDE, SOUND_SIGMA, ExactLinear
 
 SIGMA = 0.5
 ALPHA = 0.05
-FALSE_FAILURE = 1e-4
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tolerance(trials: int, alpha: float = ALPHA) -> float:
-    """Failures a sound α-level procedure exceeds with probability ≤ 1e-4."""
-    return binom.ppf(1 - FALSE_FAILURE, trials, alpha)
+def tolerance(trials: int) -> int:
+    """Failures a sound α-level procedure exceeds with probability ≤ 1e-4 (α = ALPHA)."""
+    return binomial_tolerance(trials, ALPHA)
 
 
 # ------------------------------------------------------------------ the confidence sequence, exactly
