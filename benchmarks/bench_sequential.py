@@ -101,12 +101,14 @@ def record_and_replay(smoothed: SmoothedClassifier, image: torch.Tensor, n0: int
     return fixed.label, fixed.radius, outcomes
 
 
-def verify(smoothed: SmoothedClassifier, image: torch.Tensor, result: ImageResult, n0: int, n: int, alpha: float, seed: int) -> list[str]:
+def verify(smoothed: SmoothedClassifier, image: torch.Tensor, result: ImageResult, n0: int, n: int, alpha: float,
+           seed: int) -> list[str]:
     """Rerun the image with the real certify calls; return the mismatches with the replay (none expected)."""
     problems = []
     fixed = smoothed.certify(image, n0=n0, n=n, alpha=alpha, seed=seed)
     if (fixed.label, fixed.radius) != (result.fixed_label, result.fixed_radius):
-        problems.append(f"image {result.idx} fixed: certify {fixed.label, fixed.radius} vs recorded {result.fixed_label, result.fixed_radius}")
+        problems.append(f"image {result.idx} fixed: certify {fixed.label, fixed.radius} "
+                        f"vs recorded {result.fixed_label, result.fixed_radius}")
     for name, kwargs in goals().items():
         cert = smoothed.certify(image, n0=n0, n=n, alpha=alpha, seed=seed, **kwargs)
         got = (cert.label, cert.radius, cert.n_used, cert.stopped)

@@ -43,7 +43,8 @@ def mixture_lower(successes: int, draws: int, alpha: float) -> float:
         return 0.0
 
     def excess(p: float) -> float:
-        return betaln(1 + successes, 1 + draws - successes) - successes * math.log(p) - (draws - successes) * math.log1p(-p) - math.log(1 / alpha)
+        log_mixture = betaln(1 + successes, 1 + draws - successes) - successes * math.log(p) - (draws - successes) * math.log1p(-p)
+        return log_mixture - math.log(1 / alpha)
 
     top = min(mean, 1 - 1e-16)
     if excess(top) > 0:

@@ -237,7 +237,8 @@ def test_hierarchical_sequential_budgets_exceed_the_true_budget_at_most_alpha_of
 # ------------------------------------------------------------------ decisions, replays, methods
 
 
-@pytest.mark.parametrize(("distance", "radius", "certified"), [(1.0, 0.25, True), (-1.0, 0.25, True), (0.1, 0.5, False), (0.0, 0.25, False)])
+@pytest.mark.parametrize(("distance", "radius", "certified"),
+                         [(1.0, 0.25, True), (-1.0, 0.25, True), (0.1, 0.5, False), (0.0, 0.25, False)])
 def test_decision_mode_agrees_with_fixed_n_on_clear_cases_and_stops_early(linear_setup, distance, radius, certified) -> None:
     model, image = linear_setup
     smoothed = vision_rs.smooth(at_distance(model, image, distance), sigma=SIGMA, batch_size=100, progress=False)
@@ -273,7 +274,8 @@ def test_replaying_one_fixed_run_gives_exactly_what_sequential_runs_give(linear_
     for seed in range(2):
         for goal, stopped in zip(goals, replayed(smoothed, image, seed, 5000, goals)):
             cert = smoothed.certify(image, n0=100, n=5000, alpha=0.001, seed=seed, **goal)
-            assert (cert.n_used, cert.radius, cert.label, cert.stopped) == (stopped.draws, stopped.bound.radius, stopped.bound.label, stopped.reason)
+            replayed_outcome = (stopped.draws, stopped.bound.radius, stopped.bound.label, stopped.reason)
+            assert (cert.n_used, cert.radius, cert.label, cert.stopped) == replayed_outcome
 
 
 def test_smooth_reduce_vote_and_video_certify_sequentially(linear_setup) -> None:
@@ -370,7 +372,8 @@ def test_cli_sequential_certify_then_report_prints_samples_spent(tmp_path: Path,
     assert main([*common, "--radius", "0.25"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].endswith("\tn_used") and all(int(line.split("\t")[-1]) < 2000 for line in lines[1:])
-    for bad, message in ((["--radius", "0.25", "--sequential"], "choose one of --radius R"), (["--tolerance", "0.1"], "--tolerance needs --sequential"),
+    for bad, message in ((["--radius", "0.25", "--sequential"], "choose one of --radius R"),
+                         (["--tolerance", "0.1"], "--tolerance needs --sequential"),
                          (["--radius", "0"], "--radius must be a finite number > 0")):
         assert main([*common, *bad]) == 2
         assert message in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Sequential certification: stop drawing noise as soon as the answer is known (docs/theory.md, "Sequential").
+"""Sequential certification: stop drawing noise as soon as the answer is known (docs/theory.md, same heading).
 
 Two goals, checked by the engine between batches on a geometric schedule of looks:
 
@@ -31,7 +31,8 @@ from .stats import FINAL_SHARE, SPENDING_SCALE, alpha_spent, clopper_pearson_upp
 DEFAULT_TOLERANCE = 0.02
 """Relative radius tolerance of ``sequential=True`` when none is given."""
 
-CERTIFIED, NOT_CERTIFIED, WITHIN_TOLERANCE, ABSTAINS, BUDGET = "certified", "not certified", "within tolerance", "abstains", "budget"
+CERTIFIED, NOT_CERTIFIED, WITHIN_TOLERANCE = "certified", "not certified", "within tolerance"
+ABSTAINS, BUDGET = "abstains", "budget"
 """Why a sequential certification stopped (``Certificate.stopped``); ``budget``: it used all n draws."""
 
 
