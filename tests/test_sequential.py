@@ -390,3 +390,16 @@ def test_certificates_without_n_used_still_load(tmp_path: Path) -> None:
     from vision_rs.summaries import sample_use
 
     assert sample_use([c for _, c in read_certificates(path)]) is None
+
+
+def test_certify_video_cli_decides_a_radius_and_records_it(tmp_path: Path) -> None:
+    from vision_rs.embedded.clips import write_clips
+
+    write_clips(tmp_path / "clips", "test", limit=1)
+    out = tmp_path / "clips.tsv"
+    assert main(["certify-video", str(tmp_path / "clips"), "--model", "digits_c3d.sigma_0.25", "--sigma", "0.25",
+                 "--n0", "10", "--n", "2000", "--radius", "0.25", "--batch-size", "32", "--device", "cpu", "--out", str(out),
+                 "--no-progress"]) == 0
+    record, rows = read_jsonl(out.with_suffix(".jsonl"))
+    assert record["kind"] == "video-classification" and record["sequential"]["radius"] == 0.25
+    assert rows[0]["certificate"]["decision"] and rows[0]["certificate"]["n_used"] < 2000
