@@ -59,6 +59,9 @@ def certify_video_dataset(
     class_to_idx: Mapping[str, int] | None = None,
     progress: bool = True,
     distributed: bool | None = None,
+    radius: float | None = None,
+    sequential: bool = False,
+    tolerance: float | None = None,
 ) -> Summary:
     """Certify every clip of ``data`` and write ``out`` (Cohen's TSV) and its ``.jsonl`` (run record + certificates).
 
@@ -66,11 +69,12 @@ def certify_video_dataset(
     a sequence / Dataset of ``(clip, label)``. Every file is read and checked against the memory budget
     before anything is written; clip ``idx`` is certified with seed ``seed + idx``; rerunning resumes.
     Each row records which backend read the clip and which frames. Under torchrun the clips are shared out
-    over the processes as for images (``distributed``: see :func:`vision_rs.certify_dataset`).
+    over the processes as for images (``distributed``: see :func:`vision_rs.certify_dataset`). ``radius=r`` or
+    ``sequential=True, tolerance=τ``: sequential certification, as for :func:`vision_rs.certify_dataset`.
     """
     kind = FileKind("video", VIDEO_SUFFIXES, reading.read)
     return certify_classification_dataset(
         smoothed, data, out, task="video-classification", kind=kind, settings={"reading": reading.describe()},
         n0=n0, n=n, alpha=alpha, seed=seed, radii=radii, class_to_idx=class_to_idx, progress=progress,
-        distributed=distributed,
+        distributed=distributed, radius=radius, sequential=sequential, tolerance=tolerance,
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import brentq
-from scipy.stats import norm
+from scipy.special import ndtr, ndtri
 
 from .params import check_changed_pixels, check_selection_probability, check_sigma
 from .stats import clopper_pearson_lower, clopper_pearson_upper, mean_lower_bound, mean_upper_bound
@@ -26,7 +26,7 @@ def gaussian_radius(p_lower: float, sigma: float) -> float:
     sigma = check_sigma(sigma)
     if p_lower <= 0.5:
         return 0.0
-    return float(sigma * norm.ppf(p_lower))
+    return float(sigma * ndtri(p_lower))  # ndtri = Φ⁻¹ = norm.ppf, without its per-call overhead
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def hierarchical_certify(candidate: int, counts: Sequence[int], sigma: float, al
 
 
 def _probit(p: float) -> float:
-    return float(norm.ppf(min(max(p, 0.0), 1.0)))
+    return float(ndtri(min(max(p, 0.0), 1.0)))  # Φ⁻¹
 
 
 def hierarchical_radius(p_lower: float, p_upper: float, sigma: float, p: float, r: int) -> float:
@@ -111,7 +111,7 @@ def hierarchical_radius(p_lower: float, p_upper: float, sigma: float, p: float, 
         """Lower bound on P(A) minus upper bound on P(B) at x + δ, for ‖δ‖ = ε: decreasing in ε."""
         if z_b == math.inf:
             return -1.0
-        return kept * (norm.cdf(z_a - eps_over_sigma) - norm.cdf(z_b + eps_over_sigma)) - delta
+        return kept * (ndtr(z_a - eps_over_sigma) - ndtr(z_b + eps_over_sigma)) - delta  # ndtr = Φ = norm.cdf
 
     if math.isinf(sigma):  # ablation limit: certified for every ε, or for none
         return math.inf if z_a > z_half or margin(0.0) > 0 else 0.0

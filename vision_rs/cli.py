@@ -130,6 +130,31 @@ def _add_sampling_options(parser: argparse.ArgumentParser, n_default: int) -> No
     parser.add_argument("--batch-size", type=POSITIVE, default=256, help="noisy inputs per forward pass (default: 256)")
 
 
+def _add_sequential_options(parser: argparse.ArgumentParser) -> None:
+    sequential = parser.add_argument_group(
+        "sequential certification (at most --n draws, stopping as soon as the answer is known; same guarantee)")
+    sequential.add_argument("--radius", type=float, metavar="R",
+                            help="decide whether radius R is certified: stop once it is, or once it cannot be within --n")
+    sequential.add_argument("--sequential", action="store_true",
+                            help="certify the radius, stopping once it is within --tolerance of the best the rest of "
+                                 "the budget could still reach")
+    sequential.add_argument("--tolerance", type=float, metavar="T",
+                            help="with --sequential: relative radius tolerance (default: 0.02)")
+
+
+def _sequential_settings(args: argparse.Namespace) -> dict[str, object]:
+    """``radius`` / ``sequential`` / ``tolerance`` for ``certify``, checked (our error names the options)."""
+    from .sequential import sequential_goal
+
+    sequential_goal(args.radius, args.sequential, args.tolerance)
+    return {"radius": args.radius, "sequential": args.sequential, "tolerance": args.tolerance}
+
+
+def _n_used_column(args: argparse.Namespace, value: object) -> str:
+    """A tab and ``value`` for the ``n_used`` column of the printed table in sequential runs ('' otherwise)."""
+    return f"\t{value}" if args.radius is not None or args.sequential else ""
+
+
 AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -227,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="vote: reduce softmax per draw; smoothed: reduce smoothed probabilities; "
                               "probit-mean: mean of per-patch probits (default: vote)")
     _add_sampling_options(certify, n_default=100_000)
+    _add_sequential_options(certify)
     _add_speed_options(certify)
     certify.add_argument("--out", type=Path, help="write results to this .tsv (and .jsonl beside it); resumes if it exists")
     certify.add_argument("--classes", type=Path, metavar="FILE",
@@ -266,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     temporal.add_argument("--reduce", choices=["mean", "max"], default="mean", help="reduction across sub-clips (default: mean)")
     temporal.add_argument("--mode", choices=["vote", "smoothed", "probit-mean"], default="vote", help="as for patches (default: vote)")
     _add_sampling_options(video, n_default=100_000)
+    _add_sequential_options(video)
     _add_speed_options(video)
     video.add_argument("--out", type=Path, help="write results to this .tsv (and .jsonl beside it); resumes if it exists")
     video.add_argument("--classes", type=Path, metavar="FILE", help="class names → labels (as for certify)")
@@ -430,6 +457,7 @@ def _certify_video(args: argparse.Namespace) -> None:
 
     if args.subclip is None and args.subclip_stride is not None:
         raise InvalidParameterError("--subclip-stride needs --subclip")
+    stopping = _sequential_settings(args)
     reading = ClipReading(args.frames, args.stride, args.start, args.uniform, tuple(args.size) if args.size else None,
                           args.pad, args.backend)
     classes = read_class_file(args.classes) if args.classes is not None else None
@@ -439,7 +467,8 @@ def _certify_video(args: argparse.Namespace) -> None:
                       framewise=args.framewise, chunk=args.chunk, **model_options(args))
     if args.out is not None:
         summary = certify_video_dataset(smoothed, args.inputs, args.out, reading=reading, n0=args.n0, n=args.n,
-                                        alpha=args.alpha, seed=args.seed, class_to_idx=classes, progress=not args.no_progress)
+                                        alpha=args.alpha, seed=args.seed, class_to_idx=classes, progress=not args.no_progress,
+                                        **stopping)
         _print_run(args.out, summary)
         return
     clips = []
@@ -447,11 +476,12 @@ def _certify_video(args: argparse.Namespace) -> None:
         clip, notes = reading.read(path)
         smoothed.check_fits(to_unit_clip(clip, smoothed.spec.channels).shape)
         clips.append((path, clip, notes["clip"]["backend"]))
-    print("path\tpredict\tradius\tp_lower\ttime\tbackend")
+    print("path\tpredict\tradius\tp_lower\ttime\tbackend" + _n_used_column(args, "n_used"))
     for idx, (path, clip, backend) in enumerate(clips):
-        cert = smoothed.certify(clip, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx)
+        cert = smoothed.certify(clip, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx, **stopping)
         predict = -1 if cert.label is None else cert.label
-        print(f"{path}\t{predict}\t{cert.radius:.4f}\t{cert.p_lower:.4f}\t{cert.seconds:.2f}\t{backend}", flush=True)
+        print(f"{path}\t{predict}\t{cert.radius:.4f}\t{cert.p_lower:.4f}\t{cert.seconds:.2f}\t{backend}"
+              + _n_used_column(args, cert.n_used), flush=True)
 
 
 def _certify_seg(args: argparse.Namespace) -> None:
@@ -491,6 +521,7 @@ def _certify(args: argparse.Namespace) -> None:
         raise InvalidParameterError("--indicator needs --hierarchical-p")
     if args.patch_size is None and (args.patch_stride is not None or args.patch_count is not None):
         raise InvalidParameterError("--patch-stride and --patch-count need --patch-size")
+    stopping = _sequential_settings(args)
     classes = read_class_file(args.classes) if args.classes is not None else None
     files = collect_image_files(args.inputs, classes)
     hierarchical = Hierarchical(args.hierarchical_p, args.indicator) if args.hierarchical_p is not None else None
@@ -501,17 +532,18 @@ def _certify(args: argparse.Namespace) -> None:
     if args.out is not None:
         summary = certify_dataset(
             smoothed, args.inputs, args.out, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed,
-            radii=DEFAULT_RADII, class_to_idx=classes, progress=not args.no_progress,
+            radii=DEFAULT_RADII, class_to_idx=classes, progress=not args.no_progress, **stopping,
         )
         _print_run(args.out, summary)
         return
     for path, _ in files.files:  # decode all first: a bad or too large file fails before any output
         smoothed.check_fits(to_unit_tensor(path, channels=smoothed.spec.channels).shape)
-    print("path\tpredict\tradius\tp_lower\ttime")
+    print("path\tpredict\tradius\tp_lower\ttime" + _n_used_column(args, "n_used"))
     for idx, (path, _) in enumerate(files.files):
-        cert = smoothed.certify(path, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx)
+        cert = smoothed.certify(path, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx, **stopping)
         predict = -1 if cert.label is None else cert.label
-        print(f"{path}\t{predict}\t{cert.radius:.4f}\t{cert.p_lower:.4f}\t{cert.seconds:.2f}", flush=True)
+        print(f"{path}\t{predict}\t{cert.radius:.4f}\t{cert.p_lower:.4f}\t{cert.seconds:.2f}" + _n_used_column(args, cert.n_used),
+              flush=True)
 
 
 def unique_labels(paths: Sequence[Path]) -> list[str]:
@@ -573,13 +605,19 @@ def _write_plot(target: Path, draw: Callable[[Path], Path]) -> None:
 def _report_classification(runs_by_label: dict[str, Path], args: argparse.Namespace, plot_target: Path | None) -> None:
     from .plots import plot_certified_accuracy
     from .runs import jsonl_path, read_certificates, read_rows
-    from .summaries import accuracy_over_pixels_and_budget, format_pixel_budget_table, format_summaries, summarize
+    from .summaries import (
+        accuracy_over_pixels_and_budget, format_pixel_budget_table, format_sample_use, format_summaries, sample_use, summarize,
+    )
 
     runs = {label: read_rows(path) for label, path in runs_by_label.items()}
     print(format_summaries({label: summarize(rows, args.radii) for label, rows in runs.items()}))
-    for label, path in runs_by_label.items():  # hierarchical runs: certified accuracy over changed pixels r and ε
-        jsonl = jsonl_path(path)
-        pairs = read_certificates(jsonl) if jsonl.is_file() else []
+    certificates = {label: read_certificates(jsonl_path(path)) if jsonl_path(path).is_file() else []
+                    for label, path in runs_by_label.items()}
+    spent = [format_sample_use(label, use) for label, pairs in certificates.items()
+             if (use := sample_use([cert for _, cert in pairs])) is not None]
+    if spent:
+        print("\nSamples spent:\n" + "\n".join(spent))
+    for label, pairs in certificates.items():  # hierarchical runs: certified accuracy over changed pixels r and ε
         if pairs and pairs[0][1].method == "hierarchical" and any(lab >= 0 for lab, _ in pairs):
             pixels = sorted(pairs[0][1].radii) or [1]
             table = accuracy_over_pixels_and_budget(pairs, pixels, [r for r in args.radii if r > 0] or [0.0])

@@ -7,7 +7,8 @@ noise → view → base model → tally, batch after batch, with
 * one batch shape per phase: num draws split into the fewest equal batches (``plan_batches``),
   the few extra rows of the last one computed and masked;
 * noise drawn on the model's device from a seeded ``torch.Generator``;
-* votes counted on the device, one host sync per phase (``Tally.result``);
+* votes counted on the device, one host sync per phase (``Tally.result``), plus one per look when a
+  stopping rule (``stop``) is checked between batches on a geometric schedule (``look_schedule``);
 * ``torch.inference_mode``, optional autocast and ``channels_last``.
 """
 
@@ -29,6 +30,13 @@ from .params import check_count
 from .views import View
 
 GIB = 1 << 30
+FIRST_LOOK = 32
+"""A stopping rule is first checked at the first batch boundary at or after this many draws."""
+LOOK_RATIO = 1.25
+"""Each later look comes at the first batch boundary at or after this many times the draws of the one before."""
+
+StopRule = Callable[[np.ndarray, int], bool]
+"""``stop(counts, draws)``: the tally's counts after ``draws`` draws; True ends sampling there."""
 
 
 @dataclass(frozen=True)
@@ -263,6 +271,22 @@ def plan_batches(num: int, views: int, batch_size: int, max_draws: int | None = 
     return -(-num // batches), batches
 
 
+def look_schedule(num: int, per_batch: int, first: int = FIRST_LOOK, ratio: float = LOOK_RATIO) -> list[int]:
+    """Draw counts after which a stopping rule is checked: batch boundaries (``per_batch`` draws each, the last
+    one shorter), the first at or after ``first`` draws, each next at or after ``ratio`` times the one before and
+    at least one batch later (``ratio`` <= 1: every batch), the last at ``num``. Fixed before any draw."""
+    check_count("num", num)
+    check_count("per_batch", per_batch)
+    looks: list[int] = []
+    done, target = 0, first
+    while done < num:
+        done = min(done + per_batch, num)
+        if done >= target or done == num:
+            looks.append(done)
+            target = max(done * ratio, done + 1)
+    return looks
+
+
 def _format_bytes(count: int) -> str:
     return f"{count / GIB:.2f} GiB" if count >= GIB else f"{count / (1 << 20):.1f} MiB"
 
@@ -304,9 +328,17 @@ def sample(
     config: EngineConfig,
     desc: str = "sampling",
     output_bytes: int = 0,
+    stop: StopRule | None = None,
+    first_look: int = FIRST_LOOK,
+    look_ratio: float = LOOK_RATIO,
 ) -> np.ndarray:
     """Push ``num`` noisy copies of ``image`` [C, H, W] (or [T, C, H, W]) through view and classifier into
     ``tally``; return its result.
+
+    With ``stop``, the counts so far are handed to ``stop(counts, draws)`` at each look of
+    :func:`look_schedule` (batch boundaries on a geometric schedule, the last at ``num``; one host sync
+    each), and sampling ends at the first look where it returns True: the result is then the counts of
+    the first ``draws`` draws, exactly those a run without ``stop`` draws first (same seed, same batches).
 
     Each batch holds at most ``batch_size // views`` noisy draws (at least one; see
     ``plan_batches``), so the model sees at most ``batch_size`` inputs per forward pass
@@ -325,6 +357,7 @@ def sample(
     # which noise value lands on which pixel; _forward hands the model channels_last inputs when asked
     shape = (draws, image.shape[0] + noise.extra_channels, *image.shape[1:])
     buffers = [torch.empty(shape, device=image.device, dtype=image.dtype) for _ in streams]
+    looks = set(look_schedule(num, draws, first_look, look_ratio)) if stop is not None else set()
     main = torch.cuda.current_stream(image.device) if streams[0] is not None else None
     for stream, buffer in zip(streams, buffers):
         if stream is not None:
@@ -348,4 +381,8 @@ def sample(
             tally.update(rearrange(outputs, "(b k) ... -> b k ...", k=view.count)[:valid])
             done, step = done + valid, step + 1
             bar.update(valid)
+            if done in looks:
+                counts = tally.result()  # the look's one host sync
+                if stop(counts, done) or done == num:  # type: ignore[misc]
+                    return counts
     return tally.result()

@@ -26,13 +26,15 @@ from .params import check_alpha, check_count, check_seed
 from .record import software_versions
 from .results import ABSTAIN, Certificate
 from .runs import Row, RunFiles, merge_parts, part_path, read_rows
+from .sequential import check_sequential_method, sequential_goal
 from .summaries import DEFAULT_RADII, Summary, summarize
 
 log = logging.getLogger(__name__)
 
 
 class Certifier(Protocol):
-    def certify(self, image: ImageInput, n0: int, n: int, alpha: float, *, seed: int | None, progress: bool | None) -> Certificate: ...
+    def certify(self, image: ImageInput, n0: int, n: int, alpha: float, *, seed: int | None, progress: bool | None,
+                **sequential: Any) -> Certificate: ...
 
 
 def run_dataset(
@@ -223,21 +225,35 @@ def certify_classification_dataset(
     class_to_idx: Mapping[str, int] | None,
     progress: bool,
     distributed: bool | None = None,
+    radius: float | None = None,
+    sequential: bool = False,
+    tolerance: float | None = None,
 ) -> Summary:
     """The classification run of images and clips alike: Cohen's TSV, the run record, one certificate per row.
 
     Under torchrun (``distributed`` as for :func:`run_dataset`) a classifier on a GPU moves to its rank's GPU.
+    ``radius`` / ``sequential`` and ``tolerance``: sequential certification (see ``SmoothedClassifier.certify``),
+    recorded in the run record (``sequential``) so that a resume never mixes it with fixed-n rows.
     """
     n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
     check_seed(seed)
+    goal = sequential_goal(radius, sequential, tolerance)
+    stopping: dict[str, Any] = {}
+    if goal is not None:
+        method = getattr(smoothed, "smoothing", None)
+        if method is not None:
+            check_sequential_method(method.votes_once_per_draw, method.details)
+        stopping = {"radius": radius, "sequential": sequential, "tolerance": tolerance}
     items, sources, mapping, are_files = labelled_items(data, kind, smoothed, class_to_idx)
     run = RunFiles(out)
-    record = run_record(task, smoothed, {"n0": n0, "n": n, "alpha": alpha, "seed": seed, **settings}, mapping, len(items))
+    settings = {"n0": n0, "n": n, "alpha": alpha, "seed": seed, **settings,
+                "sequential": goal.describe() if goal is not None else None}
+    record = run_record(task, smoothed, settings, mapping, len(items))
 
     def certify_one(idx: int, item: Any, label: Any) -> tuple[str, dict[str, Any]]:
         label = int(label)
         given, notes = kind.read(item) if are_files else (item, {})
-        cert = smoothed.certify(given, n0=n0, n=n, alpha=alpha, seed=seed + idx, progress=False)
+        cert = smoothed.certify(given, n0=n0, n=n, alpha=alpha, seed=seed + idx, progress=False, **stopping)
         predict = ABSTAIN if cert.label is None else cert.label
         correct = UNKNOWN_LABEL if label == UNKNOWN_LABEL else int(predict == label)
         row = Row(idx, label, predict, cert.radius, correct, cert.seconds)
@@ -262,6 +278,9 @@ def certify_dataset(
     class_to_idx: Mapping[str, int] | None = None,
     progress: bool = True,
     distributed: bool | None = None,
+    radius: float | None = None,
+    sequential: bool = False,
+    tolerance: float | None = None,
 ) -> Summary:
     """Certify every image of ``data`` and write ``out`` (TSV) and ``out`` with ``.jsonl`` (run record + certificates).
 
@@ -270,7 +289,9 @@ def certify_dataset(
     ``(image, label)`` (its ``class_to_idx``, if any, is recorded). Image ``idx`` is certified with
     seed ``seed + idx``, so a resumed run gives the rows an uninterrupted one would. Files are all
     decoded and checked against the memory budget before anything is written. Returns the summary
-    over all rows, earlier ones included.
+    over all rows, earlier ones included. ``radius=r`` or ``sequential=True, tolerance=τ`` certify each image
+    sequentially (at most n draws; see ``SmoothedClassifier.certify``); every row's JSONL certificate has
+    ``n_used``, and a resume refuses to mix these settings.
 
     Under torchrun the images are shared out over the processes, each on the GPU of its ``LOCAL_RANK``
     (or the CPU), and rank 0 merges their rows into ``out``: the rows are those of one process, whatever
@@ -281,4 +302,5 @@ def certify_dataset(
     return certify_classification_dataset(
         smoothed, data, out, task="image-classification", kind=IMAGE_FILES, settings={}, n0=n0, n=n, alpha=alpha,
         seed=seed, radii=radii, class_to_idx=class_to_idx, progress=progress, distributed=distributed,
+        radius=radius, sequential=sequential, tolerance=tolerance,
     )

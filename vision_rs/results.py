@@ -27,11 +27,11 @@ class Certificate:
     p_lower: float
     """Lower confidence bound on the probability of the candidate class."""
     counts: dict[int, int]
-    """Votes per class among the n estimation samples (classes with no vote left out)."""
+    """Votes per class among the ``n_used`` estimation samples (classes with no vote left out)."""
     n0: int
     """Selection samples used to choose the candidate class."""
     n: int
-    """Estimation samples used for the bound."""
+    """Estimation samples allowed (the budget); all of them are used unless a sequential rule stopped early."""
     alpha: float
     """Probability that the certificate is wrong (over the sampling)."""
     sigma: float
@@ -55,6 +55,18 @@ class Certificate:
     """Most views covering one pixel."""
     uncovered: int = 0
     """Pixels no view covers (random patch positions may leave some): they cannot change the prediction."""
+    n_used: int | None = None
+    """Estimation samples actually drawn: ``n`` for fixed-n certification, fewer when a sequential rule stopped
+    early (None in results written before vision-rs 0.3)."""
+    decision_radius: float | None = None
+    """Decision mode (``certify(radius=r)``): the radius r that was asked about."""
+    decision: bool | None = None
+    """Decision mode: True when certified at ``decision_radius`` (``radius`` > r), False when not."""
+    tolerance: float | None = None
+    """Radius mode (``certify(sequential=True, tolerance=τ)``): the relative radius tolerance."""
+    stopped: str | None = None
+    """Sequential modes: why sampling stopped ("certified", "not certified", "within tolerance", "abstains",
+    or "budget" when all n draws were used)."""
 
     def radius_for(self, r: int) -> float:
         """Certified L2 radius against an adversary who changes at most ``r`` pixels (any channels of them).

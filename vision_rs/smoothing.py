@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .denoising import DenoisedView, Denoiser, DenoiserLike, load_denoiser
-from .engine import EngineConfig, max_draws_per_batch, sample
+from .engine import EngineConfig, StopRule, max_draws_per_batch, sample
 from .errors import InvalidParameterError
 from .hub import create_model_with_source
 from .images import ImageInput, to_unit_tensor
@@ -32,12 +32,14 @@ from .models import (
     model_input_channels,
     read_input_spec,
 )
+from .certificates import Bound
 from .methods import Gaussian, Hierarchical, Method, SmoothReduce, ViewMaker
 from .noise import Noise
 from .patches import Patches
 from .params import check_alpha, check_count, check_seed
 from .record import ModelSource, state_sha256
 from .results import Certificate, Prediction
+from .sequential import BUDGET, SequentialGoal, Stopped, StoppingRule, check_sequential_method, sequential_goal
 from .stats import top_two_pvalue
 from .views import View
 
@@ -202,8 +204,9 @@ class SmoothedClassifier:
 
     def _vote_counter(
         self, image: ImageInput, batch_size: int | None, progress: bool | None, seed: int | None
-    ) -> tuple[Callable[[int, str], np.ndarray], View, int]:
-        """Validate the image once; return ``votes(num, desc)`` drawing from one seeded stream, the view, the seed."""
+    ) -> tuple[Callable[..., np.ndarray], View, int]:
+        """Validate the image once; return ``votes(num, desc, stop=None)`` drawing from one seeded stream, the view,
+        the seed."""
         config = self.config.with_overrides(batch_size, progress)
         pixels = self._pixels(image)
         self._warn_about_scale(*pixels.shape[-2:])
@@ -211,9 +214,9 @@ class SmoothedClassifier:
         generator, seed = seeded_generator(self.device, seed)
         view = self._view(tuple(pixels.shape), generator)
 
-        def votes(num: int, desc: str) -> np.ndarray:
+        def votes(num: int, desc: str, stop: StopRule | None = None) -> np.ndarray:
             tally = self.smoothing.make_tally(self.num_classes)
-            return sample(self.base, pixels, self.noise, view, tally, num, generator, config, desc)
+            return sample(self.base, pixels, self.noise, view, tally, num, generator, config, desc, stop=stop)
 
         return votes, view, seed
 
@@ -233,6 +236,9 @@ class SmoothedClassifier:
         n: int = 100_000,
         alpha: float = 0.001,
         *,
+        radius: float | None = None,
+        sequential: bool = False,
+        tolerance: float | None = None,
         batch_size: int | None = None,
         seed: int | None = None,
         progress: bool | None = None,
@@ -243,15 +249,33 @@ class SmoothedClassifier:
         predicts ``label`` for every input within L2 distance ``radius`` of ``image``
         (hierarchical smoothing: within ``radius_for(r)`` for changes of at most r pixels).
         Abstains (``label=None``, ``radius=0``) when the bound does not clear its threshold.
+
+        Sequential certification draws at most ``n`` and stops as soon as the answer is known, with the
+        same guarantee (an anytime-valid confidence sequence; docs/theory.md). ``radius=r`` (decision
+        mode): stop once r is certified (``decision`` True, the certificate's radius > r) or can no
+        longer be within n (``decision`` False). ``sequential=True, tolerance=τ`` (radius mode, τ = 0.02
+        by default): stop once the radius is within τ (relative) of the best the rest of the budget
+        could still certify, or once abstaining is certain. ``n_used`` says how many draws it took.
+        Needs one vote per draw (Gaussian, hierarchical, Smooth-Reduce ``mode="vote"``).
         """
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
+        goal = sequential_goal(radius, sequential, tolerance)
+        if goal is not None:
+            check_sequential_method(self.smoothing.votes_once_per_draw, self.details)
         votes, view, seed = self._vote_counter(image, batch_size, progress, seed)
         start = time.perf_counter()
         with self._evaluating():
             candidate = self.smoothing.select(votes(n0, "select (n0)"))
-            self._estimate_time(n0, time.perf_counter() - start, n)
-            estimation = votes(n, "estimate (n)")
-        bound = self.smoothing.bound(candidate, estimation, n, alpha, self.sigma, view)
+            if goal is None:
+                self._estimate_time(n0, time.perf_counter() - start, n)
+                counts = votes(n, "estimate (n)")
+                stopped = Stopped(self.smoothing.bound(candidate, counts, n, alpha, self.sigma, view), n, counts, BUDGET)
+            else:
+                rule = self._stopping_rule(goal, candidate, view, n, alpha)
+                votes(n, "estimate (at most n)", stop=rule)
+                assert rule.stopped is not None, "the engine checks the rule at n at the latest"
+                stopped = rule.stopped
+        bound, estimation = stopped.bound, stopped.counts
         return Certificate(
             label=bound.label,
             radius=bound.radius,
@@ -271,7 +295,17 @@ class SmoothedClassifier:
             views=view.count,
             c_max=view.c_max,
             uncovered=view.uncovered,
+            n_used=stopped.draws,
+            **(goal.certificate_fields(stopped) if goal is not None else {}),
         )
+
+    def _stopping_rule(self, goal: SequentialGoal, candidate: int, view: View, n: int, alpha: float) -> StoppingRule:
+        """The engine's ``stop`` callback for one certification: this method's certificate at each look's share of α."""
+
+        def certify(counts: np.ndarray, draws: int, level: float) -> Bound:
+            return self.smoothing.bound(candidate, counts, draws, level, self.sigma, view)
+
+        return StoppingRule(goal, certify, candidate, n, alpha)
 
     def predict(
         self,

@@ -80,6 +80,50 @@ def format_summaries(summaries: dict[str, Summary]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class SampleUse:
+    """How many noise draws a run's certificates spent (sequential runs stop early; fixed-n runs use n)."""
+
+    inputs: int
+    """Certificates that record ``n_used``."""
+    mean_n_used: float
+    """Mean estimation draws per input."""
+    n: int
+    """The largest estimation budget n among them."""
+    n0: int
+    """The largest number of selection draws among them (spent on top of ``n_used``)."""
+    decision_radius: float | None = None
+    """Decision-mode runs: the radius r decided (the first one, when rows differ)."""
+    certified: int = 0
+    """Decision-mode runs: inputs decided certified at r."""
+
+
+def sample_use(certificates: Sequence[Certificate]) -> SampleUse | None:
+    """Draws spent by the certificates that record ``n_used`` (None when none do: runs older than vision-rs 0.3)."""
+    used = [cert for cert in certificates if cert.n_used is not None]
+    if not used:
+        return None
+    radii = [cert.decision_radius for cert in used if cert.decision_radius is not None]
+    return SampleUse(
+        inputs=len(used),
+        mean_n_used=sum(int(cert.n_used) for cert in used) / len(used),  # type: ignore[arg-type]
+        n=max(cert.n for cert in used),
+        n0=max(cert.n0 for cert in used),
+        decision_radius=radii[0] if radii else None,
+        certified=sum(bool(cert.decision) for cert in used),
+    )
+
+
+def format_sample_use(name: str, use: SampleUse) -> str:
+    """One line: mean draws per input, against the budget n, and the decisions of a decision-mode run."""
+    fewer = use.n / use.mean_n_used if use.mean_n_used else math.inf
+    line = (f"{name}: {use.mean_n_used:,.0f} estimation draws per input on average over {use.inputs} inputs "
+            f"(budget n = {use.n:,}: {fewer:.1f}x fewer), plus n0 = {use.n0:,} selection draws each")
+    if use.decision_radius is not None:
+        line += f"; decided certified at r = {use.decision_radius:g}: {use.certified} of {use.inputs}"
+    return line
+
+
 def accuracy_over_pixels_and_budget(
     pairs: Sequence[tuple[int, Certificate]], pixels: Sequence[int], budgets: Sequence[float]
 ) -> dict[int, dict[float, float]]:
