@@ -45,7 +45,7 @@ TORCHVISION_MODELS = [
 
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
-    return np.ascontiguousarray(load_sample_image("china.jpg"))  # uint8 [427, 640, 3]
+    return np.array(load_sample_image("china.jpg"))  # uint8 [427, 640, 3], a writable copy
 
 
 def unit_batch(photo: np.ndarray) -> torch.Tensor:
