@@ -18,14 +18,14 @@ import torch
 from torch import nn
 from typing_extensions import Unpack
 
+from vision_rs.denoising import Denoiser, behind_denoiser, evaluating
 from vision_rs.engine import EngineConfig, PixelVoteTally, max_draws_per_batch, sample
 from vision_rs.errors import InvalidParameterError
 from vision_rs.images import ImageInput, to_unit_tensor
-from vision_rs.models import evaluation_mode
 from vision_rs.noise import GaussianNoise, Noise, SigmaMapNoise
 from vision_rs.params import check_alpha, check_count, check_sigma
 from vision_rs.record import ModelSource
-from vision_rs.smoothing import ModelOptions, describe_smoothed, place, prepare_model, seeded_generator
+from vision_rs.smoothing import ModelOptions, describe_smoothed, place, place_denoiser, prepare_model, seeded_generator
 from vision_rs.views import WholeImage
 
 from .certificates import certify_pixels, certify_pixels_at_threshold
@@ -54,6 +54,7 @@ class SmoothedSegmenter:
         config: EngineConfig,
         num_classes: int | None,
         source: ModelSource,
+        denoiser: Denoiser | None = None,
     ) -> None:
         self.base = base
         self.sigma_value = sigma
@@ -62,6 +63,8 @@ class SmoothedSegmenter:
         self.config = config
         self.num_classes = num_classes
         self.source = source
+        self.denoiser = None if denoiser is None else place_denoiser(denoiser, device, config)
+        """The denoiser between the noise and the model (denoised smoothing), on ``device``; None without one."""
 
     @property
     def method(self) -> str:
@@ -154,13 +157,14 @@ class SmoothedSegmenter:
         start = time.perf_counter()
         candidates = np.zeros((height, width), dtype=np.int64)
         counts = np.zeros((height, width), dtype=np.int64)
-        with evaluation_mode(self.base):
+        view = behind_denoiser(WholeImage(), self.denoiser, pixels.shape[-3], 0, config)
+        with evaluating(self.base, self.denoiser):
             classes = self._probe_classes(pixels)
             output_bytes = self._output_bytes(height, width, classes)
             for index, (region, noise) in enumerate(self._regions(height, width)):
                 def votes(num: int, desc: str) -> np.ndarray:
                     tally = PixelVoteTally((height, width), region, classes)
-                    return sample(self.base, pixels, noise, WholeImage(), tally, num, generator, config, desc, output_bytes)
+                    return sample(self.base, pixels, noise, view, tally, num, generator, config, desc, output_bytes)
 
                 chosen = votes(n0, f"select (n0), cell {index}").argmax(axis=-1)
                 estimated = votes(n, f"estimate (n), cell {index}")
@@ -209,4 +213,5 @@ def smooth(
     noise_sigma = check_sigma(sigma) if sigma is not None else localized.sigma_min  # type: ignore[union-attr]
     prepared = prepare_model(model, GaussianNoise(noise_sigma), options, check=_no_check, task="segmentation")
     base, device = place(SegmentationModel(prepared.model, prepared.spec), prepared)
-    return SmoothedSegmenter(base, sigma, localized, device, prepared.config, prepared.num_classes, prepared.source)
+    return SmoothedSegmenter(base, sigma, localized, device, prepared.config, prepared.num_classes, prepared.source,
+                             prepared.denoiser)

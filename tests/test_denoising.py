@@ -316,9 +316,23 @@ def test_the_embedded_clean_model_behind_the_denoiser_certifies_digits() -> None
     assert sum(cert.label == int(labels[i]) and cert.radius > 0.25 for i, cert in enumerate(certs)) >= 4
 
 
-def test_segmentation_refuses_a_denoiser_until_it_applies_one() -> None:
-    with pytest.raises(InvalidParameterError, match="not supported for segmentation"):
-        vision_rs.segmentation.smooth(Recorder(), sigma=0.25, denoiser=nn.Identity(), progress=False)
+@pytest.mark.parametrize("method", [{"sigma": 0.25}, {"localized": vision_rs.segmentation.Localized((2, 2), 0.2, 0.6)}])
+def test_segmentation_certifies_the_denoised_model(method: dict) -> None:
+    """Threshold t behind D(z) = c + s (z − c) is a threshold model at t' = c + (t − c) / s: the denoised
+    segmenter must give the counts of Threshold(t') without a denoiser (same seed), and Threshold(t) alone,
+    which the test picks to disagree, must not."""
+    from tests.test_segmentation import Threshold, smooth_threshold, threshold_setup
+
+    model, image, _ = threshold_setup(size=8)
+    centre, scale = torch.full_like(image, 0.5), 0.5
+    shifted = Threshold(centre[0] + (model.thresholds - centre[0]) / scale)
+    denoised = smooth_threshold(model, denoiser=Shrink(centre, scale), **method)
+    certs = [smoother.certify(image, n0=20, n=300, alpha=0.01, seed=5) for smoother in
+             (denoised, smooth_threshold(shifted, **method), smooth_threshold(model, **method))]
+    behind, equivalent, alone = (cert.counts.astype(np.int64) for cert in certs)
+    assert np.abs(behind - equivalent).max() <= 1  # float rounding may flip a draw that lands on the threshold
+    assert np.abs(behind - alone).max() > 50
+    assert denoised.describe()["denoiser"]["name"].endswith(".Shrink")
 
 
 def test_the_denoisers_file_location_is_environment_but_its_fingerprint_is_not() -> None:

@@ -268,6 +268,17 @@ def test_certify_seg_through_the_cli_then_report(scene_files: tuple[Path, Path],
     assert "| seg.tsv | collective | 2 |" in printed and "ε=0.05" in printed and out.with_suffix(".png").is_file()
 
 
+def test_certify_seg_with_a_denoiser_records_it(scene_files: tuple[Path, Path], tmp_path: Path) -> None:
+    images, masks = scene_files
+    out = tmp_path / "denoised.tsv"
+    assert main(["certify-seg", str(images), "--model", "digits_segnet.sigma_0.25", "--sigma", "0.25", "--eps", "0.1",
+                 "--masks", str(masks), "--n0", "3", "--n", "20", "--device", "cpu", "--out", str(out), "--no-progress",
+                 "--denoiser", "digits_denoiser.sigma_0.25"]) == 0
+    record, _ = read_jsonl(out.with_suffix(".jsonl"))
+    assert record["classifier"]["denoiser"]["name"] == "digits_denoiser.sigma_0.25"
+    assert len(read_segmentation_rows(out)) == 2
+
+
 def test_certify_seg_refuses_incomplete_smoothing_options_and_missing_masks(scene_files, tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
     images, _ = scene_files

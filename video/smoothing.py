@@ -49,7 +49,7 @@ def smooth(
     smoothing = method_for(None, subclips, reduce, mode)
     noise = smoothing.make_noise(sigma)
     task = "image-classification" if framewise else "video-classification"
-    prepared = prepare_model(model, noise, options, task=task, denoising=True)
+    prepared = prepare_model(model, noise, options, task=task)
     layout = FramesAsImages(prepared.model, prepared.config.channels_last) if framewise else ClipLayout(prepared.model, chunk)
     base, device = place(NormalizedClassifier(layout, prepared.spec), prepared)
     return SmoothedClassifier(base, smoothing, noise, device, prepared.config, num_classes=prepared.num_classes,

@@ -312,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     _add_model_options(seg)
+    _add_denoiser_option(seg)
     noise = seg.add_argument_group("smoothing: --sigma (isotropic) or --grid with --sigma-min/--sigma-max (localized)")
     noise.add_argument("--sigma", type=SIGMA, help="isotropic noise std in [0,1] pixel units")
     noise.add_argument("--grid", type=_grid, metavar="IxJ", help="localized smoothing on an I×J grid of cells, e.g. 3x5")

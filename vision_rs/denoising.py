@@ -14,8 +14,10 @@ sampling loop runs unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -23,9 +25,9 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from .engine import autocast_context
+from .engine import EngineConfig, autocast_context
 from .errors import InvalidParameterError, ModelOutputError
-from .models import model_input_channels
+from .models import evaluation_mode, model_input_channels
 from .record import ModelSource, file_sha256, state_sha256
 from .views import View
 
@@ -105,6 +107,22 @@ def load_denoiser(denoiser: DenoiserLike | Denoiser, sigma: float) -> Denoiser:
         log.warning("denoiser %s was trained for noise σ=%g, but smoothing uses σ=%g: it will remove too %s noise",
                     loaded.source.name, loaded.trained_sigma, sigma, "little" if loaded.trained_sigma < sigma else "much")
     return loaded
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module, denoiser: Denoiser | None) -> Iterator[None]:
+    """Eval mode for ``model`` and the denoiser's module (when there is one) while inside."""
+    with evaluation_mode(model), (evaluation_mode(denoiser.module) if denoiser is not None else contextlib.nullcontext()):
+        yield
+
+
+def behind_denoiser(view: View, denoiser: Denoiser | None, channels: int, extra_channels: int, config: EngineConfig,
+                    frames: bool = False) -> View:
+    """``view`` itself without a denoiser, else a :class:`DenoisedView` of it with the engine's autocast and layout."""
+    if denoiser is None:
+        return view
+    return DenoisedView(view, denoiser.module, channels, extra_channels, config.autocast_dtype, config.channels_last,
+                        frames=frames)
 
 
 class DenoisedView:

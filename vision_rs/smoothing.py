@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .denoising import DenoisedView, Denoiser, DenoiserLike, load_denoiser
+from .denoising import Denoiser, DenoiserLike, behind_denoiser, evaluating, load_denoiser
 from .engine import EngineConfig, StopRule, max_draws_per_batch, sample
 from .errors import InvalidParameterError
 from .hub import create_model_with_source
@@ -26,7 +26,6 @@ from .models import (
     NormalizedClassifier,
     as_normalized_classifier,
     check_is_classifier,
-    evaluation_mode,
     fit_to_channels,
     model_device,
     model_input_channels,
@@ -181,17 +180,13 @@ class SmoothedClassifier:
     def _view(self, shape: tuple[int, ...], generator: torch.Generator) -> View:
         """The method's view of an input of ``shape``, behind the denoiser when there is one."""
         view = self.smoothing.make_view(shape, self.spec.transform, generator)
-        if self.denoiser is None:
-            return view
-        return DenoisedView(view, self.denoiser.module, shape[-3], self.noise.extra_channels,
-                            self.config.autocast_dtype, self.config.channels_last, frames=len(shape) == 4)
+        return behind_denoiser(view, self.denoiser, shape[-3], self.noise.extra_channels, self.config,
+                               frames=len(shape) == 4)
 
     @contextlib.contextmanager
     def _evaluating(self) -> Iterator[None]:
         """Eval mode for the base model and the denoiser while sampling."""
-        with evaluation_mode(self.base), (
-            evaluation_mode(self.denoiser.module) if self.denoiser is not None else contextlib.nullcontext()
-        ):
+        with evaluating(self.base, self.denoiser):
             yield
 
     def check_fits(self, image_shape: Sequence[int]) -> None:
@@ -433,21 +428,17 @@ def prepare_model(
     *,
     check: Callable[[nn.Module], None] = check_is_classifier,
     task: str = "image-classification",
-    denoising: bool = False,
 ) -> PreparedModel:
     """The one path from a model or name to what a smoothed classifier needs, shared by every modality.
 
     Loads the model (offline), checks it (``check``: a classifier by default), reads its input spec
     and fits it to the channels its first convolution reads, validates the speed options and loads the
-    ``denoiser`` option. ``task`` says which embedded models fit. ``denoising``: the caller puts
-    ``prepared.denoiser`` in front of its views; without it a ``denoiser`` option is refused, never ignored.
+    ``denoiser`` option (the caller puts ``prepared.denoiser`` in front of its views). ``task`` says which
+    embedded models fit.
     """
     unknown = set(options) - set(ModelOptions.__annotations__)
     if unknown:
         raise InvalidParameterError(f"unknown option(s) {sorted(unknown)}; see vision_rs.smoothing.ModelOptions")
-    if options.get("denoiser") is not None and not denoising:
-        raise InvalidParameterError(f"denoiser= is not supported for {task} yet; use it with vision_rs.smooth or "
-                                    "vision_rs.video.smooth")
     config = EngineConfig(**{key: options[key] for key in _ENGINE_KEYS if key in options})  # type: ignore[misc]
     num_classes = options.get("num_classes")
     if num_classes is not None:
@@ -532,7 +523,7 @@ def smooth(
     """
     smoothing = method_for(hierarchical, patches, reduce, mode)
     noise = smoothing.make_noise(sigma)  # validates sigma before any model is built
-    prepared = prepare_model(model, noise, options, denoising=True)
+    prepared = prepare_model(model, noise, options)
     base, device = place(as_normalized_classifier(prepared.model, prepared.spec, noise.extra_channels), prepared)
     return SmoothedClassifier(base, smoothing, noise, device, prepared.config, num_classes=prepared.num_classes,
                               source=prepared.source, denoiser=prepared.denoiser)
