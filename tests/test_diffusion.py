@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +158,19 @@ def test_pipeline_folder_loads_offline(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="unet/"):
         load_diffusion_denoiser(tmp_path / "empty")
+
+
+def test_training_script_writes_a_pipeline_that_smooth_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    demos = Path(__file__).resolve().parents[1] / "demos"
+    monkeypatch.syspath_prepend(str(demos))
+    import train_diffusion
+
+    out = tmp_path / "ddpm"
+    train_diffusion.main(["--steps", "3", "--batch-size", "4", "--channels", "8", "16", "--out", str(out)])
+    assert "σ=0.25: diffusion (t=" in capsys.readouterr().out
+    assert (out / "unet" / "config.json").is_file() and (out / "scheduler" / "scheduler_config.json").is_file()
+    smoothed = vision_rs.smooth("digits_cnn.clean", 0.25, denoiser=str(out), progress=False)
+    cert = smoothed.certify(vision_rs.embedded.digits_split("test")[0][0], n0=4, n=8, alpha=0.01, seed=0)
+    assert cert.n == 8 and smoothed.describe()["denoiser"]["details"]["timestep"] == train_diffusion.DiffusionDenoiser(
+        train_diffusion.tiny_unet((8, 16)), diffusers.DDPMScheduler(num_train_timesteps=1000), 0.25).timestep
