@@ -334,10 +334,10 @@ def _image_tab(gr: Any, handlers: Handlers, catalog: ModelCatalog) -> None:
         with gr.Column(scale=3):
             summary = gr.Markdown("Press **Certify**.", elem_id="image-certificate")
             shares = gr.Label(label="Vote shares of the n draws (top classes)", num_top_classes=5)
-            picture = gr.Image(label="The input (Smooth-Reduce: each patch with its vote)", interactive=False,
+            picture = gr.Image(label="The input (with Smooth-Reduce: each patch and its vote)", interactive=False,
                                elem_id="image-picture", height=300)
             budgets = gr.Dataframe(headers=["r (pixels changed)", "certified L2 budget ε"], value=[],
-                                   label="Hierarchical: certified budget per number of changed pixels r",
+                                   label="Hierarchical smoothing only: certified budget per number of changed pixels r",
                                    interactive=False)
             plot = gr.Plot(label="What radius N samples can reach", show_label=False)
     inputs = [source, example, upload]
