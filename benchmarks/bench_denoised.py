@@ -11,6 +11,12 @@
     α = 0.001 by default) of the clean model without and with the denoiser and of the noise-trained
     model, at σ = 0.25 and 0.5; and the goal of the issue: the clean model behind the denoiser
     certifies at least 80 % of what the noise-trained model certifies at r = 0.25, σ = 0.25.
+(c) With ``--diffusion FOLDER`` (a DDPM pipeline folder, e.g. written by ``demos/train_diffusion.py``):
+    Carlini et al.'s one-shot diffusion denoiser in front of the clean model on the first
+    ``--diffusion-limit`` digits, next to the embedded denoiser and the noise-trained model on the same
+    digits, at both σ.
+
+    python benchmarks/bench_denoised.py --parts c --diffusion vision-rs-ddpm-digits --diffusion-limit 100
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from _measure import (
     timed,
 )
 import vision_rs
-from vision_rs.demo import DENOISED_SIGMAS, run_denoised_demo
+from vision_rs.demo import DEMO_RADII, DENOISED_SIGMAS, held_out_digits, run_denoised_demo
 from vision_rs.embedded import digits_split
 from vision_rs.engine import plan_batches
 from vision_rs.summaries import format_summaries
@@ -73,6 +79,27 @@ def throughput(n: int, batch: int, repeats: int, device: torch.device) -> Measur
     return results
 
 
+def diffusion_comparison(folder: str, limit: int, n0: int, n: int, batch: int, device: torch.device) -> None:
+    """(c): the clean model behind the diffusion denoiser, the embedded denoiser and the noise-trained model."""
+    items = held_out_digits(limit)
+    options = dict(device=device, batch_size=batch, channels_last=True, progress=False)
+    summaries = {}
+    with tempfile.TemporaryDirectory() as out:
+        for sigma in DENOISED_SIGMAS:
+            runs = {
+                f"σ={sigma:.2f} clean model + diffusion denoiser": dict(model="digits_cnn.clean", denoiser=folder),
+                f"σ={sigma:.2f} clean model + embedded denoiser": dict(model="digits_cnn.clean",
+                                                                       denoiser=f"digits_denoiser.sigma_{sigma:.2f}"),
+                f"σ={sigma:.2f} noise-trained model": dict(model=f"digits_cnn.sigma_{sigma:.2f}"),
+            }
+            for index, (label, run) in enumerate(runs.items()):
+                smoothed = vision_rs.smooth(run.pop("model"), sigma, **run, **options)
+                summaries[label] = vision_rs.certify_dataset(smoothed, items, f"{out}/{sigma}_{index}.tsv", n0=n0, n=n,
+                                                             seed=0, radii=DEMO_RADII, progress=False)
+    print(f"\n(c) diffusion denoiser ({folder}), first {limit} held-out digits, n0={n0}, n={n}, α=0.001:")
+    print(format_summaries(summaries))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n0", type=positive_int, default=100)
@@ -82,17 +109,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=250)
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--parts", nargs="+", choices=["a", "b", "c"], default=None,
+                        help="which parts to run (default: a and b, and c with --diffusion)")
+    parser.add_argument("--diffusion", help="a DDPM pipeline folder (unet/, scheduler/) for part (c)")
+    parser.add_argument("--diffusion-limit", type=positive_int, default=100, help="digits for part (c)")
     args = parser.parse_args(argv)
+    parts = args.parts or ["a", "b"] + (["c"] if args.diffusion else [])
+    if "c" in parts and not args.diffusion:
+        parser.error("part c needs --diffusion FOLDER")
     logging.getLogger("vision_rs").setLevel(logging.ERROR)  # the clean model's σ warning and time estimates are expected
     device = resolve_device(args.device)
     env = environment(device)
     print_environment(env)
 
+    if "a" in parts:
+        report_throughput(args.rate_n, args.batch_size, args.repeats, device)
+    if "b" in parts:
+        report_certified_accuracy(args.n0, args.n, args.limit, args.batch_size, device)
+    if "c" in parts:
+        diffusion_comparison(args.diffusion, args.diffusion_limit, args.n0, args.n, args.batch_size, device)
+
+
+def report_throughput(rate_n: int, batch_size: int, repeats: int, device: torch.device) -> None:
+    """(a): print the throughput table and the denoiser's share of the cost."""
     log("(a) throughput")
-    results = throughput(args.rate_n, args.batch_size, args.repeats, device)
+    results = throughput(rate_n, batch_size, repeats, device)
     rates = results.median
-    print(f"\n(a) throughput, σ={SIGMA}, one 3×32×32 digit, n={args.rate_n}, batch {args.batch_size}, "
-          f"median of {args.repeats} interleaved rounds (draws/s):")
+    print(f"\n(a) throughput, σ={SIGMA}, one 3×32×32 digit, n={rate_n}, batch {batch_size}, "
+          f"median of {repeats} interleaved rounds (draws/s):")
     print("| what | draws/s |\n|---|---|")
     for method, rate in rates.items():
         print(f"| {method} | {rate:.0f} |")
@@ -103,13 +147,16 @@ def main(argv: list[str] | None = None) -> None:
           "the rate without")
     print(contention_note([results]))
 
+
+def report_certified_accuracy(n0: int, n: int, limit: int | None, batch_size: int, device: torch.device) -> None:
+    """(b): the denoised demo's table, and the goal of the issue."""
     log("(b) certified accuracy")
     with tempfile.TemporaryDirectory() as folder:
-        demo = run_denoised_demo(folder, n0=args.n0, n=args.n, seed=0, limit=args.limit, device=str(device),
-                                 batch_size=args.batch_size, progress=False)
+        demo = run_denoised_demo(folder, n0=n0, n=n, seed=0, limit=limit, device=str(device),
+                                 batch_size=batch_size, progress=False)
     summaries = demo.summaries
     images = next(iter(summaries.values())).images
-    print(f"\n(b) certified accuracy, {images} held-out digits, n0={args.n0}, n={args.n}, α=0.001:")
+    print(f"\n(b) certified accuracy, {images} held-out digits, n0={n0}, n={n}, α=0.001:")
     print(format_summaries(summaries))
     for sigma in DENOISED_SIGMAS:
         with_denoiser = summaries[f"σ={sigma:.2f} clean model + denoiser"].certified_accuracy
