@@ -8,6 +8,20 @@ import torch
 from scipy.stats import binom, chi2, norm
 from torch import nn
 
+
+def write_digit_folder(root, count: int, name: str = "{idx}.png"):
+    """The first ``count`` held-out embedded digits as PNGs in integer-named class folders under ``root``."""
+    from PIL import Image
+
+    from vision_rs.embedded import DigitsDataset
+
+    dataset = DigitsDataset("test")
+    for idx in range(count):
+        image, label = dataset[idx]
+        (root / str(label)).mkdir(exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / str(label) / name.format(idx=idx))
+    return root
+
 FALSE_FAILURE = 1e-4
 """The most probability with which one statistical test here (each parametrized case) may fail a correct library,
 whatever the random stream (torch version, batch size, device)."""

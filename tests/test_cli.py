@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from vision_rs.cli import main
+from tests.conftest import write_digit_folder
 from vision_rs.embedded import DigitsDataset
 from vision_rs.runs import read_rows
 
@@ -19,13 +20,7 @@ from vision_rs.runs import read_rows
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight held-out digits as PNGs in integer-named class folders."""
-    root = tmp_path_factory.mktemp("images")
-    dataset = DigitsDataset("test")
-    for idx in range(8):
-        image, label = dataset[idx]
-        (root / str(label)).mkdir(exist_ok=True)
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / str(label) / f"{idx}.png")
-    return root
+    return write_digit_folder(tmp_path_factory.mktemp("images"), 8)
 
 
 def test_console_script_help_explains_units_and_columns() -> None:

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
+from tests.conftest import write_digit_folder
 from vision_rs.cli import main
-from vision_rs.embedded import DigitsDataset
 from vision_rs.runs import read_jsonl, read_rows
 
 
@@ -21,13 +20,7 @@ def _one_thread() -> None:
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four held-out digits as PNGs in integer-named class folders."""
-    root = tmp_path_factory.mktemp("images")
-    dataset = DigitsDataset("test")
-    for idx in range(4):
-        image, label = dataset[idx]
-        (root / str(label)).mkdir(exist_ok=True)
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / str(label) / f"{idx}.png")
-    return root
+    return write_digit_folder(tmp_path_factory.mktemp("images"), 4)
 
 
 def test_certify_with_an_embedded_denoiser(tmp_path: Path, image_folder: Path) -> None:

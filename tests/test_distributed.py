@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as torch_mp
-from PIL import Image
 
 import vision_rs
+from tests.conftest import write_digit_folder
 from vision_rs.cli import build_parser, main
 from vision_rs.distributed import Ranks, ranks_from_environment, resolve_ranks
 from vision_rs.embedded import DigitsDataset
@@ -140,11 +140,7 @@ def test_every_long_option_passes_torchrun_except_the_short_forms_it_would_take_
 
 @pytest.fixture(scope="module")
 def digit_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("digits")
-    for idx, (image, label) in enumerate(digits()):
-        (root / str(label)).mkdir(exist_ok=True)
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / str(label) / f"{idx:02d}.png")
-    return root
+    return write_digit_folder(tmp_path_factory.mktemp("digits"), INPUTS, "{idx:02d}.png")
 
 
 def test_the_readme_torchrun_line_certifies_like_one_process(tmp_path: Path, digit_files: Path) -> None:

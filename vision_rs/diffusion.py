@@ -152,7 +152,7 @@ def load_diffusion_denoiser(path: str | os.PathLike) -> DiffusionDenoiser:
     unet_dir = root / "unet" if (root / "unet").is_dir() else root
     scheduler_dir = root / "scheduler" if (root / "scheduler").is_dir() else root
     try:
-        unet = diffusers.UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)
+        unet = diffusers.UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, low_cpu_mem_usage=False)
         scheduler = diffusers.DDPMScheduler.from_pretrained(str(scheduler_dir), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise CheckpointError(
