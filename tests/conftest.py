@@ -22,6 +22,7 @@ def write_digit_folder(root, count: int, name: str = "{idx}.png"):
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / str(label) / name.format(idx=idx))
     return root
 
+
 FALSE_FAILURE = 1e-4
 """The most probability with which one statistical test here (each parametrized case) may fail a correct library,
 whatever the random stream (torch version, batch size, device)."""

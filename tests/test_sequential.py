@@ -19,19 +19,20 @@ from scipy.stats import binom, norm
 
 import vision_rs
 from vision_rs import Hierarchical, InvalidParameterError, Patches
+from vision_rs.certificates import hierarchical_certify
 from vision_rs.cli import main
 from vision_rs.engine import EngineConfig, VoteTally, look_schedule, sample
 from vision_rs.errors import OutputPathError
 from vision_rs.noise import GaussianNoise
 from vision_rs.runs import read_jsonl
-from vision_rs.sequential import project_counts, replay, sequential_goal
+from vision_rs.sequential import StoppingRule, project_counts, replay, sequential_goal
 from vision_rs.stats import (
     FINAL_SHARE, alpha_spent, clopper_pearson_lower, clopper_pearson_upper, confidence_sequence_lower,
     confidence_sequence_upper, look_alpha,
 )
 from vision_rs.views import WholeImage
 
-from tests.conftest import FALSE_FAILURE, LinearTwoClass, binomial_tolerance
+from tests.conftest import FALSE_FAILURE, LinearTwoClass, assert_sound_with_power, binomial_tolerance
 from tests.test_hierarchical import CHANNELS, SIDE, SOUND_SIGMA, ExactLinear
 
 SIGMA = 0.5
@@ -232,6 +233,34 @@ def test_hierarchical_sequential_budgets_exceed_the_true_budget_at_most_alpha_of
     assert over <= tolerance(trials), f"{over}/{trials} hierarchical budgets above the true {truth:.3f}"
     if mode == "radius":
         assert sum(cert.label == 1 for cert in certs) > trials / 2
+
+
+def test_three_class_hierarchical_bounds_where_a_rule_stops_cover_the_true_runner_up() -> None:
+    """Three classes with P = (0.5, 0.3, 0.2), votes simulated draw by draw: where a radius-mode rule stops, the
+    hierarchical p̲A ≤ 0.5 and p̄B ≥ 0.3 (the true runner-up) hold together except with probability ≤ α.
+
+    Power: the same rule certifying with the smallest other count as the runner-up (``.max`` → ``.min``) misses.
+    """
+    probabilities, horizon, trials = np.array([0.5, 0.3, 0.2]), 2000, 400
+    looks = look_schedule(horizon, 50)
+    rng = np.random.default_rng(0)
+    goal = sequential_goal(None, True, 0.02)
+
+    def library(counts: np.ndarray, draws: int, level: float):
+        return hierarchical_certify(0, counts.tolist(), SIGMA, level, 0.85)
+
+    def smallest_runner_up(counts: np.ndarray, draws: int, level: float):
+        return hierarchical_certify(0, [int(counts[0]), int(counts[1:].min())], SIGMA, level, 0.85)
+
+    misses = {"library": 0, "smallest other count": 0}
+    for _ in range(trials):
+        votes = rng.choice(3, size=horizon, p=probabilities)
+        recorded = [(np.bincount(votes[:draws], minlength=3), draws) for draws in looks]
+        for name, certify in (("library", library), ("smallest other count", smallest_runner_up)):
+            bound = replay(StoppingRule(goal, certify, 0, horizon, ALPHA), recorded).bound
+            misses[name] += bound.p_lower > probabilities[0] or bound.p_upper < probabilities[1]
+    assert_sound_with_power(misses["library"], trials, ALPHA, {"smallest other count": misses["smallest other count"]},
+                            "hierarchical bounds at the stopping look, P = (0.5, 0.3, 0.2): ")
 
 
 # ------------------------------------------------------------------ decisions, replays, methods
