@@ -279,6 +279,20 @@ def test_certify_seg_with_a_denoiser_records_it(scene_files: tuple[Path, Path], 
     assert len(read_segmentation_rows(out)) == 2
 
 
+def test_certify_seg_refuses_a_bad_denoiser_and_writes_nothing(scene_files: tuple[Path, Path], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    images, masks = scene_files
+    out = tmp_path / "bad.tsv"
+    base = ["certify-seg", str(images), "--model", "digits_segnet.sigma_0.25", "--sigma", "0.25", "--masks", str(masks),
+            "--n0", "3", "--n", "10", "--device", "cpu", "--out", str(out), "--no-progress"]
+    assert main([*base, "--denoiser", "no_such_denoiser"]) == 2
+    assert "unknown denoiser 'no_such_denoiser'" in capsys.readouterr().err
+    with pytest.raises(ModelOutputError, match="the denoiser returned shape"):
+        smooth_threshold(threshold_setup()[0], sigma=0.25, denoiser=nn.Upsample(scale_factor=2)).certify(
+            threshold_setup()[1], n0=2, n=4)
+    assert not out.exists() and not out.with_suffix(".jsonl").exists()
+
+
 def test_certify_seg_refuses_incomplete_smoothing_options_and_missing_masks(scene_files, tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
     images, _ = scene_files
