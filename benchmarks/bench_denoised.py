@@ -86,14 +86,13 @@ def diffusion_comparison(folder: str, limit: int, n0: int, n: int, batch: int, d
     summaries = {}
     with tempfile.TemporaryDirectory() as out:
         for sigma in DENOISED_SIGMAS:
-            runs = {
-                f"σ={sigma:.2f} clean model + diffusion denoiser": dict(model="digits_cnn.clean", denoiser=folder),
-                f"σ={sigma:.2f} clean model + embedded denoiser": dict(model="digits_cnn.clean",
-                                                                       denoiser=f"digits_denoiser.sigma_{sigma:.2f}"),
-                f"σ={sigma:.2f} noise-trained model": dict(model=f"digits_cnn.sigma_{sigma:.2f}"),
+            runs = {  # label: (model, denoiser)
+                f"σ={sigma:.2f} clean model + diffusion denoiser": ("digits_cnn.clean", folder),
+                f"σ={sigma:.2f} clean model + embedded denoiser": ("digits_cnn.clean", f"digits_denoiser.sigma_{sigma:.2f}"),
+                f"σ={sigma:.2f} noise-trained model": (f"digits_cnn.sigma_{sigma:.2f}", None),
             }
-            for index, (label, run) in enumerate(runs.items()):
-                smoothed = vision_rs.smooth(run.pop("model"), sigma, **run, **options)
+            for index, (label, (model, denoiser)) in enumerate(runs.items()):
+                smoothed = vision_rs.smooth(model, sigma, denoiser=denoiser, **options)
                 summaries[label] = vision_rs.certify_dataset(smoothed, items, f"{out}/{sigma}_{index}.tsv", n0=n0, n=n,
                                                              seed=0, radii=DEMO_RADII, progress=False)
     print(f"\n(c) diffusion denoiser ({folder}), first {limit} held-out digits, n0={n0}, n={n}, α=0.001:")
