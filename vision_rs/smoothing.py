@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -183,12 +182,6 @@ class SmoothedClassifier:
         return behind_denoiser(view, self.denoiser, shape[-3], self.noise.extra_channels, self.config,
                                frames=len(shape) == 4)
 
-    @contextlib.contextmanager
-    def _evaluating(self) -> Iterator[None]:
-        """Eval mode for the base model and the denoiser while sampling."""
-        with evaluating(self.base, self.denoiser):
-            yield
-
     def check_fits(self, image_shape: Sequence[int]) -> None:
         """Raise InvalidImageError when one noisy draw of an image of ``image_shape`` (C, H, W) cannot fit the
         memory budget; run before any output is written."""
@@ -259,7 +252,7 @@ class SmoothedClassifier:
             check_sequential_method(self.smoothing.votes_once_per_draw, self.details)
         votes, view, seed = self._vote_counter(image, batch_size, progress, seed)
         start = time.perf_counter()
-        with self._evaluating():
+        with evaluating(self.base, self.denoiser):
             candidate = self.smoothing.select(votes(n0, "select (n0)"))
             if goal is None:
                 self._estimate_time(n0, time.perf_counter() - start, n)
@@ -319,7 +312,7 @@ class SmoothedClassifier:
             raise InvalidParameterError(f"predict needs one vote per draw; use certify for mode={self.details.get('mode')!r}")
         votes, _, seed = self._vote_counter(image, batch_size, progress, seed)
         start = time.perf_counter()
-        with self._evaluating():
+        with evaluating(self.base, self.denoiser):
             counts = votes(n, "predict (n)")
         order = np.argsort(-counts, kind="stable")
         top, second = int(counts[order[0]]), int(counts[order[1]]) if counts.size > 1 else 0
