@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from vision_rs.embedded import load_embedded_model
 from vision_rs.errors import CheckpointError
-
+from vision_rs.models.embedded import load_embedded_model
 
 CONTENTION_WARNING = 0.05
 """Warn when other processes used more than this share of the machine's CPU time during a measurement."""

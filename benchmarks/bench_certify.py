@@ -61,13 +61,24 @@ import torch
 from scipy.stats import beta
 
 import vision_rs
-from vision_rs import SmoothedClassifier
-from vision_rs.embedded import digits_split
-
 from _measure import (
-    MALLOC_ENV, Measurements, contention_note, environment, print_environment, kernel_note, load_digits_model, log, positive_int,
-    resolve_device, synchronize, time_raw_inference, time_interleaved, timed,
+    MALLOC_ENV,
+    Measurements,
+    contention_note,
+    environment,
+    kernel_note,
+    load_digits_model,
+    log,
+    positive_int,
+    print_environment,
+    resolve_device,
+    synchronize,
+    time_interleaved,
+    time_raw_inference,
+    timed,
 )
+from vision_rs import SmoothedClassifier
+from vision_rs.models.embedded import digits_split
 
 SIGMA = 0.25
 ALPHA = 0.001

@@ -27,6 +27,7 @@ import tempfile
 
 import torch
 
+import vision_rs
 from _measure import (
     Measurements,
     contention_note,
@@ -38,11 +39,10 @@ from _measure import (
     time_interleaved,
     timed,
 )
-import vision_rs
 from vision_rs.demo import DEMO_RADII, DENOISED_SIGMAS, held_out_digits, run_denoised_demo
-from vision_rs.embedded import digits_split
-from vision_rs.engine import plan_batches
-from vision_rs.summaries import format_summaries
+from vision_rs.models.embedded import digits_split
+from vision_rs.runs.summaries import format_summaries
+from vision_rs.sampling.engine import plan_batches
 
 SIGMA = 0.25
 GOAL = 0.8

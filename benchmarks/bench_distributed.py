@@ -29,11 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from _measure import environment, log, machine_busy_seconds, positive_int, print_environment, resolve_device
 from PIL import Image
 
-from vision_rs.embedded import DigitsDataset
-from vision_rs.runs import read_rows
+from _measure import environment, log, machine_busy_seconds, positive_int, print_environment, resolve_device
+from vision_rs.models.embedded import DigitsDataset
+from vision_rs.runs.files import read_rows
 
 MODEL, SIGMA, N0, N = "digits_cnn.sigma_0.25", 0.25, 100, 1000
 

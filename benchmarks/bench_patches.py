@@ -19,7 +19,7 @@ forward-pass batch shapes, the script measures:
               noisy draws, cropped and resized by the very view that ``certify``
               uses, in the memory layout the engine hands the model, computed
               once outside the timings. It runs ``k·(n0 + n)`` patch images in
-              the engine's batch shapes (``vision_rs.engine.plan_batches``: per
+              the engine's batch shapes (``vision_rs.sampling.engine.plan_batches``: per
               phase, the fewest equal batches of at most ``batch // k`` draws),
               the last batch of a phase partial, under ``torch.inference_mode``
               in eval mode; no noise, no crops, no resize, no counting;
@@ -83,14 +83,24 @@ from pathlib import Path
 import torch
 
 import vision_rs
-from vision_rs import SmoothedClassifier
-from vision_rs.embedded import digits_split
-from vision_rs.engine import plan_batches
-
 from _measure import (
-    MALLOC_ENV, Measurements, contention_note, environment, print_environment, kernel_note, load_digits_model, log, positive_int,
-    resolve_device, time_raw_inference, time_interleaved, timed,
+    MALLOC_ENV,
+    Measurements,
+    contention_note,
+    environment,
+    kernel_note,
+    load_digits_model,
+    log,
+    positive_int,
+    print_environment,
+    resolve_device,
+    time_interleaved,
+    time_raw_inference,
+    timed,
 )
+from vision_rs import SmoothedClassifier
+from vision_rs.models.embedded import digits_split
+from vision_rs.sampling.engine import plan_batches
 
 DIGITS_MODEL = "digits_cnn.sigma_0.25"
 SIGMA = 0.25

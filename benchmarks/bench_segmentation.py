@@ -19,11 +19,21 @@ from pathlib import Path
 
 import torch
 
-from _measure import Measurements, contention_note, environment, log, positive_int, print_environment, resolve_device
-from _measure import time_interleaved, time_raw_inference, timed
+from _measure import (
+    Measurements,
+    contention_note,
+    environment,
+    log,
+    positive_int,
+    print_environment,
+    resolve_device,
+    time_interleaved,
+    time_raw_inference,
+    timed,
+)
 from vision_rs import segmentation as seg
-from vision_rs.embedded.scenes import DigitScenes
-from vision_rs.engine import plan_batches
+from vision_rs.models.embedded.scenes import DigitScenes
+from vision_rs.sampling.engine import plan_batches
 
 
 def setups(device: torch.device, batch: int) -> list[tuple[str, seg.SmoothedSegmenter, int]]:

@@ -6,7 +6,7 @@ with ``digits_cnn_hier.p_0.85_sigma_0.25``) and each of the first ``--images`` t
 ONE fixed-n certification (n0 selection draws, then n estimation draws, seed ``--seed + idx``) through the
 engine with a ``stop`` callback that records the counts at every look of the sequential schedule and never
 stops. A sequential run with the same seed draws exactly the same noise in the same batches and sees the
-same looks, so replaying each stopping rule on the recorded looks (``vision_rs.sequential.replay``) gives
+same looks, so replaying each stopping rule on the recorded looks (``vision_rs.sampling.sequential.replay``) gives
 exactly its certificate and ``n_used``; ``--verify K`` reruns the first K images of every configuration
 with the real ``certify(..., radius=r)`` / ``certify(..., sequential=True, tolerance=τ)`` and the fixed
 ``certify`` and checks that they match the replay (label, radius, n_used), and says so.
@@ -34,14 +34,13 @@ import numpy as np
 import torch
 
 import vision_rs
+from _measure import log, positive_int
 from vision_rs import Hierarchical, Patches, SmoothedClassifier
 from vision_rs.cli import keep_freed_memory_in_process
-from vision_rs.embedded import DigitsDataset
-from vision_rs.sequential import Stopped, replay, sequential_goal
-from vision_rs.engine import FIRST_LOOK, LOOK_RATIO
-from vision_rs.stats import FINAL_SHARE
-
-from _measure import log, positive_int
+from vision_rs.models.embedded import DigitsDataset
+from vision_rs.sampling.engine import FIRST_LOOK, LOOK_RATIO
+from vision_rs.sampling.sequential import Stopped, replay, sequential_goal
+from vision_rs.sampling.stats import FINAL_SHARE
 
 DECISION_RADII = (0.25, 0.5, 1.0)
 TOLERANCE = 0.02
@@ -91,7 +90,7 @@ def record_and_replay(smoothed: SmoothedClassifier, image: torch.Tensor, n0: int
                       ) -> tuple[int | None, float, dict[str, Stopped]]:
     """One fixed-n run, recording the counts at every look; the fixed certificate and each goal's replayed outcome."""
     votes, view, _ = smoothed._vote_counter(image, None, False, seed)  # exactly what certify does
-    with vision_rs.models.evaluation_mode(smoothed.base):
+    with vision_rs.models.adapters.evaluation_mode(smoothed.base):
         candidate = smoothed.smoothing.select(votes(n0, "select (n0)"))
         looks: list[tuple[np.ndarray, int]] = []
         final = votes(n, "estimate (n)", stop=lambda counts, draws: looks.append((counts.copy(), draws)) or False)

@@ -40,8 +40,8 @@ from _measure import (
     timed,
 )
 from vision_rs import video
-from vision_rs.embedded.clips import digit_clips
-from vision_rs.engine import plan_batches
+from vision_rs.models.embedded.clips import digit_clips
+from vision_rs.sampling.engine import plan_batches
 
 SIGMA = 0.25
 ALPHA = 0.001

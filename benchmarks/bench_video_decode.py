@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from _measure import Measurements, contention_note, environment, log, positive_int, print_environment, time_interleaved
-from vision_rs.embedded.clips import write_clips
 from vision_rs.errors import InvalidVideoError
+from vision_rs.models.embedded.clips import write_clips
 from vision_rs.video import io
 
 

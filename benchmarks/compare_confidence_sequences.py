@@ -4,7 +4,7 @@ Pure statistics (no model): vote sequences are simulated as Bernoulli(p) draws i
 Compared, all at α = 0.001 over a budget of n = 100 000 draws:
 
 * **spending** (vision-rs): Clopper–Pearson at each look of the engine's geometric schedule
-  (``vision_rs.engine.look_schedule``), each look spending its share of α (``vision_rs.stats.look_alpha``),
+  (``vision_rs.sampling.engine.look_schedule``), each look spending its share of α (``vision_rs.sampling.stats.look_alpha``),
   half of α kept for the look at n;
 * **uniform**: the same looks, α split evenly over them (plain Bonferroni);
 * **mixture**: Robbins' (1970) beta-binomial mixture martingale with a uniform Beta(1, 1) prior, a confidence
@@ -29,8 +29,8 @@ from scipy.optimize import brentq
 from scipy.special import betaln
 from scipy.stats import norm
 
-from vision_rs.engine import look_schedule
-from vision_rs.stats import clopper_pearson_lower, confidence_sequence_lower
+from vision_rs.sampling.engine import look_schedule
+from vision_rs.sampling.stats import clopper_pearson_lower, confidence_sequence_lower
 
 ALPHA, N = 0.001, 100_000
 

@@ -64,16 +64,16 @@ import numpy as np
 import torch
 
 import vision_rs
-from vision_rs import SmoothedClassifier
-from vision_rs.embedded import DigitsDataset
-from vision_rs.embedded.digits import IMAGE_SIZE, NUM_CLASSES
-from vision_rs.errors import OutputPathError
-from vision_rs.preprocess import EvalTransform
 from _measure import log, positive_int
-from vision_rs.evaluation import certify_dataset
-from vision_rs.plots import plot_certified_accuracy
-from vision_rs.runs import Row, read_rows
-from vision_rs.summaries import Summary, summarize
+from vision_rs import SmoothedClassifier
+from vision_rs.errors import OutputPathError
+from vision_rs.models.embedded import DigitsDataset
+from vision_rs.models.embedded.digits import IMAGE_SIZE, NUM_CLASSES
+from vision_rs.runs.datasets import certify_dataset
+from vision_rs.runs.files import Row, read_rows
+from vision_rs.runs.plots import plot_certified_accuracy
+from vision_rs.runs.summaries import Summary, summarize
+from vision_rs.sampling.preprocess import EvalTransform
 
 MODELS = {0.25: "digits_cnn.sigma_0.25", 0.5: "digits_cnn.sigma_0.50"}
 """σ → the embedded model trained with Gaussian noise of that σ."""

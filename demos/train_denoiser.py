@@ -8,7 +8,7 @@ N(0, σ²) on [0, 1] pixels at every step (no clipping, as in certification) and
 return the clean image: mean squared error, no classifier involved, so any classifier can
 use it (the "off-the-shelf" setting of denoised smoothing, Salman et al. 2020). Same seed,
 same software → same weights. Writes ``digits_denoiser_sigma_<σ>.safetensors`` (see
-``vision_rs.embedded.EMBEDDED_DENOISERS``) with the training settings in its metadata.
+``vision_rs.models.embedded.EMBEDDED_DENOISERS``) with the training settings in its metadata.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from vision_rs.embedded import digits_split
-from vision_rs.embedded.denoiser import DigitsDenoiser, denoiser_weights_path
+from vision_rs.models.embedded import digits_split
+from vision_rs.models.embedded.denoiser import DigitsDenoiser, denoiser_weights_path
 
 
 def denoiser_name(sigma: float) -> str:

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from train_denoiser import augment
 
-from vision_rs.denoising import load_denoiser
-from vision_rs.diffusion import DiffusionDenoiser, require_diffusers
-from vision_rs.embedded import digits_split
+from vision_rs.models.denoising import load_denoiser
+from vision_rs.models.diffusion import DiffusionDenoiser, require_diffusers
+from vision_rs.models.embedded import digits_split
 
 PSNR_SIGMAS = (0.25, 0.5)
 

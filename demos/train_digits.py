@@ -10,7 +10,7 @@ Each model sees the training split with fresh noise on [0, 1] pixels at every st
 N(0, σ²) on every pixel, or, with ``--hierarchical-p``, on each pixel selected with
 probability p, with the selection mask appended as a fourth input channel. Same seed,
 same software → same weights. Writes ``<name>.safetensors`` (see
-``vision_rs.embedded.EMBEDDED_MODELS``) with the training settings in its metadata.
+``vision_rs.models.embedded.EMBEDDED_MODELS``) with the training settings in its metadata.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from vision_rs.embedded import DigitsCNN, digits_split, weights_path
-from vision_rs.models import NormalizedClassifier, read_input_spec
+from vision_rs.models.adapters import NormalizedClassifier, read_input_spec
+from vision_rs.models.embedded import DigitsCNN, digits_split, weights_path
 
 
 def noisy(batch: torch.Tensor, sigma: float, p: float | None, generator: torch.Generator) -> torch.Tensor:

@@ -3,7 +3,7 @@
     python demos/train_segmentation.py                          # both models, into the package's weights folder
     python demos/train_segmentation.py --model localized --loss cell --epochs 1 --out /tmp/w
 
-Two models (``vision_rs.embedded.segnet.EMBEDDED_SEG_MODELS``), each on the 2,000 train scenes with
+Two models (``vision_rs.models.embedded.segnet.EMBEDDED_SEG_MODELS``), each on the 2,000 train scenes with
 fresh noise on [0, 1] pixels at every step (no clipping; the normalisation is inside the model):
 
 * isotropic: N(0, σ²) on every pixel, σ = 0.25;
@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from vision_rs.embedded.scenes import BACKGROUND, NUM_SEG_CLASSES, scenes_split
-from vision_rs.embedded.segnet import EMBEDDED_SEG_MODELS, DigitsSegNet, segmentation_weights_path
-from vision_rs.models import NormalizedClassifier, read_input_spec
+from vision_rs.models.adapters import NormalizedClassifier, read_input_spec
+from vision_rs.models.embedded.scenes import BACKGROUND, NUM_SEG_CLASSES, scenes_split
+from vision_rs.models.embedded.segnet import EMBEDDED_SEG_MODELS, DigitsSegNet, segmentation_weights_path
 from vision_rs.segmentation.localized import Localized, cell_map, sigma_map
 
 MODELS = {"isotropic": "digits_segnet.sigma_0.25", "localized": "digits_segnet_localized.grid_3x3_sigma_0.25_1.00"}

@@ -4,7 +4,7 @@
     python demos/train_video.py --epochs 1 --limit 128 --out /tmp/w
 
 The model sees the training digits moving along fresh paths every epoch (the
-clip generator of ``vision_rs.embedded.clips`` with seeds (seed, epoch, digit)),
+clip generator of ``vision_rs.models.embedded.clips`` with seeds (seed, epoch, digit)),
 played backwards half the time, with fresh N(0, σ²) noise on every [0, 1]
 pixel of the whole clip at every step (Cohen et al.'s recipe: train with the
 noise you certify with; no clipping), normalised inside the classifier after
@@ -13,7 +13,7 @@ mp4: the mp4v round trip moves a pixel by about 0.013 on average, far below
 σ, and training on the tensors keeps the weights independent of the FFmpeg
 build. Same seed, same software → same weights. Writes
 ``digits_c3d_sigma_<σ>.safetensors`` (see
-``vision_rs.embedded.videonet.EMBEDDED_VIDEO_MODELS``) with the settings in its
+``vision_rs.models.embedded.videonet.EMBEDDED_VIDEO_MODELS``) with the settings in its
 metadata, then reports accuracy on the test clips: DigitsC3D clean and under
 one noise draw, on the uint8 clips and on the same clips written to mp4 and
 read back with ``read_clip``, and the embedded digits CNN run frame by frame
@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from vision_rs.embedded import digits_split, load_embedded_model
-from vision_rs.embedded.clips import CLIP_FRAMES, bounce_path, digit_clips, moving_clip, write_clips
-from vision_rs.embedded.videonet import DigitsC3D, video_weights_path
+from vision_rs.models.embedded import digits_split, load_embedded_model
+from vision_rs.models.embedded.clips import CLIP_FRAMES, bounce_path, digit_clips, moving_clip, write_clips
+from vision_rs.models.embedded.videonet import DigitsC3D, video_weights_path
 
 
 class NormalizedClipClassifier(nn.Module):

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vision_rs.distributed import place_on_rank_device, resolve_ranks
 from vision_rs.errors import InvalidImageError, InvalidParameterError, OutputPathError
-from vision_rs.evaluation import run_dataset, run_record
 from vision_rs.images import IMAGE_SUFFIXES
-from vision_rs.inputs import collect_files
 from vision_rs.params import check_alpha, check_count, check_seed
-from vision_rs.runs import RunFiles, read_jsonl, read_table
+from vision_rs.runs.datasets import run_dataset, run_record
+from vision_rs.runs.distributed import place_on_rank_device, resolve_ranks
+from vision_rs.runs.files import RunFiles, read_jsonl, read_table
+from vision_rs.runs.inputs import collect_files
 
 from .certificates import check_eps
 from .results import IGNORE_INDEX, SegmentationCertificate, check_label_map

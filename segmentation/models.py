@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vision_rs.errors import ModelOutputError
-from vision_rs.models import InputSpec, NormalizedClassifier
-from vision_rs.preprocess import EvalTransform
+from vision_rs.models.adapters import InputSpec, NormalizedClassifier
+from vision_rs.sampling.preprocess import EvalTransform
 
 
 def segmentation_resize(spec: InputSpec) -> EvalTransform | None:

@@ -13,7 +13,7 @@ def write_digit_folder(root, count: int, name: str = "{idx}.png"):
     """The first ``count`` held-out embedded digits as PNGs in integer-named class folders under ``root``."""
     from PIL import Image
 
-    from vision_rs.embedded import DigitsDataset
+    from vision_rs.models.embedded import DigitsDataset
 
     dataset = DigitsDataset("test")
     for idx in range(count):

@@ -18,8 +18,8 @@ from torchvision.models import ResNet18_Weights
 
 import vision_rs
 from vision_rs import InvalidParameterError, NormalizedClassifier, to_unit_tensor
-from vision_rs.noise import GaussianNoise
-from vision_rs.views import WholeImage
+from vision_rs.sampling.noise import GaussianNoise
+from vision_rs.sampling.views import WholeImage
 
 SIGMA = 0.25
 

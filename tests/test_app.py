@@ -19,8 +19,8 @@ from torch import nn
 
 gr = pytest.importorskip("gradio")
 
-from vision_rs.app import AppConfig, Handlers, launch_app  # noqa: E402
-from vision_rs.app_certify import (  # noqa: E402
+from vision_rs.app.catalog import IMAGE, SEGMENTATION, VIDEO, ModelCatalog, ModelChoice  # noqa: E402
+from vision_rs.app.certify import (  # noqa: E402
     AppCertifier,
     AppLimits,
     CertificationCancelled,
@@ -32,10 +32,10 @@ from vision_rs.app_certify import (  # noqa: E402
     parse_eps,
     scene_example,
 )
-from vision_rs.app_models import IMAGE, SEGMENTATION, VIDEO, ModelCatalog, ModelChoice  # noqa: E402
-from vision_rs.app_pictures import ABSTAIN_COLOUR, AGREE, DISAGREE  # noqa: E402
-from vision_rs.embedded import DigitsCNN, load_embedded_model  # noqa: E402
+from vision_rs.app.pictures import ABSTAIN_COLOUR, AGREE, DISAGREE  # noqa: E402
+from vision_rs.app.ui import AppConfig, Handlers, launch_app  # noqa: E402
 from vision_rs.errors import InvalidParameterError, ModelOutputError  # noqa: E402
+from vision_rs.models.embedded import DigitsCNN, load_embedded_model  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(  # gradio's queue statistics use pandas options that pandas 3 deprecates
     "ignore:'future.no_silent_downcasting' is deprecated", "ignore:The copy keyword is deprecated")
@@ -272,7 +272,7 @@ def test_bad_and_large_uploads_show_our_message(handlers: Handlers, tmp_path: Pa
 
 
 def test_video_limits_show_our_message(catalog: ModelCatalog, tmp_path: Path) -> None:
-    from vision_rs.embedded.clips import write_clips
+    from vision_rs.models.embedded.clips import write_clips
 
     path = write_clips(tmp_path, limit=1)[0]
     strip = Handlers(AppCertifier(catalog, device="cpu", progress=False)).preview(VIDEO, "Upload", 0, str(path))

@@ -16,9 +16,16 @@ from torchvision.models import ResNet18_Weights
 
 import vision_rs
 from vision_rs import CheckpointError, InvalidParameterError, ModelUnavailableError
-from vision_rs.checkpoints import load_checkpoint_into, load_state_dict_file
-from vision_rs.embedded import DIGITS_MEAN, DIGITS_STD, EMBEDDED_MODELS, DigitsCNN, digits_split, load_embedded_model
-from vision_rs.hub import create_model
+from vision_rs.models.checkpoints import load_checkpoint_into, load_state_dict_file
+from vision_rs.models.embedded import (
+    DIGITS_MEAN,
+    DIGITS_STD,
+    EMBEDDED_MODELS,
+    DigitsCNN,
+    digits_split,
+    load_embedded_model,
+)
+from vision_rs.models.hub import create_model
 
 EMBEDDED = "digits_cnn.sigma_0.25"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vision_rs.cli import main
 from tests.conftest import write_digit_folder
-from vision_rs.embedded import DigitsDataset
-from vision_rs.runs import read_rows
+from vision_rs import read_rows
+from vision_rs.cli import main
+from vision_rs.models.embedded import DigitsDataset
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def test_cohen_layout_gets_whole_names_and_one_plot_each(tmp_path: Path, capsys:
 def test_without_matplotlib_tables_are_printed_and_the_exit_is_0(
     tmp_path: Path, image_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import vision_rs.plots
+    import vision_rs.runs.plots
     from vision_rs.errors import MissingDependencyError
 
     out = tmp_path / "run.tsv"
@@ -252,7 +252,7 @@ def test_without_matplotlib_tables_are_printed_and_the_exit_is_0(
     def no_matplotlib():
         raise MissingDependencyError("plots need matplotlib: pip install 'vision-rs[demo]' (or matplotlib)")
 
-    monkeypatch.setattr(vision_rs.plots, "_pyplot", no_matplotlib)
+    monkeypatch.setattr(vision_rs.runs.plots, "_pyplot", no_matplotlib)
     assert main(["report", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| run.tsv | 8 |" in printed and "plots skipped: plots need matplotlib" in printed

@@ -13,14 +13,13 @@ import pytest
 import torch
 
 import vision_rs
-from vision_rs.embedded import digits_split
-from vision_rs import Patches
-from vision_rs.engine import EngineConfig, ViewVoteTally, VoteTally, sample
-from vision_rs.preprocess import EvalTransform
-from vision_rs.noise import GaussianNoise, HierarchicalNoise
-from vision_rs.views import WholeImage
-
 from tests.conftest import LinearTwoClass, Recorder
+from vision_rs import Patches
+from vision_rs.models.embedded import digits_split
+from vision_rs.sampling.engine import EngineConfig, ViewVoteTally, VoteTally, sample
+from vision_rs.sampling.noise import GaussianNoise, HierarchicalNoise
+from vision_rs.sampling.preprocess import EvalTransform
+from vision_rs.sampling.views import WholeImage
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from tests.conftest import write_digit_folder
+from vision_rs import read_rows
 from vision_rs.cli import main
-from vision_rs.runs import read_jsonl, read_rows
+from vision_rs.runs.files import read_jsonl
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +36,7 @@ def test_certify_with_an_embedded_denoiser(tmp_path: Path, image_folder: Path) -
 
 
 def test_certify_video_frame_by_frame_with_a_denoiser(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from vision_rs.embedded.clips import write_clips
+    from vision_rs.models.embedded.clips import write_clips
 
     write_clips(tmp_path / "clips", "test", limit=1)
     args = ["certify-video", str(tmp_path / "clips"), "--model", "digits_cnn.clean", "--framewise", "--sigma", "0.25",

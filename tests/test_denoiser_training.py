@@ -40,14 +40,14 @@ def test_script_writes_weights_that_smooth_loads(train_denoiser, tmp_path: Path)
     written = tmp_path / "digits_denoiser_sigma_0.50.safetensors"
     smoothed = vision_rs.smooth("digits_cnn.clean", sigma=0.5, denoiser=written, device="cpu", progress=False)
     assert smoothed.describe()["denoiser"]["checkpoint"] == str(written)
-    cert = smoothed.certify(vision_rs.embedded.digits_split("test")[0][0], n0=10, n=50, alpha=0.01, seed=0)
+    cert = smoothed.certify(vision_rs.models.embedded.digits_split("test")[0][0], n0=10, n=50, alpha=0.01, seed=0)
     assert sum(cert.counts.values()) == 50
 
 
 def test_shipped_denoisers_were_trained_as_the_script_says() -> None:
     from safetensors import safe_open
 
-    from vision_rs.embedded.denoiser import EMBEDDED_DENOISERS, denoiser_weights_path
+    from vision_rs.models.embedded.denoiser import EMBEDDED_DENOISERS, denoiser_weights_path
 
     for name, info in EMBEDDED_DENOISERS.items():
         with safe_open(str(denoiser_weights_path(name)), "pt") as weights:

@@ -25,11 +25,12 @@ import torch.multiprocessing as torch_mp
 
 import vision_rs
 from tests.conftest import write_digit_folder
+from vision_rs import read_rows
 from vision_rs.cli import build_parser, main
-from vision_rs.distributed import Ranks, ranks_from_environment, resolve_ranks
-from vision_rs.embedded import DigitsDataset
 from vision_rs.errors import InvalidParameterError, ModelOutputError, OutputPathError
-from vision_rs.runs import RunFiles, part_path, part_ranks, read_rows
+from vision_rs.models.embedded import DigitsDataset
+from vision_rs.runs.distributed import Ranks, ranks_from_environment, resolve_ranks
+from vision_rs.runs.files import RunFiles, part_path, part_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, SIGMA = "digits_cnn.sigma_0.25", 0.25
@@ -372,7 +373,7 @@ def test_every_rank_refuses_to_resume_a_run_with_other_settings(tmp_path: Path, 
 
 
 def test_each_rank_takes_the_gpu_of_its_local_rank_and_the_backend_follows_the_device(monkeypatch) -> None:
-    from vision_rs.distributed import backend_for, rank_device
+    from vision_rs.runs.distributed import backend_for, rank_device
 
     ranks = Ranks(5, 8, 1)
     assert rank_device("cpu", ranks) == torch.device("cpu") and rank_device("cuda:0", None) == torch.device("cuda:0")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import vision_rs
-from vision_rs.embedded import DigitsDataset
-from vision_rs.plots import plot_certified_accuracy
-from vision_rs.runs import Row, read_rows
-from vision_rs.summaries import summarize
+from vision_rs import read_rows, summarize
+from vision_rs.models.embedded import DigitsDataset
+from vision_rs.runs.files import Row
+from vision_rs.runs.plots import plot_certified_accuracy
 
 SETTINGS = dict(n0=10, n=100, alpha=0.01, seed=0, progress=False)
 
@@ -157,8 +157,8 @@ def test_resume_refuses_a_tsv_whose_jsonl_is_missing(tmp_path: Path, smoothed, s
 
 
 def test_pixel_budget_table_refuses_missing_files_and_unlabelled_runs(tmp_path: Path, smoothed, six_digits) -> None:
-    from vision_rs.runs import read_certificates
-    from vision_rs.summaries import accuracy_over_pixels_and_budget
+    from vision_rs.runs.files import read_certificates
+    from vision_rs.runs.summaries import accuracy_over_pixels_and_budget
 
     with pytest.raises(vision_rs.OutputPathError, match="no such results file"):
         read_certificates(tmp_path / "missing.jsonl")
@@ -180,7 +180,7 @@ def hierarchical_certificate(label: int | None, p_lower: float, p_upper: float) 
 
 def test_pixel_budget_table_values_by_hand() -> None:
     """Issue 8.4: the values, not just the header. Budgets R_r from the pure radius function, counted by hand."""
-    from vision_rs.summaries import accuracy_over_pixels_and_budget, format_pixel_budget_table
+    from vision_rs.runs.summaries import accuracy_over_pixels_and_budget, format_pixel_budget_table
 
     # p = 0.85, σ = 0.25, p̄B = 0.02: R_1 = 0.510 and R_2 = 0.425 at p̲A = 0.99; R_1 = 0.336 and R_2 = 0.239 at 0.9
     r1_confident = vision_rs.hierarchical_radius(0.99, 0.02, 0.25, 0.85, 1)

@@ -27,11 +27,11 @@ from tests.conftest import (
     normal_mean_bound,
     normal_rms_interval,
 )
-from vision_rs import Hierarchical, InvalidParameterError, ModelOutputError
-from vision_rs.certificates import gaussian_radius, hierarchical_bounds, hierarchical_certify, hierarchical_radius
-from vision_rs.engine import EngineConfig, VoteTally, sample
-from vision_rs.noise import HierarchicalNoise
-from vision_rs.views import WholeImage
+from vision_rs import Hierarchical, InvalidParameterError, ModelOutputError, gaussian_radius, hierarchical_radius
+from vision_rs.sampling.certificates import hierarchical_bounds, hierarchical_certify
+from vision_rs.sampling.engine import EngineConfig, VoteTally, sample
+from vision_rs.sampling.noise import HierarchicalNoise
+from vision_rs.sampling.views import WholeImage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -617,7 +617,7 @@ def test_indicator_channel_reaches_the_model_unnormalised() -> None:
 def test_embedded_hierarchical_model_certifies_digits() -> None:
     smoothed = vision_rs.smooth("digits_cnn_hier.p_0.85_sigma_0.25", sigma=0.25,
                                 hierarchical=Hierarchical(p=0.85, indicator=True), device="cpu", progress=False)
-    images, labels = vision_rs.embedded.digits_split("test")
+    images, labels = vision_rs.models.embedded.digits_split("test")
     certs = [smoothed.certify(images[i], n0=20, n=200, alpha=0.01, seed=0) for i in range(4)]
     assert sum(cert.label == int(labels[i]) for i, cert in enumerate(certs)) >= 3
     assert all(sorted(cert.radii) == [1, 2, 3, 4] for cert in certs)

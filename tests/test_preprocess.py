@@ -23,9 +23,9 @@ from timm.data import create_transform, resolve_data_config
 from torch import nn
 
 import vision_rs
-from vision_rs import InvalidImageError, InvalidParameterError, ModelOutputError
-from vision_rs.models import InputSpec, spec_from_torchvision_weights
-from vision_rs.preprocess import EvalTransform
+from vision_rs import InputSpec, InvalidImageError, InvalidParameterError, ModelOutputError
+from vision_rs.models.adapters import spec_from_torchvision_weights
+from vision_rs.sampling.preprocess import EvalTransform
 
 MEAN_TOLERANCE = 0.002
 MAX_TOLERANCE = {"bilinear": 0.006, "bicubic": 0.06}

@@ -15,16 +15,15 @@ from PIL import Image
 from torch import nn
 
 import vision_rs
-from vision_rs import InvalidImageError, InvalidParameterError, OutputPathError
-from vision_rs.embedded import DigitsDataset
-from vision_rs.engine import EngineConfig, VoteTally, draw_bytes, max_draws_per_batch, sample
-from vision_rs.evaluation import collect_image_files
-from vision_rs.inputs import read_class_file
-from vision_rs.noise import GaussianNoise
-from vision_rs.runs import read_jsonl, read_rows, record_differences
-from vision_rs.views import WholeImage
-
 from tests.conftest import Recorder
+from vision_rs import InvalidImageError, InvalidParameterError, OutputPathError, read_rows
+from vision_rs.models.embedded import DigitsDataset
+from vision_rs.runs.datasets import collect_image_files
+from vision_rs.runs.files import read_jsonl, record_differences
+from vision_rs.runs.inputs import read_class_file
+from vision_rs.sampling.engine import EngineConfig, VoteTally, draw_bytes, max_draws_per_batch, sample
+from vision_rs.sampling.noise import GaussianNoise
+from vision_rs.sampling.views import WholeImage
 
 SETTINGS = dict(n0=10, n=60, alpha=0.01, seed=0, progress=False)
 
@@ -88,7 +87,7 @@ def test_resume_refuses_other_settings(tmp_path: Path, quarter, digits, change: 
 
 def test_resume_refuses_other_weights_of_the_same_architecture(tmp_path: Path, digits) -> None:
     """Same class, other values: the state fingerprint tells them apart."""
-    first, second = vision_rs.embedded.DigitsCNN(), vision_rs.embedded.DigitsCNN()
+    first, second = vision_rs.models.embedded.DigitsCNN(), vision_rs.models.embedded.DigitsCNN()
     out = tmp_path / "run.tsv"
     interrupted_run(out, vision_rs.smooth(first, sigma=0.25, progress=False), digits)
     with pytest.raises(OutputPathError, match=r"classifier\.state_sha256"):
@@ -125,7 +124,7 @@ def test_checkpoint_path_and_hash_are_recorded(tmp_path: Path, digits) -> None:
     from safetensors.torch import save_file
 
     path = tmp_path / "weights.safetensors"
-    save_file(vision_rs.embedded.DigitsCNN().state_dict(), str(path))
+    save_file(vision_rs.models.embedded.DigitsCNN().state_dict(), str(path))
     smoothed = vision_rs.smooth(str(path), arch="digits_cnn.sigma_0.25", sigma=0.25, device="cpu", progress=False)
     model = smoothed.describe()["model"]
     assert model["checkpoint"] == str(path) and len(model["checkpoint_sha256"]) == 64
@@ -150,7 +149,7 @@ def test_nothing_is_created_before_the_first_row_is_ready(tmp_path: Path, quarte
 
 
 def test_draw_bytes_counts_the_noisy_draw_and_the_model_inputs() -> None:
-    from vision_rs.preprocess import EvalTransform
+    from vision_rs.sampling.preprocess import EvalTransform
 
     view = WholeImage(EvalTransform((32, 32), (32, 32)))
     assert draw_bytes((3, 600, 400), GaussianNoise(0.25), view) == 4 * (3 * 600 * 400 + 3 * 32 * 32)

@@ -22,16 +22,15 @@ from PIL import Image
 from scipy.stats import binom
 from torch import nn
 
-from vision_rs import InvalidParameterError, ModelOutputError
+from vision_rs import InvalidParameterError, ModelOutputError, clopper_pearson_lower
 from vision_rs import segmentation as seg
 from vision_rs.cli import main
-from vision_rs.embedded.scenes import DigitScenes
-from vision_rs.engine import EngineConfig, PixelVoteTally, sample
-from vision_rs.noise import SigmaMapNoise
-from vision_rs.runs import read_jsonl
+from vision_rs.models.embedded.scenes import DigitScenes
+from vision_rs.runs.files import read_jsonl
+from vision_rs.sampling.engine import EngineConfig, PixelVoteTally, sample
+from vision_rs.sampling.noise import SigmaMapNoise
+from vision_rs.sampling.views import WholeImage
 from vision_rs.segmentation.datasets import certify_segmentation_dataset, read_segmentation_rows
-from vision_rs.stats import clopper_pearson_lower
-from vision_rs.views import WholeImage
 
 ALPHA = 0.05
 

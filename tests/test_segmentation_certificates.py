@@ -22,32 +22,27 @@ import pytest
 from scipy.optimize import linprog
 from scipy.stats import beta, binom, norm
 
+from vision_rs import clopper_pearson_lower
 from vision_rs.errors import InvalidParameterError
-from vision_rs.segmentation import certificates as certs
-from vision_rs.segmentation.certificates import (
+from vision_rs.segmentation import (
     CertificateSolverError,
+    Localized,
     anisotropic_robust,
-    bonferroni_rejections,
+    cell_map,
+    cell_slices,
     certify_pixels,
     certify_pixels_at_threshold,
     collective_certificate,
     grid_collective_certificate,
     holm_rejections,
     naive_certified_count,
-    pixel_radii,
-    simultaneous_lower_bounds,
-    threshold_pvalues,
-)
-from vision_rs.segmentation.localized import (
-    Localized,
-    cell_borders,
-    cell_map,
-    cell_slices,
-    cell_squared_norms,
     sigma_map,
     sigma_table,
+    simultaneous_lower_bounds,
 )
-from vision_rs.stats import clopper_pearson_lower
+from vision_rs.segmentation import certificates as certs
+from vision_rs.segmentation.certificates import bonferroni_rejections, pixel_radii, threshold_pvalues
+from vision_rs.segmentation.localized import cell_borders, cell_squared_norms
 
 FALSE_FAILURE = 1e-4
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from vision_rs.checkpoints import load_checkpoint_into
-from vision_rs.embedded.digits import digits_split
-from vision_rs.embedded.scenes import (
+from vision_rs.models.adapters import read_input_spec
+from vision_rs.models.checkpoints import load_checkpoint_into
+from vision_rs.models.embedded.digits import digits_split
+from vision_rs.models.embedded.scenes import (
     BACKGROUND,
     DIGIT_SIZES,
     INK_THRESHOLD,
@@ -24,7 +25,7 @@ from vision_rs.embedded.scenes import (
     scene_placements,
     scenes_split,
 )
-from vision_rs.embedded.segnet import (
+from vision_rs.models.embedded.segnet import (
     EMBEDDED_SEG_MODELS,
     SCENES_MEAN,
     SCENES_STD,
@@ -32,7 +33,6 @@ from vision_rs.embedded.segnet import (
     load_embedded_segmentation_model,
     segmentation_weights_path,
 )
-from vision_rs.models import read_input_spec
 
 SCRIPT = Path(__file__).resolve().parents[1] / "demos" / "train_segmentation.py"
 

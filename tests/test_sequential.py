@@ -18,22 +18,24 @@ import torch
 from scipy.stats import binom, norm
 
 import vision_rs
-from vision_rs import Hierarchical, InvalidParameterError, Patches
-from vision_rs.certificates import hierarchical_certify
-from vision_rs.cli import main
-from vision_rs.engine import EngineConfig, VoteTally, look_schedule, sample
-from vision_rs.errors import OutputPathError
-from vision_rs.noise import GaussianNoise
-from vision_rs.runs import read_jsonl
-from vision_rs.sequential import StoppingRule, project_counts, replay, sequential_goal
-from vision_rs.stats import (
-    FINAL_SHARE, alpha_spent, clopper_pearson_lower, clopper_pearson_upper, confidence_sequence_lower,
-    confidence_sequence_upper, look_alpha,
-)
-from vision_rs.views import WholeImage
-
 from tests.conftest import FALSE_FAILURE, LinearTwoClass, assert_sound_with_power, binomial_tolerance
 from tests.test_hierarchical import CHANNELS, SIDE, SOUND_SIGMA, ExactLinear
+from vision_rs import Hierarchical, InvalidParameterError, Patches, clopper_pearson_lower, clopper_pearson_upper
+from vision_rs.cli import main
+from vision_rs.errors import OutputPathError
+from vision_rs.runs.files import read_jsonl
+from vision_rs.sampling.certificates import hierarchical_certify
+from vision_rs.sampling.engine import EngineConfig, VoteTally, look_schedule, sample
+from vision_rs.sampling.noise import GaussianNoise
+from vision_rs.sampling.sequential import StoppingRule, project_counts, replay, sequential_goal
+from vision_rs.sampling.stats import (
+    FINAL_SHARE,
+    alpha_spent,
+    confidence_sequence_lower,
+    confidence_sequence_upper,
+    look_alpha,
+)
+from vision_rs.sampling.views import WholeImage
 
 SIGMA = 0.5
 ALPHA = 0.05
@@ -353,7 +355,7 @@ def test_per_view_modes_refuse_sequential_certification(linear_setup, mode: str,
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[vision_rs.SmoothedClassifier, list]:
-    dataset = vision_rs.embedded.DigitsDataset("test")
+    dataset = vision_rs.models.embedded.DigitsDataset("test")
     return vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", progress=False), [dataset[i] for i in range(4)]
 
 
@@ -415,14 +417,14 @@ def test_certificates_without_n_used_still_load(tmp_path: Path) -> None:
     assert cert["n_used"] is None
     path = tmp_path / "old.jsonl"
     path.write_text(json.dumps({"idx": 0, "label": 1, "certificate": {k: v for k, v in cert.items() if k != "n_used"}}) + "\n")
-    from vision_rs.runs import read_certificates
-    from vision_rs.summaries import sample_use
+    from vision_rs.runs.files import read_certificates
+    from vision_rs.runs.summaries import sample_use
 
     assert sample_use([c for _, c in read_certificates(path)]) is None
 
 
 def test_certify_video_cli_decides_a_radius_and_records_it(tmp_path: Path) -> None:
-    from vision_rs.embedded.clips import write_clips
+    from vision_rs.models.embedded.clips import write_clips
 
     write_clips(tmp_path / "clips", "test", limit=1)
     out = tmp_path / "clips.tsv"

@@ -32,13 +32,20 @@ from torch import nn
 
 import vision_rs
 from tests.conftest import FALSE_FAILURE, LinearTwoClass, binomial_tolerance, normal_mean_bound, normal_rms_interval
-from vision_rs import InvalidImageError, InvalidParameterError, Patches
-from vision_rs.engine import EngineConfig, ViewVoteTally, VoteTally, plan_batches, sample
-from vision_rs.noise import GaussianNoise
-from vision_rs.patches import PatchView
-from vision_rs.certificates import cohen_certify, max_of_views_certify, mean_of_views_certify, probit_mean_certify
-from vision_rs.preprocess import EvalTransform
-from vision_rs.stats import clopper_pearson_lower, clopper_pearson_upper, mean_lower_bound, mean_upper_bound
+from vision_rs import (
+    InvalidImageError,
+    InvalidParameterError,
+    Patches,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    cohen_certify,
+)
+from vision_rs.sampling.certificates import max_of_views_certify, mean_of_views_certify, probit_mean_certify
+from vision_rs.sampling.engine import EngineConfig, ViewVoteTally, VoteTally, plan_batches, sample
+from vision_rs.sampling.noise import GaussianNoise
+from vision_rs.sampling.patches import PatchView
+from vision_rs.sampling.preprocess import EvalTransform
+from vision_rs.sampling.stats import mean_lower_bound, mean_upper_bound
 
 SIGMA = 0.5
 ALPHA = 0.05

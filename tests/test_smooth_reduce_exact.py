@@ -38,10 +38,9 @@ from scipy.stats import norm
 
 import vision_rs
 from tests.conftest import Recorder, TreeClassifier, assert_sound_with_power, hoeffding_deviation
-from vision_rs import Patches
-from vision_rs.certificates import max_of_views_certify, mean_of_views_certify, probit_mean_certify
-from vision_rs.models import InputSpec
-from vision_rs.stats import clopper_pearson_lower, clopper_pearson_upper, mean_lower_bound, mean_upper_bound
+from vision_rs import InputSpec, Patches, clopper_pearson_lower, clopper_pearson_upper
+from vision_rs.sampling.certificates import max_of_views_certify, mean_of_views_certify, probit_mean_certify
+from vision_rs.sampling.stats import mean_lower_bound, mean_upper_bound
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

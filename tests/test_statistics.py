@@ -8,7 +8,14 @@ import pytest
 from scipy.optimize import brentq
 from scipy.stats import binom, norm
 
-from vision_rs import InvalidParameterError, clopper_pearson_lower, clopper_pearson_upper, cohen_certify, gaussian_radius, top_two_pvalue
+from vision_rs import (
+    InvalidParameterError,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    cohen_certify,
+    gaussian_radius,
+    top_two_pvalue,
+)
 
 
 def lower_by_inversion(k: int, n: int, alpha: float) -> float:

@@ -20,13 +20,12 @@ from scipy.stats import binom, norm
 from torch import nn
 
 import vision_rs
-from vision_rs import InvalidImageError, InvalidParameterError, ModelOutputError
-from vision_rs import video
+from vision_rs import InvalidImageError, InvalidParameterError, ModelOutputError, read_rows, video
 from vision_rs.cli import main
-from vision_rs.embedded.clips import digit_clips, write_clips
 from vision_rs.errors import InvalidVideoError
-from vision_rs.preprocess import EvalTransform
-from vision_rs.runs import read_jsonl, read_rows
+from vision_rs.models.embedded.clips import digit_clips, write_clips
+from vision_rs.runs.files import read_jsonl
+from vision_rs.sampling.preprocess import EvalTransform
 
 SIGMA = 0.5
 ALPHA = 0.05
@@ -198,7 +197,7 @@ def test_clip_models_get_their_layout_and_chunks_are_averaged() -> None:
 
 def test_framewise_models_average_logits_over_frames_and_see_grey_repeated() -> None:
     recorder = Recorder()
-    base = vision_rs.models.NormalizedClassifier(video.FramesAsImages(recorder), vision_rs.InputSpec((0.5,) * 3, (0.5,) * 3))
+    base = vision_rs.models.adapters.NormalizedClassifier(video.FramesAsImages(recorder), vision_rs.InputSpec((0.5,) * 3, (0.5,) * 3))
     grey = torch.rand(2, 4, 1, 3, 3)
     logits = base(grey)
     images = recorder.seen[0]

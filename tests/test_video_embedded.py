@@ -10,8 +10,9 @@ import pytest
 import torch
 from scipy.stats import binom
 
-from vision_rs.embedded import digits_split
-from vision_rs.embedded.clips import (
+from vision_rs.errors import InvalidParameterError, OutputPathError
+from vision_rs.models.embedded import digits_split
+from vision_rs.models.embedded.clips import (
     CLIP_FRAMES,
     MAX_SHIFT,
     MovingDigitsDataset,
@@ -21,9 +22,13 @@ from vision_rs.embedded.clips import (
     moving_clip,
     write_clips,
 )
-from vision_rs.embedded.videonet import EMBEDDED_VIDEO_MODELS, DigitsC3D, load_embedded_video_model, video_weights_path
-from vision_rs.errors import InvalidParameterError, OutputPathError
-from vision_rs.video.io import available_backends
+from vision_rs.models.embedded.videonet import (
+    EMBEDDED_VIDEO_MODELS,
+    DigitsC3D,
+    load_embedded_video_model,
+    video_weights_path,
+)
+from vision_rs.video import available_backends
 
 SCRIPT = Path(__file__).resolve().parents[1] / "demos" / "train_video.py"
 
@@ -60,7 +65,7 @@ def test_clips_of_each_split_come_from_the_digits_of_that_split() -> None:
 
 
 def _seed(split: str) -> int:
-    from vision_rs.embedded import clips
+    from vision_rs.models.embedded import clips
 
     return clips._MOTION_SEEDS[split]
 
@@ -96,7 +101,7 @@ def test_dataset_items() -> None:
 def test_written_clips_read_back_within_codec_tolerance(tmp_path: Path) -> None:
     """mp4v with 4:2:0 chroma: measured mean error ≈ 3.3/255 over the test clips (worst clip 5.2/255)."""
     pytest.importorskip("cv2", reason="writing clips needs opencv-python-headless")
-    from vision_rs.video.io import read_clip_info
+    from vision_rs.video import read_clip_info
 
     paths = write_clips(tmp_path, "test", limit=6)
     clips, labels = digit_clips("test")

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vision_rs.errors import InvalidImageError, InvalidParameterError, InvalidVideoError
-from vision_rs.video import io
-from vision_rs.video.io import frame_indices, read_clip, read_clip_info
+from vision_rs.video import frame_indices, io, read_clip, read_clip_info
 
 try:
     import cv2

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from vision_rs.evaluation import Certifier, FileKind, certify_classification_dataset
-from vision_rs.summaries import DEFAULT_RADII, Summary
+from vision_rs.runs.datasets import Certifier, FileKind, certify_classification_dataset
+from vision_rs.runs.summaries import DEFAULT_RADII, Summary
 
 from .io import check_request, read_clip_info
 

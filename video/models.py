@@ -1,6 +1,6 @@
 """Video base classifiers: a clip model or an image model run on every frame, fed noisy [0, 1] clips [N, T, C, H, W].
 
-Both are wrapped in :class:`~vision_rs.models.NormalizedClassifier`, which normalises the channels
+Both are wrapped in :class:`~vision_rs.models.adapters.NormalizedClassifier`, which normalises the channels
 (dim -3) after the noise; the adapters here only give the model the layout it reads:
 
 * :class:`ClipLayout`: torchvision's video classifiers (r3d_18, mc3_18, r2plus1d_18, s3d, mvit, swin3d)
@@ -19,7 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from vision_rs.errors import InvalidParameterError
-from vision_rs.patches import grid_starts
+from vision_rs.sampling.patches import grid_starts
 
 
 def check_chunk(chunk: int | None) -> int | None:

@@ -8,7 +8,7 @@ from torch import nn
 from typing_extensions import Unpack
 
 from vision_rs.errors import InvalidParameterError
-from vision_rs.models import NormalizedClassifier
+from vision_rs.models.adapters import NormalizedClassifier
 from vision_rs.smoothing import ModelOptions, SmoothedClassifier, method_for, place, prepare_model
 
 from .models import ClipLayout, FramesAsImages, check_chunk

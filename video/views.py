@@ -16,8 +16,8 @@ import torch
 from einops import rearrange
 
 from vision_rs.errors import InvalidImageError, InvalidParameterError
-from vision_rs.patches import grid_starts
-from vision_rs.preprocess import EvalTransform
+from vision_rs.sampling.patches import grid_starts
+from vision_rs.sampling.preprocess import EvalTransform
 
 
 def _positive(value: object, name: str) -> int:

@@ -31,43 +31,46 @@ from .errors import (
 __version__ = "0.2.0"
 
 _LAZY = {
-    "Certificate": "results",
-    "Prediction": "results",
-    "cohen_certify": "certificates",
-    "gaussian_radius": "certificates",
-    "hierarchical_radius": "certificates",
-    "Summary": "summaries",
-    "summarize": "summaries",
-    "certify_dataset": "evaluation",
-    "read_rows": "runs",
+    "Certificate": "sampling.results",
+    "Prediction": "sampling.results",
+    "cohen_certify": "sampling.certificates",
+    "gaussian_radius": "sampling.certificates",
+    "hierarchical_radius": "sampling.certificates",
+    "Summary": "runs.summaries",
+    "summarize": "runs.summaries",
+    "certify_dataset": "runs.datasets",
+    "read_rows": "runs.files",
     "to_unit_tensor": "images",
-    "Gaussian": "methods",
-    "Hierarchical": "methods",
-    "SmoothReduce": "methods",
-    "Patches": "patches",
-    "InputSpec": "models",
-    "NormalizedClassifier": "models",
+    "Gaussian": "sampling.methods",
+    "Hierarchical": "sampling.methods",
+    "SmoothReduce": "sampling.methods",
+    "Patches": "sampling.patches",
+    "InputSpec": "models.adapters",
+    "NormalizedClassifier": "models.adapters",
     "SmoothedClassifier": "smoothing",
-    "DiffusionDenoiser": "diffusion",
+    "DiffusionDenoiser": "models.diffusion",
     "smooth": "smoothing",
-    "clopper_pearson_lower": "stats",
-    "clopper_pearson_upper": "stats",
-    "top_two_pvalue": "stats",
+    "clopper_pearson_lower": "sampling.stats",
+    "clopper_pearson_upper": "sampling.stats",
+    "top_two_pvalue": "sampling.stats",
 }
 
+_SUBPACKAGES = {"video": ".video", "segmentation": ".segmentation", "embedded": ".models.embedded"}
+"""Subpackages reachable as attributes: ``vision_rs.video``, ``vision_rs.segmentation`` and the embedded defaults."""
+
 if TYPE_CHECKING:
-    from .certificates import cohen_certify, gaussian_radius, hierarchical_radius
-    from .diffusion import DiffusionDenoiser
-    from .evaluation import certify_dataset
     from .images import to_unit_tensor
-    from .methods import Gaussian, Hierarchical, SmoothReduce
-    from .models import InputSpec, NormalizedClassifier
-    from .patches import Patches
-    from .results import Certificate, Prediction
-    from .runs import read_rows
+    from .models.adapters import InputSpec, NormalizedClassifier
+    from .models.diffusion import DiffusionDenoiser
+    from .runs.datasets import certify_dataset
+    from .runs.files import read_rows
+    from .runs.summaries import Summary, summarize
+    from .sampling.certificates import cohen_certify, gaussian_radius, hierarchical_radius
+    from .sampling.methods import Gaussian, Hierarchical, SmoothReduce
+    from .sampling.patches import Patches
+    from .sampling.results import Certificate, Prediction
+    from .sampling.stats import clopper_pearson_lower, clopper_pearson_upper, top_two_pvalue
     from .smoothing import SmoothedClassifier, smooth
-    from .stats import clopper_pearson_lower, clopper_pearson_upper, top_two_pvalue
-    from .summaries import Summary, summarize
 
 
 def __getattr__(name: str) -> Any:
@@ -75,8 +78,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value  # later lookups skip this function
         return value
-    if name in ("embedded", "video", "segmentation"):
-        return importlib.import_module(f".{name}", __name__)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(_SUBPACKAGES[name], __name__)
     raise AttributeError(f"module 'vision_rs' has no attribute {name!r}")
 
 

@@ -62,7 +62,7 @@ Models (--model):
 Denoisers (--denoiser; denoised smoothing, in front of a model trained without noise):
   embedded    {EMBEDDED_DENOISER_NAMES} (offline, shipped)
   checkpoint  a .safetensors / .pt file of the embedded denoiser architecture
-              (vision_rs.embedded.DigitsDenoiser with its default sizes)
+              (vision_rs.models.embedded.DigitsDenoiser with its default sizes)
   diffusion   a local folder with a diffusers UNet2DModel and its DDPM scheduler
               (unet/ and scheduler/, as DDPMPipeline.save_pretrained writes;
               needs pip install 'vision-rs[diffusion]')
@@ -144,7 +144,7 @@ def _add_sequential_options(parser: argparse.ArgumentParser) -> None:
 
 def _sequential_settings(args: argparse.Namespace) -> dict[str, object]:
     """``radius`` / ``sequential`` / ``tolerance`` for ``certify``, checked (our error names the options)."""
-    from .sequential import sequential_goal
+    from .sampling.sequential import sequential_goal
 
     sequential_goal(args.radius, args.sequential, args.tolerance)
     return {"radius": args.radius, "sequential": args.sequential, "tolerance": args.tolerance}
@@ -415,7 +415,7 @@ def rank_device_option(args: argparse.Namespace) -> str | torch.device | None:
     """
     import torch
 
-    from .distributed import rank_device, ranks_from_environment
+    from .runs.distributed import rank_device, ranks_from_environment
 
     ranks = ranks_from_environment()
     if ranks is None:
@@ -444,7 +444,7 @@ def model_options(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _print_run(out: Path, summary: object) -> None:
-    from .summaries import format_summaries
+    from .runs.summaries import format_summaries
 
     if not _speaks_for_the_run():
         return
@@ -453,7 +453,7 @@ def _print_run(out: Path, summary: object) -> None:
 
 
 def _certify_video(args: argparse.Namespace) -> None:
-    from .inputs import collect_files, read_class_file
+    from .runs.inputs import collect_files, read_class_file
     from .video import VIDEO_SUFFIXES, ClipReading, SubClips, certify_video_dataset, smooth, to_unit_clip
 
     if args.subclip is None and args.subclip_stride is not None:
@@ -487,7 +487,11 @@ def _certify_video(args: argparse.Namespace) -> None:
 
 def _certify_seg(args: argparse.Namespace) -> None:
     from .segmentation import Localized, smooth
-    from .segmentation.datasets import certify_segmentation_dataset, format_segmentation_summaries, summarize_segmentation
+    from .segmentation.datasets import (
+        certify_segmentation_dataset,
+        format_segmentation_summaries,
+        summarize_segmentation,
+    )
 
     localized_args = (args.grid, args.sigma_min, args.sigma_max)
     if (args.sigma is None) == all(value is None for value in localized_args):
@@ -510,13 +514,13 @@ def _certify_seg(args: argparse.Namespace) -> None:
 
 
 def _certify(args: argparse.Namespace) -> None:
-    from .evaluation import certify_dataset, collect_image_files
     from .images import to_unit_tensor
-    from .inputs import read_class_file
-    from .methods import Hierarchical
-    from .patches import Patches
+    from .runs.datasets import certify_dataset, collect_image_files
+    from .runs.inputs import read_class_file
+    from .runs.summaries import DEFAULT_RADII
+    from .sampling.methods import Hierarchical
+    from .sampling.patches import Patches
     from .smoothing import smooth
-    from .summaries import DEFAULT_RADII
 
     if args.indicator and args.hierarchical_p is None:
         raise InvalidParameterError("--indicator needs --hierarchical-p")
@@ -575,7 +579,7 @@ def default_plot_path(tables: Sequence[Path]) -> Path:
 def _plot_title(tables: Sequence[Path]) -> str:
     """σ, n, α and the model of the runs, from their run records (what is shared; each run's own otherwise)."""
     from .errors import OutputPathError
-    from .runs import jsonl_path, read_jsonl
+    from .runs.files import jsonl_path, read_jsonl
 
     settings = []
     for path in tables:
@@ -604,10 +608,15 @@ def _write_plot(target: Path, draw: Callable[[Path], Path]) -> None:
 
 
 def _report_classification(runs_by_label: dict[str, Path], args: argparse.Namespace, plot_target: Path | None) -> None:
-    from .plots import plot_certified_accuracy
-    from .runs import jsonl_path, read_certificates, read_rows
-    from .summaries import (
-        accuracy_over_pixels_and_budget, format_pixel_budget_table, format_sample_use, format_summaries, sample_use, summarize,
+    from .runs.files import jsonl_path, read_certificates, read_rows
+    from .runs.plots import plot_certified_accuracy
+    from .runs.summaries import (
+        accuracy_over_pixels_and_budget,
+        format_pixel_budget_table,
+        format_sample_use,
+        format_summaries,
+        sample_use,
+        summarize,
     )
 
     runs = {label: read_rows(path) for label, path in runs_by_label.items()}
@@ -634,7 +643,7 @@ def _report_classification(runs_by_label: dict[str, Path], args: argparse.Namesp
 
 
 def _report_segmentation(runs_by_label: dict[str, Path], plot_target: Path | None) -> None:
-    from .plots import plot_curves
+    from .runs.plots import plot_curves
     from .segmentation.datasets import format_segmentation_summaries, segmentation_curves, summarize_segmentation
 
     summaries = {label: summarize_segmentation(path) for label, path in runs_by_label.items()}
@@ -672,7 +681,7 @@ def _report(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo, run_denoised_demo, run_video_demo
-    from .summaries import format_pixel_budget_table, format_summaries
+    from .runs.summaries import format_pixel_budget_table, format_summaries
 
     started = time.perf_counter()
     if args.video + args.segmentation + args.denoised > 1:
@@ -726,8 +735,8 @@ def _segmentation_demo(args: argparse.Namespace) -> None:
 def _app(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from .app import AppConfig, launch_app
-    from .app_certify import AppLimits
+    from .app.certify import AppLimits
+    from .app.ui import AppConfig, launch_app
 
     if args.models is not None and not args.models.is_dir():
         raise InvalidParameterError(f"--models {args.models}: no such folder")
@@ -738,9 +747,7 @@ def _app(args: argparse.Namespace) -> None:
 
 
 def _models(args: argparse.Namespace) -> None:
-    from .embedded import describe_embedded_models
-
-    from .embedded import EMBEDDED_DENOISERS
+    from .models.embedded import EMBEDDED_DENOISERS, describe_embedded_models
 
     print("Embedded models (shipped with vision-rs, offline):")
     print("| name | task | input | trained with σ | smooth with |")
@@ -802,7 +809,7 @@ def _configure_logging(verbose: bool) -> None:
 
 def _saved_rows(args: argparse.Namespace) -> str:
     """What an interrupt kept: the finished rows of the output file(s), which the same command resumes from."""
-    from .runs import part_path, part_ranks
+    from .runs.files import part_path, part_ranks
 
     tables = [args.out] if getattr(args, "out", None) else sorted(Path(args.out_dir).glob("*.tsv")) if args.command == "demo" else []
     files = [path for table in tables for path in [table, *(part_path(table, *part) for part in part_ranks(table))]
@@ -815,9 +822,9 @@ def _saved_rows(args: argparse.Namespace) -> str:
 
 
 def _hand_to_torchrun(error: BaseException) -> None:
-    """Under torchrun, the error goes in the summary its agent prints (see :func:`vision_rs.distributed.record_failure`)."""
+    """Under torchrun, the error goes in the summary its agent prints (see :func:`vision_rs.runs.distributed.record_failure`)."""
     if os.environ.get("TORCHELASTIC_ERROR_FILE"):
-        from .distributed import record_failure
+        from .runs.distributed import record_failure
 
         record_failure(error)
 

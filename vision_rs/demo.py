@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .embedded import EMBEDDED_MODELS, DigitsDataset
 from .errors import MissingDependencyError, OutputPathError
-from .evaluation import certify_dataset
-from .methods import Hierarchical
-from .plots import plot_certified_accuracy
-from .runs import read_certificates, read_rows
+from .models.embedded import EMBEDDED_MODELS, DigitsDataset
+from .runs.datasets import certify_dataset
+from .runs.files import read_certificates, read_rows
+from .runs.plots import plot_certified_accuracy
+from .runs.summaries import Summary, accuracy_over_pixels_and_budget
+from .sampling.methods import Hierarchical
 from .smoothing import smooth
-from .summaries import Summary, accuracy_over_pixels_and_budget
 
 DEMO_RADII = (0.25, 0.5, 0.75, 1.0)
 HIERARCHICAL_PIXELS = (1, 2, 3, 4)
@@ -169,7 +169,7 @@ def run_video_demo(
     same 3D CNN on k = 3 sub-clips of 8 frames (vote, mean; (n0 + n)/k draws of k sub-clips), and the
     embedded image CNN run on every frame (n0 + n draws of one clip, logits averaged over its 16 frames).
     """
-    from .embedded.clips import CLIP_FRAMES, write_clips
+    from .models.embedded.clips import CLIP_FRAMES, write_clips
     from .video import ClipReading, SubClips, certify_video_dataset
     from .video import smooth as smooth_video
 
@@ -231,8 +231,8 @@ def run_segmentation_demo(
     image. Both count the pixels certified correct at each ε: isotropic per pixel, localized per pixel
     (naive) and under one shared perturbation (collective, LP solved with HiGHS).
     """
-    from .plots import plot_curves
-    from .embedded.scenes import DigitScenes
+    from .models.embedded.scenes import DigitScenes
+    from .runs.plots import plot_curves
     from .segmentation import Localized
     from .segmentation import smooth as smooth_segmentation
     from .segmentation.datasets import certify_segmentation_dataset, segmentation_curves, summarize_segmentation

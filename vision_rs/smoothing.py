@@ -9,18 +9,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from typing_extensions import Unpack
-
 import numpy as np
 import torch
 from torch import nn
+from typing_extensions import Unpack
 
-from .denoising import Denoiser, DenoiserLike, behind_denoiser, evaluating, load_denoiser
-from .engine import EngineConfig, StopRule, max_draws_per_batch, sample
 from .errors import InvalidParameterError
-from .hub import create_model_with_source
 from .images import ImageInput, to_unit_tensor
-from .models import (
+from .models.adapters import (
     InputSpec,
     NormalizedClassifier,
     as_normalized_classifier,
@@ -30,16 +26,19 @@ from .models import (
     model_input_channels,
     read_input_spec,
 )
-from .certificates import Bound
-from .methods import Gaussian, Hierarchical, Method, SmoothReduce, ViewMaker
-from .noise import Noise
-from .patches import Patches
+from .models.denoising import Denoiser, DenoiserLike, behind_denoiser, evaluating, load_denoiser
+from .models.hub import create_model_with_source
+from .models.provenance import ModelSource, state_sha256
 from .params import check_alpha, check_count, check_seed
-from .record import ModelSource, state_sha256
-from .results import Certificate, Prediction
-from .sequential import BUDGET, SequentialGoal, Stopped, StoppingRule, check_sequential_method, sequential_goal
-from .stats import top_two_pvalue
-from .views import View
+from .sampling.certificates import Bound
+from .sampling.engine import EngineConfig, StopRule, max_draws_per_batch, sample
+from .sampling.methods import Gaussian, Hierarchical, Method, SmoothReduce, ViewMaker
+from .sampling.noise import Noise
+from .sampling.patches import Patches
+from .sampling.results import Certificate, Prediction
+from .sampling.sequential import BUDGET, SequentialGoal, Stopped, StoppingRule, check_sequential_method, sequential_goal
+from .sampling.stats import top_two_pvalue
+from .sampling.views import View
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +144,7 @@ class SmoothedClassifier:
 
     @property
     def spec(self) -> InputSpec:
-        """The base model's :class:`~vision_rs.models.InputSpec` (mean, std, input size, resize and crop)."""
+        """The base model's :class:`~vision_rs.models.adapters.InputSpec` (mean, std, input size, resize and crop)."""
         return self.base.spec
 
     def describe(self) -> dict[str, Any]:
@@ -370,7 +369,7 @@ class ModelOptions(TypedDict, total=False):
     gives, ``channels_last`` and autocast the model's rounding.
     Denoised smoothing: ``denoiser`` (an ``nn.Module`` mapping noisy [N, C, H, W] in [0, 1] to images of the
     same shape, an embedded name such as ``"digits_denoiser.sigma_0.25"``, a checkpoint of that architecture,
-    or a diffusers folder; see :mod:`vision_rs.denoising`) runs on every noisy draw before the view, resize
+    or a diffusers folder; see :mod:`vision_rs.models.denoising`) runs on every noisy draw before the view, resize
     and normalisation; it is part of the base classifier, so every certificate holds unchanged.
     """
 
@@ -548,7 +547,7 @@ def load_model(
     else:
         source = ModelSource.of_module(model)
         if checkpoint is not None:
-            from .checkpoints import load_checkpoint_into
+            from .models.checkpoints import load_checkpoint_into
 
             load_checkpoint_into(model, checkpoint)
             source = source.with_checkpoint(checkpoint)
@@ -560,7 +559,7 @@ def load_model(
 def warn_about_model(source: ModelSource, sigma: float, *, denoised: bool = False) -> None:
     """Warn when the certificates would say little: random weights, or an embedded model at another σ (unless a
     denoiser stands in front of it: it then sees denoised images)."""
-    from .embedded import embedded_model_info
+    from .models.embedded import embedded_model_info
 
     if source.pretrained is False and source.checkpoint is None:
         log.warning("%s has random weights (pretrained=False, CLI --no-pretrained): its certificates say nothing "

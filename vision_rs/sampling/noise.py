@@ -1,0 +1,111 @@
+"""Noise distributions: each fills a reused batch buffer with noisy copies of one image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..errors import InvalidParameterError
+from ..params import check_selection_probability, check_sigma
+
+
+class Noise(Protocol):
+    """A smoothing distribution over perturbed copies of an image."""
+
+    sigma: float
+
+    @property
+    def extra_channels(self) -> int:
+        """Channels a noisy copy has beyond the image's own (the hierarchical indicator)."""
+        ...
+
+    def input_note(self, channels: int) -> str:
+        """What the model must accept, said when it fails on the first batch ('' if nothing special)."""
+        ...
+
+    def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Overwrite ``buffer`` [B, C, H, W] with B noisy copies of ``image`` [C, H, W]; return the noisy batch."""
+        ...
+
+
+@dataclass(frozen=True)
+class GaussianNoise:
+    """Isotropic Gaussian noise N(0, σ² I) added to [0, 1] pixels at the image's own resolution (no clipping)."""
+
+    sigma: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigma", check_sigma(self.sigma))
+
+    extra_channels = 0
+
+    def input_note(self, channels: int) -> str:
+        return ""
+
+    def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        buffer.normal_(0.0, self.sigma, generator=generator)
+        return buffer.add_(image)
+
+
+@dataclass(frozen=True, eq=False)
+class SigmaMapNoise:
+    """Anisotropic Gaussian noise: N(0, σ_p²) on pixel p, every channel, with ``sigma_map`` [H, W] of stds in [0, 1]
+    pixel units (localized smoothing gives one map per output cell). ``sigma`` is its smallest std."""
+
+    sigma_map: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.sigma_map.ndim != 2 or not bool(torch.isfinite(self.sigma_map).all()) or not bool((self.sigma_map > 0).all()):
+            raise InvalidParameterError("sigma_map must be a finite [H, W] tensor of noise stds > 0 ([0, 1] pixel units)")
+
+    extra_channels = 0
+
+    @property
+    def sigma(self) -> float:
+        return float(self.sigma_map.min())
+
+    def input_note(self, channels: int) -> str:
+        return ""
+
+    def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        buffer.normal_(0.0, 1.0, generator=generator)
+        return buffer.mul_(self.sigma_map.to(buffer.device)).add_(image)
+
+
+@dataclass(frozen=True)
+class HierarchicalNoise:
+    """Hierarchical smoothing (Scholten et al. 2023): each pixel is selected with probability ``p``,
+    independently; selected pixels get N(0, σ²) on every channel, the others stay as they are.
+
+    With ``indicator=True`` a channel holding the selection mask (1 = noised) is appended after
+    the colour channels; the model must then take one more input channel.
+    """
+
+    sigma: float
+    p: float
+    indicator: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigma", check_sigma(self.sigma))
+        object.__setattr__(self, "p", check_selection_probability(self.p))
+
+    @property
+    def extra_channels(self) -> int:
+        return int(self.indicator)
+
+    def input_note(self, channels: int) -> str:
+        if not self.indicator:
+            return ""
+        return (f"hierarchical smoothing with indicator=True feeds {channels + 1} channels "
+                f"({channels} colour + 1 indicator): build the model for them (timm: in_chans={channels + 1})")
+
+    def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        channels = image.shape[0]
+        colour = buffer[:, :channels]
+        selected = torch.empty_like(buffer[:, :1]).bernoulli_(self.p, generator=generator)
+        colour.normal_(0.0, self.sigma, generator=generator).mul_(selected).add_(image)
+        if self.indicator:
+            buffer[:, channels:].copy_(selected)
+        return buffer
