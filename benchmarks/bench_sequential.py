@@ -37,6 +37,7 @@ import vision_rs
 from _measure import log, positive_int
 from vision_rs import Hierarchical, Patches, SmoothedClassifier
 from vision_rs.cli import keep_freed_memory_in_process
+from vision_rs.models.adapters import evaluation_mode
 from vision_rs.models.embedded import DigitsDataset
 from vision_rs.sampling.engine import FIRST_LOOK, LOOK_RATIO
 from vision_rs.sampling.sequential import Stopped, replay, sequential_goal
@@ -90,7 +91,7 @@ def record_and_replay(smoothed: SmoothedClassifier, image: torch.Tensor, n0: int
                       ) -> tuple[int | None, float, dict[str, Stopped]]:
     """One fixed-n run, recording the counts at every look; the fixed certificate and each goal's replayed outcome."""
     votes, view, _ = smoothed._vote_counter(image, None, False, seed)  # exactly what certify does
-    with vision_rs.models.adapters.evaluation_mode(smoothed.base):
+    with evaluation_mode(smoothed.base):
         candidate = smoothed.smoothing.select(votes(n0, "select (n0)"))
         looks: list[tuple[np.ndarray, int]] = []
         final = votes(n, "estimate (n)", stop=lambda counts, draws: looks.append((counts.copy(), draws)) or False)

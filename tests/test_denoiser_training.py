@@ -40,7 +40,7 @@ def test_script_writes_weights_that_smooth_loads(train_denoiser, tmp_path: Path)
     written = tmp_path / "digits_denoiser_sigma_0.50.safetensors"
     smoothed = vision_rs.smooth("digits_cnn.clean", sigma=0.5, denoiser=written, device="cpu", progress=False)
     assert smoothed.describe()["denoiser"]["checkpoint"] == str(written)
-    cert = smoothed.certify(vision_rs.models.embedded.digits_split("test")[0][0], n0=10, n=50, alpha=0.01, seed=0)
+    cert = smoothed.certify(vision_rs.embedded.digits_split("test")[0][0], n0=10, n=50, alpha=0.01, seed=0)
     assert sum(cert.counts.values()) == 50
 
 

@@ -265,7 +265,7 @@ def test_denoiser_is_in_eval_mode_while_sampling_and_restored_after(linear_setup
 def test_denoisers_by_name_and_checkpoint(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
     from vision_rs.models.embedded import EMBEDDED_DENOISERS, DigitsDenoiser
 
-    model = vision_rs.models.embedded.DigitsCNN()
+    model = vision_rs.embedded.DigitsCNN()
     for name in EMBEDDED_DENOISERS:
         record = vision_rs.smooth(model, sigma=0.25, denoiser=name, progress=False).describe()["denoiser"]
         assert record["name"] == name and len(record["weights_sha256"]) == 64 and len(record["state_sha256"]) == 64
@@ -281,7 +281,7 @@ def test_denoisers_by_name_and_checkpoint(tmp_path, caplog: pytest.LogCaptureFix
 
 
 def test_a_run_with_a_denoiser_does_not_resume_one_without(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
-    images = [(vision_rs.models.embedded.digits_split("test")[0][i], 0) for i in range(2)]
+    images = [(vision_rs.embedded.digits_split("test")[0][i], 0) for i in range(2)]
     out = tmp_path / "run.tsv"
     options = dict(n0=5, n=10, progress=False)
     vision_rs.certify_dataset(vision_rs.smooth("digits_cnn.clean", 0.25, device="cpu", progress=False), images, out, **options)
@@ -293,7 +293,7 @@ def test_a_run_with_a_denoiser_does_not_resume_one_without(tmp_path, caplog: pyt
 
 def test_embedded_denoiser_lets_the_clean_model_classify_noisy_digits() -> None:
     """One seeded noise draw over the test split: the clean model behind the denoiser is far more accurate."""
-    images, labels = vision_rs.models.embedded.digits_split("test")
+    images, labels = vision_rs.embedded.digits_split("test")
     pixels = images.float() / 255
     accuracy = {}
     for sigma in (0.25, 0.5):
@@ -309,7 +309,7 @@ def test_embedded_denoiser_lets_the_clean_model_classify_noisy_digits() -> None:
 
 
 def test_the_embedded_clean_model_behind_the_denoiser_certifies_digits() -> None:
-    images, labels = vision_rs.models.embedded.digits_split("test")
+    images, labels = vision_rs.embedded.digits_split("test")
     smoothed = vision_rs.smooth("digits_cnn.clean", 0.25, denoiser="digits_denoiser.sigma_0.25", device="cpu",
                                 progress=False)
     certs = [smoothed.certify(images[i], n0=20, n=200, alpha=0.001, seed=i) for i in range(5)]

@@ -139,7 +139,7 @@ def test_tiny_unet_denoises_through_smooth_and_is_recorded(tmp_path) -> None:
         out = denoiser.at_sigma(0.25)(z)
     assert out.shape == z.shape and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
     smoothed = vision_rs.smooth("digits_cnn.clean", 0.5, denoiser=denoiser, device="cpu", batch_size=16, progress=False)
-    cert = smoothed.certify(vision_rs.models.embedded.digits_split("test")[0][0], n0=8, n=16, seed=0)
+    cert = smoothed.certify(vision_rs.embedded.digits_split("test")[0][0], n0=8, n=16, seed=0)
     assert sum(cert.counts.values()) == 16
     record = smoothed.describe()["denoiser"]
     expected_t = int(np.argmin(np.abs(noise_to_signal(scheduler.alphas_cumprod.numpy()) - 1.0)))
@@ -172,6 +172,6 @@ def test_training_script_writes_a_pipeline_that_smooth_reads(tmp_path: Path, mon
     assert "σ=0.25: diffusion (t=" in capsys.readouterr().out
     assert (out / "unet" / "config.json").is_file() and (out / "scheduler" / "scheduler_config.json").is_file()
     smoothed = vision_rs.smooth("digits_cnn.clean", 0.25, denoiser=str(out), progress=False)
-    cert = smoothed.certify(vision_rs.models.embedded.digits_split("test")[0][0], n0=4, n=8, alpha=0.01, seed=0)
+    cert = smoothed.certify(vision_rs.embedded.digits_split("test")[0][0], n0=4, n=8, alpha=0.01, seed=0)
     assert cert.n == 8 and smoothed.describe()["denoiser"]["details"]["timestep"] == train_diffusion.DiffusionDenoiser(
         train_diffusion.tiny_unet((8, 16)), diffusers.DDPMScheduler(num_train_timesteps=1000), 0.25).timestep

@@ -76,7 +76,7 @@ def test_same_seed_same_certificate_and_different_seeds_differ(linear_setup) -> 
 
 def test_unseeded_runs_record_the_seed_that_reproduces_them() -> None:
     smoothed = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", progress=False)
-    image = vision_rs.models.embedded.digits_split("test")[0][0]
+    image = vision_rs.embedded.digits_split("test")[0][0]
     unseeded = smoothed.certify(image, n0=10, n=100, alpha=0.01)
     replay = smoothed.certify(image, n0=10, n=100, alpha=0.01, seed=unseeded.seed)
     assert replay.counts == unseeded.counts
@@ -84,7 +84,7 @@ def test_unseeded_runs_record_the_seed_that_reproduces_them() -> None:
 
 def test_progress_bar_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
     smoothed = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu")
-    image = vision_rs.models.embedded.digits_split("test")[0][0]
+    image = vision_rs.embedded.digits_split("test")[0][0]
     smoothed.certify(image, n0=10, n=100, seed=0, progress=False)
     assert capsys.readouterr().err == ""
     smoothed.certify(image, n0=10, n=100, seed=0, progress=True)
@@ -95,8 +95,8 @@ def test_channels_last_and_bfloat16_autocast_paths_run() -> None:
     plain = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", progress=False)
     fast = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", channels_last=True,
                             autocast_dtype=torch.bfloat16, progress=False)
-    image = vision_rs.models.embedded.digits_split("test")[0][1]
-    label = int(vision_rs.models.embedded.digits_split("test")[1][1])
+    image = vision_rs.embedded.digits_split("test")[0][1]
+    label = int(vision_rs.embedded.digits_split("test")[1][1])
     assert plain.certify(image, n0=20, n=200, seed=0).label == label
     assert fast.certify(image, n0=20, n=200, seed=0).label == label
 

@@ -617,7 +617,7 @@ def test_indicator_channel_reaches_the_model_unnormalised() -> None:
 def test_embedded_hierarchical_model_certifies_digits() -> None:
     smoothed = vision_rs.smooth("digits_cnn_hier.p_0.85_sigma_0.25", sigma=0.25,
                                 hierarchical=Hierarchical(p=0.85, indicator=True), device="cpu", progress=False)
-    images, labels = vision_rs.models.embedded.digits_split("test")
+    images, labels = vision_rs.embedded.digits_split("test")
     certs = [smoothed.certify(images[i], n0=20, n=200, alpha=0.01, seed=0) for i in range(4)]
     assert sum(cert.label == int(labels[i]) for i, cert in enumerate(certs)) >= 3
     assert all(sorted(cert.radii) == [1, 2, 3, 4] for cert in certs)

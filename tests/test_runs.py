@@ -87,7 +87,7 @@ def test_resume_refuses_other_settings(tmp_path: Path, quarter, digits, change: 
 
 def test_resume_refuses_other_weights_of_the_same_architecture(tmp_path: Path, digits) -> None:
     """Same class, other values: the state fingerprint tells them apart."""
-    first, second = vision_rs.models.embedded.DigitsCNN(), vision_rs.models.embedded.DigitsCNN()
+    first, second = vision_rs.embedded.DigitsCNN(), vision_rs.embedded.DigitsCNN()
     out = tmp_path / "run.tsv"
     interrupted_run(out, vision_rs.smooth(first, sigma=0.25, progress=False), digits)
     with pytest.raises(OutputPathError, match=r"classifier\.state_sha256"):
@@ -124,7 +124,7 @@ def test_checkpoint_path_and_hash_are_recorded(tmp_path: Path, digits) -> None:
     from safetensors.torch import save_file
 
     path = tmp_path / "weights.safetensors"
-    save_file(vision_rs.models.embedded.DigitsCNN().state_dict(), str(path))
+    save_file(vision_rs.embedded.DigitsCNN().state_dict(), str(path))
     smoothed = vision_rs.smooth(str(path), arch="digits_cnn.sigma_0.25", sigma=0.25, device="cpu", progress=False)
     model = smoothed.describe()["model"]
     assert model["checkpoint"] == str(path) and len(model["checkpoint_sha256"]) == 64

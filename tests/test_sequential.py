@@ -355,7 +355,7 @@ def test_per_view_modes_refuse_sequential_certification(linear_setup, mode: str,
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[vision_rs.SmoothedClassifier, list]:
-    dataset = vision_rs.models.embedded.DigitsDataset("test")
+    dataset = vision_rs.embedded.DigitsDataset("test")
     return vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", progress=False), [dataset[i] for i in range(4)]
 
 

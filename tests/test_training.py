@@ -34,8 +34,8 @@ def test_same_seed_same_weights(train_digits, p) -> None:
 def test_script_writes_weights_that_smooth_loads(train_digits, tmp_path: Path) -> None:
     train_digits.main(["--sigma", "0.5", "--hierarchical-p", "0.9", "--epochs", "1", "--out", str(tmp_path)])
     written = tmp_path / "digits_cnn_hier_p_0.90_sigma_0.50.safetensors"
-    model = vision_rs.models.embedded.DigitsCNN(in_chans=4)
+    model = vision_rs.embedded.DigitsCNN(in_chans=4)
     smoothed = vision_rs.smooth(model, sigma=0.5, hierarchical=vision_rs.Hierarchical(0.9, indicator=True),
                                 checkpoint=written, progress=False)
-    cert = smoothed.certify(vision_rs.models.embedded.digits_split("test")[0][0], n0=10, n=50, alpha=0.01, seed=0)
+    cert = smoothed.certify(vision_rs.embedded.digits_split("test")[0][0], n0=10, n=50, alpha=0.01, seed=0)
     assert cert.method == "hierarchical" and sum(cert.counts.values()) == 50

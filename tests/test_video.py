@@ -197,7 +197,7 @@ def test_clip_models_get_their_layout_and_chunks_are_averaged() -> None:
 
 def test_framewise_models_average_logits_over_frames_and_see_grey_repeated() -> None:
     recorder = Recorder()
-    base = vision_rs.models.adapters.NormalizedClassifier(video.FramesAsImages(recorder), vision_rs.InputSpec((0.5,) * 3, (0.5,) * 3))
+    base = vision_rs.NormalizedClassifier(video.FramesAsImages(recorder), vision_rs.InputSpec((0.5,) * 3, (0.5,) * 3))
     grey = torch.rand(2, 4, 1, 3, 3)
     logits = base(grey)
     images = recorder.seen[0]
