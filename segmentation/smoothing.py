@@ -25,7 +25,7 @@ from vision_rs.models.provenance import ModelSource
 from vision_rs.params import check_alpha, check_count, check_sigma
 from vision_rs.sampling.engine import EngineConfig, PixelVoteTally, max_draws_per_batch, sample
 from vision_rs.sampling.noise import GaussianNoise, Noise, SigmaMapNoise
-from vision_rs.sampling.views import WholeImage
+from vision_rs.sampling.views import View, WholeImage
 from vision_rs.smoothing import ModelOptions, describe_smoothed, place, place_denoiser, prepare_model, seeded_generator
 
 from .certificates import certify_pixels, certify_pixels_at_threshold
@@ -92,7 +92,12 @@ class SmoothedSegmenter:
     def inputs(self, image: ImageInput, channels: int | None) -> torch.Tensor:
         return to_unit_tensor(image, channels)
 
-    def _regions(self, height: int, width: int) -> list[tuple[tuple[slice, slice], Noise]]:
+    def view_for(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> View:
+        """What the model sees of a noisy image of ``shape`` [C, H, W]: the whole image, behind the denoiser when there
+        is one (the model's resize is inside the base model, :class:`SegmentationModel`)."""
+        return behind_denoiser(WholeImage(), self.denoiser, shape[-3], 0, self.config)
+
+    def regions(self, height: int, width: int) -> list[tuple[tuple[slice, slice], Noise]]:
         """(pixels counted, noise they are counted under) for every output cell (one for isotropic smoothing)."""
         if self.localized is None:
             return [((slice(0, height), slice(0, width)), GaussianNoise(self.sigma))]
@@ -157,11 +162,11 @@ class SmoothedSegmenter:
         start = time.perf_counter()
         candidates = np.zeros((height, width), dtype=np.int64)
         counts = np.zeros((height, width), dtype=np.int64)
-        view = behind_denoiser(WholeImage(), self.denoiser, pixels.shape[-3], 0, config)
+        view = self.view_for(tuple(pixels.shape))
         with evaluating(self.base, self.denoiser):
             classes = self._probe_classes(pixels)
             output_bytes = self._output_bytes(height, width, classes)
-            for index, (region, noise) in enumerate(self._regions(height, width)):
+            for index, (region, noise) in enumerate(self.regions(height, width)):
                 def votes(num: int, desc: str) -> np.ndarray:
                     tally = PixelVoteTally((height, width), region, classes)
                     return sample(self.base, pixels, noise, view, tally, num, generator, config, desc, output_bytes)

@@ -25,6 +25,7 @@ from .errors import (
     ModelOutputError,
     ModelUnavailableError,
     OutputPathError,
+    TrainingError,
     VisionRSError,
 )
 
@@ -97,6 +98,7 @@ __all__ = sorted(
         "ModelOutputError",
         "ModelUnavailableError",
         "OutputPathError",
+        "TrainingError",
         "VisionRSError",
     ]
 )

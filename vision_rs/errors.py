@@ -50,3 +50,8 @@ class OutputPathError(VisionRSError):
 
 class MissingDependencyError(VisionRSError, ImportError):
     """An optional package needed for this feature is not installed (the message says which extra has it)."""
+
+
+class TrainingError(VisionRSError, RuntimeError):
+    """Training cannot go on: the loss became NaN or infinite, memory ran out, or a process of the run failed.
+    The checkpoint of the last finished epoch is kept."""

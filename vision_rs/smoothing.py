@@ -175,7 +175,7 @@ class SmoothedClassifier:
                             "live at the full resolution (radii grow with the pixel count); resize it first if you "
                             "want the usual convention", height, width, 1 / factor)
 
-    def _view(self, shape: tuple[int, ...], generator: torch.Generator) -> View:
+    def view_for(self, shape: tuple[int, ...], generator: torch.Generator) -> View:
         """The method's view of an input of ``shape``, behind the denoiser when there is one."""
         view = self.smoothing.make_view(shape, self.spec.transform, generator)
         return behind_denoiser(view, self.denoiser, shape[-3], self.noise.extra_channels, self.config,
@@ -185,7 +185,7 @@ class SmoothedClassifier:
         """Raise InvalidImageError when one noisy draw of an image of ``image_shape`` (C, H, W) cannot fit the
         memory budget; run before any output is written."""
         shape = tuple(int(v) for v in image_shape)
-        view = self._view(shape, torch.Generator())
+        view = self.view_for(shape, torch.Generator())
         streams = self.config.streams if self.device.type == "cuda" else 1
         max_draws_per_batch(shape, self.noise, view, self.config, streams)
 
@@ -199,7 +199,7 @@ class SmoothedClassifier:
         self._warn_about_scale(*pixels.shape[-2:])
         pixels = pixels.to(self.device)
         generator, seed = seeded_generator(self.device, seed)
-        view = self._view(tuple(pixels.shape), generator)
+        view = self.view_for(tuple(pixels.shape), generator)
 
         def votes(num: int, desc: str, stop: StopRule | None = None) -> np.ndarray:
             tally = self.smoothing.make_tally(self.num_classes)
@@ -357,7 +357,10 @@ class ModelOptions(TypedDict, total=False):
 
     Model: ``pretrained`` (names load weights from the local caches only), ``weights`` (a torchvision
     WeightsEnum member, for its preset), ``checkpoint`` (safetensors or a weights-only torch file),
-    ``arch`` (the architecture of a checkpoint given as the model), ``num_classes``.
+    ``arch`` (the architecture of a checkpoint given as the model), ``num_classes``, ``model_kwargs`` (more
+    keyword arguments for a named timm / torchvision model, e.g. ``{"in_chans": 4}``). A checkpoint written by
+    ``vision-rs train`` carries its architecture, classes, preprocessing and training noise: give its path as the
+    model and nothing else.
     Preprocessing, read from timm's ``pretrained_cfg`` or the torchvision weights and applied after the
     noise; these override it: ``mean``, ``std``, ``input_size`` ((H, W) or (C, H, W)), ``crop_pct``,
     ``interpolation``, ``use_test_size`` (timm's ``test_input_size``).
@@ -378,6 +381,7 @@ class ModelOptions(TypedDict, total=False):
     checkpoint: str | os.PathLike
     arch: str
     num_classes: int
+    model_kwargs: dict[str, Any]
     mean: Sequence[float]
     std: Sequence[float]
     input_size: Sequence[int]
@@ -394,7 +398,7 @@ class ModelOptions(TypedDict, total=False):
     denoiser: DenoiserLike
 
 
-_MODEL_KEYS = ("pretrained", "weights", "checkpoint", "arch", "num_classes")
+_MODEL_KEYS = ("pretrained", "weights", "checkpoint", "arch", "num_classes", "model_kwargs")
 _SPEC_KEYS = ("mean", "std", "input_size", "crop_pct", "interpolation", "use_test_size")
 _ENGINE_KEYS = ("batch_size", "autocast_dtype", "channels_last", "streams", "memory_budget", "progress")
 
@@ -438,6 +442,7 @@ def prepare_model(
     loaded, source, device = load_model(
         model, pretrained=options.get("pretrained", True), num_classes=num_classes, arch=options.get("arch"),
         checkpoint=options.get("checkpoint"), device=options.get("device"), task=task,
+        model_kwargs=options.get("model_kwargs"),
     )
     check(loaded)
     spec = read_input_spec(loaded, weights=options.get("weights"), **{key: options[key] for key in _SPEC_KEYS if key in options})  # type: ignore[misc]
@@ -530,6 +535,7 @@ def load_model(
     checkpoint: str | os.PathLike | None,
     device: str | torch.device | None,
     task: str = "image-classification",
+    model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, ModelSource, str | torch.device | None]:
     """The model to smooth, where it came from, and the device to put it on.
 
@@ -539,37 +545,48 @@ def load_model(
     """
     if isinstance(model, (str, os.PathLike)):
         model, source = create_model_with_source(os.fspath(model), pretrained=pretrained, num_classes=num_classes,
-                                                 arch=arch, checkpoint=checkpoint, task=task)
+                                                 arch=arch, checkpoint=checkpoint, task=task, model_kwargs=model_kwargs)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
     elif not isinstance(model, nn.Module):
         raise InvalidParameterError(f"model must be an nn.Module or a model name, got {type(model).__name__}")
     else:
+        if model_kwargs:
+            raise InvalidParameterError("model_kwargs builds a named model; a module passed in is already built")
         source = ModelSource.of_module(model)
         if checkpoint is not None:
-            from .models.checkpoints import load_checkpoint_into
+            from .models.checkpoints import load_checkpoint_into, read_checkpoint_record
 
             load_checkpoint_into(model, checkpoint)
-            source = source.with_checkpoint(checkpoint)
+            record = read_checkpoint_record(checkpoint)
+            source = source.with_checkpoint(checkpoint, training=record.get("noise") if record else None)
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     return model, source, device
 
 
 def warn_about_model(source: ModelSource, sigma: float, *, denoised: bool = False) -> None:
-    """Warn when the certificates would say little: random weights, or an embedded model at another σ (unless a
+    """Warn when the certificates would say little: random weights, or a model trained with other noise than it is
+    smoothed with — an embedded model, or a checkpoint of ``vision-rs train`` whose record names its noise (unless a
     denoiser stands in front of it: it then sees denoised images)."""
     from .models.embedded import embedded_model_info
 
     if source.pretrained is False and source.checkpoint is None:
         log.warning("%s has random weights (pretrained=False, CLI --no-pretrained): its certificates say nothing "
                     "about a trained model", source.name)
-    trained = (embedded_model_info(source.name) or {}).get("sigma")
-    if trained is None or denoised or not source.pretrained:
+    if denoised:
+        return
+    if source.training is not None:
+        trained, what = source.training.get("sigma"), f"checkpoint {source.checkpoint}"
+    elif source.pretrained:
+        trained, what = (embedded_model_info(source.name) or {}).get("sigma"), f"embedded model {source.name}"
+    else:
+        return
+    if trained is None:
         return
     if float(trained) == 0:  # type: ignore[arg-type]
-        log.warning("embedded model %s was trained without noise: smoothed at σ=%g without a denoiser, expect "
-                    "abstentions and small radii; put one in front of it (denoiser=, CLI --denoiser)", source.name, sigma)
+        log.warning("%s was trained without noise: smoothed at σ=%g without a denoiser, expect abstentions and small "
+                    "radii; put one in front of it (denoiser=, CLI --denoiser)", what, sigma)
     elif abs(float(trained) - sigma) > 1e-9:  # type: ignore[arg-type]
-        log.warning("embedded model %s was trained with noise σ=%g, but smoothing uses σ=%g: expect abstentions "
-                    "and small radii", source.name, trained, sigma)
+        log.warning("%s was trained with noise σ=%g, but smoothing uses σ=%g: expect abstentions and small radii",
+                    what, trained, sigma)

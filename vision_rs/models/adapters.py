@@ -145,17 +145,18 @@ def spec_from_torchvision_weights(weights: object) -> InputSpec:
 
 def _spec_from_pretrained_cfg(model: nn.Module, use_test_size: bool) -> InputSpec:
     """The spec of a timm-style ``pretrained_cfg``: timm resolves it. A torchvision preset attached by
-    :func:`vision_rs.models.hub.create_torchvision_model` (it has ``resize_size``) is read as it is: timm would fill a
-    missing input size (segmentation presets have none) with its own defaults."""
+    :func:`vision_rs.models.hub.create_torchvision_model`, or the spec a vision-rs checkpoint recorded
+    (:func:`vision_rs.models.hub.recorded_pretrained_cfg`), has a ``resize_size`` key and is read as it is: timm
+    would fill a missing input size (segmentation presets have none) with its own defaults."""
     cfg = model.pretrained_cfg
-    if cfg.get("resize_size") is not None:
+    if "resize_size" in cfg:
         size = cfg.get("input_size")
         return InputSpec(
             mean=tuple(float(v) for v in cfg["mean"]), std=tuple(float(v) for v in cfg["std"]),
             input_size=tuple(int(v) for v in size) if size is not None else None,  # type: ignore[arg-type]
             crop_pct=float(cfg.get("crop_pct", 1.0)), crop_mode=str(cfg.get("crop_mode", "center")),
             interpolation=str(cfg.get("interpolation", "bilinear")),
-            resize_size=tuple(int(v) for v in cfg["resize_size"]),  # type: ignore[arg-type]
+            resize_size=tuple(int(v) for v in cfg["resize_size"]) if cfg["resize_size"] is not None else None,  # type: ignore[arg-type]
         )
     from timm.data import resolve_model_data_config
 

@@ -7,19 +7,23 @@ network connection. Names:
 * a timm name, e.g. ``"resnet18"`` or ``"resnet50.a1_in1k"``;
 * ``"torchvision:<name>"``, e.g. ``"torchvision:resnet18"``;
 * an embedded vision-rs model, e.g. ``"digits_cnn.sigma_0.25"`` (see :mod:`vision_rs.models.embedded`);
-* a checkpoint path (``.safetensors``, ``.pt``, ``.pth``, ``.bin``) together with ``arch``.
+* a checkpoint path (``.safetensors``, ``.pt``, ``.pth``, ``.bin``) together with ``arch``; a checkpoint written by
+  ``vision-rs train`` (:func:`vision_rs.models.checkpoints.save_checkpoint`) carries its architecture, input spec
+  and training noise in its record and needs nothing else.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from ..errors import CheckpointError, InvalidParameterError, ModelUnavailableError
-from .checkpoints import load_checkpoint_into
+from .checkpoints import load_checkpoint_into, read_checkpoint_record
 from .provenance import ModelSource, file_sha256
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -96,18 +100,23 @@ def _unknown_name(name: str, where: str) -> InvalidParameterError:
     )
 
 
-def create_timm_model(name: str, *, pretrained: bool, num_classes: int | None = None) -> tuple[nn.Module, ModelSource]:
-    """``timm.create_model`` that reads pretrained weights from the local cache only; returns the model and its source."""
+def create_timm_model(name: str, *, pretrained: bool, num_classes: int | None = None,
+                      model_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, ModelSource]:
+    """``timm.create_model`` that reads pretrained weights from the local cache only; returns the model and its source.
+
+    ``model_kwargs`` go to ``timm.create_model`` (e.g. ``in_chans=4`` for the hierarchical indicator channel).
+    """
     import timm
 
     if not timm.is_model(name):
         raise _unknown_name(name, "timm")
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs = dict(model_kwargs or {}) | ({} if num_classes is None else {"num_classes": num_classes})
+    built_with = dict(model_kwargs) if model_kwargs else None
     if not pretrained:
-        return timm.create_model(name, pretrained=False, **kwargs), ModelSource(name, pretrained=False)
+        return timm.create_model(name, pretrained=False, **kwargs), ModelSource(name, pretrained=False, kwargs=built_with)
     weights = local_timm_weights(name)
     overlay = {"file": str(weights), "source": "", "hf_hub_id": None, "url": None}
-    source = ModelSource(name, pretrained=True, weights=str(weights), weights_sha256=file_sha256(weights))
+    source = ModelSource(name, pretrained=True, weights=str(weights), weights_sha256=file_sha256(weights), kwargs=built_with)
     try:
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs), source
     except Exception as exc:  # a corrupt or mismatched cached file: SafetensorError, RuntimeError, UnpicklingError, ...
@@ -117,7 +126,8 @@ def create_timm_model(name: str, *, pretrained: bool, num_classes: int | None = 
         ) from exc
 
 
-def create_torchvision_model(name: str, *, pretrained: bool, num_classes: int | None = None) -> tuple[nn.Module, ModelSource]:
+def create_torchvision_model(name: str, *, pretrained: bool, num_classes: int | None = None,
+                             model_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, ModelSource]:
     """A torchvision model with its weights' preset (mean, std, resize, crop) attached as a timm-style
     ``pretrained_cfg``; returns the model and its source."""
     import torchvision.models as tvm
@@ -127,11 +137,11 @@ def create_torchvision_model(name: str, *, pretrained: bool, num_classes: int | 
     except ValueError as exc:
         raise _unknown_name(name, "torchvision") from exc
     weights = weights_enum.DEFAULT
-    kwargs: dict[str, object] = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs: dict[str, object] = dict(model_kwargs or {}) | ({} if num_classes is None else {"num_classes": num_classes})
     if "weights_backbone" in inspect.signature(tvm.get_model_builder(name)).parameters:
         kwargs["weights_backbone"] = None  # segmentation / detection builders would download ImageNet backbone weights
     model = tvm.get_model(name, weights=None, **kwargs)
-    source = ModelSource(TORCHVISION_PREFIX + name, pretrained=pretrained)
+    source = ModelSource(TORCHVISION_PREFIX + name, pretrained=pretrained, kwargs=dict(model_kwargs) if model_kwargs else None)
     if pretrained:
         cached = _cached_url_file(weights.url)
         if cached is None:
@@ -142,7 +152,7 @@ def create_torchvision_model(name: str, *, pretrained: bool, num_classes: int | 
                 cli=where + "Pass a local file with --checkpoint, or --no-pretrained for random weights.",
             )
         load_checkpoint_into(model, cached)
-        source = ModelSource(source.name, True, f"{weights} ({cached})", file_sha256(cached))
+        source = replace(source, weights=f"{weights} ({cached})", weights_sha256=file_sha256(cached))
     model.pretrained_cfg = torchvision_pretrained_cfg(weights)
     return model, source
 
@@ -182,41 +192,112 @@ def create_model_with_source(
     arch: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     task: str = "image-classification",
+    model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, ModelSource]:
     """:func:`create_model`, also returning where the model and its weights came from.
 
     An embedded model must be one for ``task`` ("image-classification", "video-classification",
-    "segmentation"): the error says which ``smooth`` takes it otherwise.
+    "segmentation"): the error says which ``smooth`` takes it otherwise. ``model_kwargs`` go to the timm /
+    torchvision constructor. A checkpoint with a vision-rs record needs no ``arch``: the record says it.
     """
-    from . import embedded
-
     if is_checkpoint_path(name):
         if checkpoint is not None:
             raise InvalidParameterError("give the checkpoint either as the model or as checkpoint=, not both")
-        if arch is None:
-            raise InvalidParameterError(
-                f"{name} is a checkpoint: also say which architecture it holds with arch=... (e.g. 'resnet18')",
-                cli=f"{name} is a checkpoint: also say which architecture it holds with --arch (e.g. resnet18)",
-            )
         if not Path(name).is_file():
             raise CheckpointError(f"checkpoint not found: {name}")
+        record = read_checkpoint_record(name)
+        if arch is None:
+            if record is None or not isinstance(record.get("architecture"), dict):
+                raise InvalidParameterError(
+                    f"{name} is a checkpoint without a vision-rs record: also say which architecture it holds with "
+                    "arch=... (e.g. 'resnet18')",
+                    cli=f"{name} is a checkpoint without a vision-rs record: also say which architecture it holds with "
+                        "--arch (e.g. resnet18)",
+                )
+            return create_recorded_model(name, record, num_classes=num_classes, task=task)
         name, checkpoint = arch, name
+    model, source = _create_named(name, pretrained=pretrained and checkpoint is None, num_classes=num_classes,
+                                  task=task, model_kwargs=model_kwargs)
     if checkpoint is not None:
-        pretrained = False
+        load_checkpoint_into(model, checkpoint)
+        record = read_checkpoint_record(checkpoint)
+        source = source.with_checkpoint(checkpoint, training=record.get("noise") if record else None)
+    return model, source
+
+
+def _create_named(name: str, *, pretrained: bool, num_classes: int | None, task: str,
+                  model_kwargs: dict[str, Any] | None) -> tuple[nn.Module, ModelSource]:
+    """An embedded, torchvision or timm model by name."""
+    from . import embedded
+
+    architecture = embedded.architectures().get(name)
+    if architecture is not None:
+        task_of, build = architecture
+        if task_of != task:
+            raise InvalidParameterError(f"{name} is an embedded {task_of} architecture: smooth it with "
+                                        f"{embedded.TASKS[task_of]}")
+        if pretrained:
+            raise ModelUnavailableError(
+                f"{name} is an embedded architecture without weights of its own: train it from scratch with "
+                "pretrained=False, or load a checkpoint into it", cli=f"{name} is an embedded architecture without "
+                "weights of its own: train it from scratch with --no-pretrained, or give a checkpoint")
+        classes = {} if num_classes is None else {"num_classes": num_classes}
+        kwargs = dict(model_kwargs or {})
+        return build(**classes, **kwargs).eval(), ModelSource(name, False, kwargs=kwargs or None)
     info = embedded.embedded_model_info(name)
     if info is not None:
+        if model_kwargs:
+            raise InvalidParameterError(f"{name} is an embedded model: it takes no model_kwargs (got {model_kwargs})")
         if info["task"] != task:
             raise InvalidParameterError(
                 f"{name} is an embedded {info['task']} model: smooth it with {embedded.TASKS[str(info['task'])]}"
             )
         model = embedded.load_embedded(name, pretrained=pretrained)
         weights = embedded.shipped_weights(str(info["file"])) if pretrained else None
-        source = ModelSource(name, pretrained, str(weights) if weights else None, file_sha256(weights) if weights else None)
-    elif name.startswith(TORCHVISION_PREFIX):
-        model, source = create_torchvision_model(name[len(TORCHVISION_PREFIX):], pretrained=pretrained, num_classes=num_classes)
-    else:
-        model, source = create_timm_model(name, pretrained=pretrained, num_classes=num_classes)
-    if checkpoint is not None:
-        load_checkpoint_into(model, checkpoint)
-        source = source.with_checkpoint(checkpoint)
-    return model, source
+        return model, ModelSource(name, pretrained, str(weights) if weights else None, file_sha256(weights) if weights else None)
+    if name.startswith(TORCHVISION_PREFIX):
+        return create_torchvision_model(name[len(TORCHVISION_PREFIX):], pretrained=pretrained, num_classes=num_classes,
+                                        model_kwargs=model_kwargs)
+    return create_timm_model(name, pretrained=pretrained, num_classes=num_classes, model_kwargs=model_kwargs)
+
+
+def recorded_pretrained_cfg(spec: dict[str, Any]) -> dict[str, Any]:
+    """A ``pretrained_cfg`` that :func:`vision_rs.models.adapters.read_input_spec` reads back as the recorded input
+    ``spec`` exactly (mean, std, size, and the resize before the crop stated outright)."""
+    from ..sampling.preprocess import timm_scale_size
+
+    size = spec.get("input_size")
+    resize = spec.get("resize_size")
+    if resize is None and size is not None:
+        resize = timm_scale_size((int(size[1]), int(size[2])), float(spec.get("crop_pct", 1.0)))
+    return {key: spec[key] for key in ("mean", "std", "input_size", "crop_pct", "crop_mode", "interpolation")
+            if key in spec} | {"resize_size": list(resize) if resize is not None else None}
+
+
+def create_recorded_model(path: str | os.PathLike, record: dict[str, Any], *, num_classes: int | None = None,
+                          task: str = "image-classification") -> tuple[nn.Module, ModelSource]:
+    """The model a vision-rs checkpoint's ``record`` describes, with the checkpoint's weights and recorded input spec."""
+    architecture = record["architecture"]
+    name, recorded_classes = str(architecture.get("name")), architecture.get("num_classes")
+    if name.startswith("module:"):
+        raise InvalidParameterError(
+            f"{path} was trained from a module of class {name[len('module:'):]}, which vision-rs cannot build by name: "
+            "build that module and pass it with checkpoint=...",
+            cli=f"{path} was trained from a Python module of class {name[len('module:'):]}, which the command line cannot "
+                "build: certify it from Python (vision_rs.smooth(module, checkpoint=...))",
+        )
+    if record.get("task", task) != task:
+        raise InvalidParameterError(f"{path} holds a {record['task']} model (trained by vision-rs); certify it as one")
+    if num_classes is not None and recorded_classes is not None and num_classes != recorded_classes:
+        raise InvalidParameterError(f"{path} holds a model with {recorded_classes} classes, not {num_classes}; "
+                                    "leave the number of classes out: the checkpoint's record says it")
+    model, source = _create_named(name, pretrained=False, num_classes=recorded_classes, task=task,
+                                  model_kwargs=architecture.get("kwargs"))
+    if isinstance(record.get("spec"), dict):
+        model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **recorded_pretrained_cfg(record["spec"])}
+    try:
+        load_checkpoint_into(model, path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path} does not fit the architecture its own record names ({name}, {recorded_classes} "
+                              f"classes): the file is damaged or was edited. {exc}") from exc
+    return model, source.with_checkpoint(path, training=record.get("noise"))

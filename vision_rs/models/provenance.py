@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from typing import Any
 
@@ -55,14 +55,20 @@ class ModelSource:
     checkpoint: str | None = None
     """A checkpoint file loaded into the model (``checkpoint=`` or a path given as the model)."""
     checkpoint_sha256: str | None = None
+    kwargs: dict[str, Any] | None = None
+    """Keyword arguments the named model was built with beyond its classes (e.g. ``{"in_chans": 4}``); None for none."""
+    training: dict[str, Any] | None = None
+    """The noise the weights were trained with, from a vision-rs training checkpoint's record (``method``, ``sigma``,
+    ``details``); None when not known."""
 
     @classmethod
     def of_module(cls, model: nn.Module) -> ModelSource:
         kind = type(model)
         return cls(name=f"module:{kind.__module__}.{kind.__qualname__}")
 
-    def with_checkpoint(self, path: str | os.PathLike) -> ModelSource:
-        return ModelSource(self.name, self.pretrained, self.weights, self.weights_sha256, os.fspath(path), file_sha256(path))
+    def with_checkpoint(self, path: str | os.PathLike, training: dict[str, Any] | None = None) -> ModelSource:
+        """This source with the weights of checkpoint ``path`` loaded into it (and the noise they were trained with)."""
+        return replace(self, checkpoint=os.fspath(path), checkpoint_sha256=file_sha256(path), training=training)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -109,3 +109,13 @@ def collect_files(
         else:
             raise InvalidImageError(f"no such {kind} file or folder: {path}")
     return LabelledFiles(found, dict(sorted(used.items(), key=lambda item: item[1])) if used else None)
+
+
+def check_labels(labels: Sequence[int], num_classes: int, sources: Sequence[str] | None = None) -> None:
+    """Refuse a class index outside [0, num_classes) (an unknown label, −1, passes), naming the first input with one."""
+    for index, label in enumerate(labels):
+        if int(label) != UNKNOWN_LABEL and not 0 <= int(label) < num_classes:
+            what = sources[index] if sources is not None else f"item {index}"
+            raise InvalidParameterError(
+                f"{what} has label {int(label)}, outside the model's {num_classes} classes (0 to {num_classes - 1}): "
+                "give the model as many classes as the data has, or fix the label")

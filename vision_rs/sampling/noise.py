@@ -26,7 +26,12 @@ class Noise(Protocol):
         ...
 
     def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Overwrite ``buffer`` [B, C, H, W] with B noisy copies of ``image`` [C, H, W]; return the noisy batch."""
+        """Overwrite ``buffer`` [B, C, H, W] with noisy copies of ``image``; return the noisy batch.
+
+        ``image`` is one input [C, H, W] (B copies of it: certification) or a batch [B, C, H, W] of inputs (one
+        copy of each: training, :mod:`vision_rs.training`); clips carry a frame dim before C. Either way every
+        entry gets the same law.
+        """
         ...
 
 
@@ -52,13 +57,17 @@ class GaussianNoise:
 @dataclass(frozen=True, eq=False)
 class SigmaMapNoise:
     """Anisotropic Gaussian noise: N(0, σ_p²) on pixel p, every channel, with ``sigma_map`` [H, W] of stds in [0, 1]
-    pixel units (localized smoothing gives one map per output cell). ``sigma`` is its smallest std."""
+    pixel units (localized smoothing gives one map per output cell). ``sigma`` is its smallest std.
+
+    A map [B, 1, H, W] gives each input of a batch its own map (training draws one output cell per input).
+    """
 
     sigma_map: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.sigma_map.ndim != 2 or not bool(torch.isfinite(self.sigma_map).all()) or not bool((self.sigma_map > 0).all()):
-            raise InvalidParameterError("sigma_map must be a finite [H, W] tensor of noise stds > 0 ([0, 1] pixel units)")
+        if self.sigma_map.ndim not in (2, 4) or not bool(torch.isfinite(self.sigma_map).all()) or not bool((self.sigma_map > 0).all()):
+            raise InvalidParameterError("sigma_map must be a finite [H, W] (or per input [B, 1, H, W]) tensor of noise "
+                                        "stds > 0 ([0, 1] pixel units)")
 
     extra_channels = 0
 
@@ -102,7 +111,7 @@ class HierarchicalNoise:
                 f"({channels} colour + 1 indicator): build the model for them (timm: in_chans={channels + 1})")
 
     def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        channels = image.shape[0]
+        channels = image.shape[-3]
         colour = buffer[:, :channels]
         selected = torch.empty_like(buffer[:, :1]).bernoulli_(self.p, generator=generator)
         colour.normal_(0.0, self.sigma, generator=generator).mul_(selected).add_(image)

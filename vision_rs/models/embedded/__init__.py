@@ -24,6 +24,16 @@ TASKS = {
 """What each task's embedded models are smoothed with."""
 
 
+def architectures() -> dict[str, tuple[str, type[nn.Module]]]:
+    """Embedded architectures by name (the ``architecture`` of their ``pretrained_cfg``) → (task, class): built
+    without weights (``vision-rs train --model digits_cnn --no-pretrained``), or for a checkpoint that names them."""
+    from .segnet import DigitsSegNet
+    from .videonet import DigitsC3D
+
+    return {"digits_cnn": ("image-classification", DigitsCNN), "digits_c3d": ("video-classification", DigitsC3D),
+            "digits_segnet": ("segmentation", DigitsSegNet)}
+
+
 def _registries() -> dict[str, dict[str, dict[str, object]]]:
     from .segnet import EMBEDDED_SEG_MODELS
     from .videonet import EMBEDDED_VIDEO_MODELS
@@ -86,6 +96,7 @@ __all__ = [
     "DigitsCNN",
     "DigitsDataset",
     "DigitsDenoiser",
+    "architectures",
     "describe_embedded_models",
     "digits_split",
     "embedded_model_info",
