@@ -211,6 +211,108 @@ def _add_denoiser_option(parser: argparse.ArgumentParser) -> None:
                              "or a diffusers folder (unet/ + scheduler/); see Denoisers below")
 
 
+def _add_clip_reading_options(parser: argparse.ArgumentParser) -> None:
+    reading = parser.add_argument_group("reading videos (decord, or PyAV when decord cannot)")
+    reading.add_argument("--frames", type=POSITIVE, help="frames per clip (default: all)")
+    reading.add_argument("--stride", type=POSITIVE, default=1, help="take every STRIDE-th frame (default: 1)")
+    reading.add_argument("--start", "--start-frame", dest="start", type=NON_NEGATIVE, default=0,
+                         help="first frame (default: 0); --start-frame under torchrun")
+    reading.add_argument("--uniform", action="store_true", help="spread --frames evenly over the video instead")
+    reading.add_argument("--pad", choices=["loop", "repeat"], help="extend a video too short for the request")
+    reading.add_argument("--size", type=POSITIVE, nargs=2, metavar=("H", "W"), help="resize frames when reading")
+    reading.add_argument("--backend", choices=["auto", "decord", "pyav"], default="auto", help="decoder (default: auto)")
+
+
+def _clip_reading(args: argparse.Namespace) -> object:
+    from .video import ClipReading
+
+    return ClipReading(args.frames, args.stride, args.start, args.uniform, tuple(args.size) if args.size else None,
+                       args.pad, args.backend)
+
+
+def _held_out_amount(text: str) -> float | int:
+    """A count (``200``) or a share of the data (``0.1``) to hold out."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value >= 1 and value == int(value):
+        return int(value)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a count of items (e.g. 200) or a share in [0, 1) (e.g. 0.1), got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def _add_optimisation_options(parser: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    """Epochs, batch, timm's optimiser and schedule, AMP, seed, device, the output folder (train, train-denoiser)."""
+    group = parser.add_argument_group("optimisation (timm's create_optimizer_v2 and create_scheduler_v2)")
+    group.add_argument("--epochs", type=POSITIVE, default=epochs, help=f"passes over the training data (default: {epochs})")
+    group.add_argument("--batch-size", type=POSITIVE, default=64, help="inputs per step (default: 64)")
+    group.add_argument("--lr", type=_positive_float, default=lr, help=f"peak learning rate (default: {lr:g})")
+    group.add_argument("--opt", default="adamw", help="timm optimizer name, e.g. adamw, sgd, lamb (default: adamw)")
+    group.add_argument("--weight-decay", type=_non_negative_float, default=1e-4, help="weight decay (default: 1e-4)")
+    group.add_argument("--momentum", type=_non_negative_float, default=0.9, help="momentum of sgd-like optimizers (default: 0.9)")
+    group.add_argument("--sched", default="cosine", help="timm schedule name: cosine, step, multistep, poly, ... (default: cosine)")
+    group.add_argument("--warmup-epochs", type=NON_NEGATIVE, default=0, help="linear warm-up epochs (default: 0)")
+    group.add_argument("--min-lr", type=_non_negative_float, default=0.0, help="learning rate at the end of the schedule (default: 0)")
+    group.add_argument("--grad-clip", type=_positive_float, help="clip the gradients' L2 norm to this (default: off)")
+    group.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (fp16 on a GPU, with a gradient scaler)")
+    group.add_argument("--workers", type=NON_NEGATIVE, default=0, help="data-loading processes (default: 0)")
+    parser.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the data order, augmentation and noise (default: 0)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder for model.safetensors, train_state.pt, train_log.jsonl and the held-out run; "
+                             "resumes the run it holds")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_held_out_options(parser: argparse.ArgumentParser) -> None:
+    held = parser.add_argument_group("held-out data, certified at the end")
+    held.add_argument("--val", type=Path, metavar="DIR", help="held-out data in the training data's layout "
+                      "(default: hold out part of the training data, see --held-out)")
+    held.add_argument("--held-out", type=_held_out_amount, default=0.1, metavar="N_OR_SHARE",
+                      help="without --val: hold out this many items, or this share (default: 0.1), chosen by --seed")
+    held.add_argument("--certify", type=NON_NEGATIVE, default=100, metavar="COUNT",
+                      help="certify the first COUNT held-out items at the end (default: 100; 0 skips)")
+    held.add_argument("--certify-n0", type=POSITIVE, default=100, help="selection samples (default: 100)")
+    held.add_argument("--certify-n", type=POSITIVE, default=1000, help="estimation samples (default: 1000)")
+    held.add_argument("--alpha", type=ALPHA, default=0.001, help="failure probability of each certificate (default: 0.001)")
+
+
+def _add_augmentation_options(parser: argparse.ArgumentParser) -> None:
+    aug = parser.add_argument_group("augmentation of images (timm's create_transform(is_training=True), on pixels)")
+    aug.add_argument("--train-size", type=POSITIVE, nargs=2, metavar=("H", "W"),
+                     help="random-resized-crop size (default: the model's input size)")
+    aug.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("LOW", "HIGH"),
+                     help="area share of the random crop (default: 0.08 1.0)")
+    aug.add_argument("--ratio", type=float, nargs=2, default=[0.75, 4 / 3], metavar=("LOW", "HIGH"),
+                     help="aspect ratio range of the random crop (default: 0.75 1.333)")
+    aug.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability (default: 0.5)")
+    aug.add_argument("--color-jitter", type=float, default=0.4, help="colour jitter strength, 0 for none (default: 0.4)")
+    aug.add_argument("--auto-augment", help="timm auto-augment policy, e.g. rand-m9-mstd0.5 (default: none)")
+    aug.add_argument("--no-aug", action="store_true", help="no augmentation: resize and centre-crop only")
+    aug.add_argument("--train-crop", type=POSITIVE, metavar="SIZE",
+                     help="train on random SIZE x SIZE crops (after the augmentation above): a Smooth-Reduce patch "
+                          "model, certified with --patch-size SIZE")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vision-rs",
@@ -277,15 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "logits averaged over frames")
     video.add_argument("--chunk", type=POSITIVE, help="the model's clip length: split each (sub-)clip into chunks of "
                        "that many frames and average their logits")
-    reading = video.add_argument_group("reading (decord, or PyAV when decord cannot)")
-    reading.add_argument("--frames", type=POSITIVE, help="frames per clip (default: all)")
-    reading.add_argument("--stride", type=POSITIVE, default=1, help="take every STRIDE-th frame (default: 1)")
-    reading.add_argument("--start", "--start-frame", dest="start", type=NON_NEGATIVE, default=0,
-                         help="first frame (default: 0); --start-frame under torchrun")
-    reading.add_argument("--uniform", action="store_true", help="spread --frames evenly over the video instead")
-    reading.add_argument("--pad", choices=["loop", "repeat"], help="extend a video too short for the request")
-    reading.add_argument("--size", type=POSITIVE, nargs=2, metavar=("H", "W"), help="resize frames when reading")
-    reading.add_argument("--backend", choices=["auto", "decord", "pyav"], default="auto", help="decoder (default: auto)")
+    _add_clip_reading_options(video)
     temporal = video.add_argument_group("temporal Smooth-Reduce (sub-clips cut after the noise)")
     temporal.add_argument("--subclip", type=POSITIVE, metavar="LENGTH", help="sub-clips of LENGTH frames")
     temporal.add_argument("--subclip-stride", type=POSITIVE, help="a sub-clip every STRIDE frames (default: LENGTH)")
@@ -332,6 +426,74 @@ def build_parser() -> argparse.ArgumentParser:
     _add_speed_options(seg)
     seg.add_argument("--out", type=Path, help="write results to this .tsv (and .jsonl beside it); resumes if it exists")
     seg.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    train = commands.add_parser(
+        "train",
+        help="train or fine-tune a model with the noise it will be certified with (timm / torchvision / embedded)",
+        description="Train a base classifier with the certification noise, added where certification adds it (on "
+        "[0,1] pixels, before the model's normalisation): Gaussian augmentation (Cohen et al. 2019) or consistency "
+        "regularisation (Jeong & Shin 2020), hierarchical noise with its indicator, localized sigma maps for "
+        "segmentation. Writes DIR/model.safetensors after every epoch with a record of what produced it, so that "
+        "`vision-rs certify --model DIR/model.safetensors` needs nothing else; resumes after Ctrl-C or a crash; "
+        "runs under torchrun (DDP). At the end it certifies held-out data and prints the table.",
+        epilog=UNITS + "\nData: DATA/<class>/<image> (as torchvision's ImageFolder); --task video: DATA/<class>/<video>; "
+        "--task segmentation: images under DATA with label maps --masks DIR/<image stem>.png (255 = not scored).\n\n"
+        + MODELS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    train.add_argument("data", type=Path, help="training data folder (see Data below)")
+    train.add_argument("--task", choices=["image", "video", "segmentation"], default="image",
+                       help="what the model does (default: image classification)")
+    _add_model_options(train)
+    noise = train.add_argument_group("noise (the smoothing the model will be certified with)")
+    noise.add_argument("--sigma", type=SIGMA, help="noise std in [0,1] pixel units, e.g. 0.25")
+    noise.add_argument("--hierarchical-p", type=float, metavar="P",
+                       help="hierarchical smoothing: noise each pixel with probability P (images)")
+    noise.add_argument("--indicator", action="store_true",
+                       help="with --hierarchical-p: the noise mask as one more input channel (a timm model gets in_chans=C+1)")
+    noise.add_argument("--grid", type=_grid, metavar="IxJ", help="segmentation: localized smoothing on an IxJ grid")
+    noise.add_argument("--sigma-min", type=SIGMA, help="localized: std on the certified cell")
+    noise.add_argument("--sigma-max", type=SIGMA, help="localized: std on the farthest cells")
+    noise.add_argument("--region", choices=["mask", "cell"], default="mask",
+                       help="localized: score every pixel (mask) or only the drawn cell's (cell) (default: mask)")
+    loss = train.add_argument_group("loss")
+    loss.add_argument("--loss", choices=["gaussian", "consistency"], default="gaussian",
+                      help="gaussian: cross-entropy on noisy inputs; consistency: + lam * KL to the mean prediction + "
+                           "eta * its entropy (default: gaussian)")
+    loss.add_argument("--copies", type=POSITIVE, help="noisy copies of each input per step (default: 1; consistency: 2)")
+    loss.add_argument("--lam", type=_non_negative_float, default=10.0, help="consistency: weight of the KL term (default: 10)")
+    loss.add_argument("--eta", type=_non_negative_float, default=0.5, help="consistency: weight of the entropy term (default: 0.5)")
+    _add_optimisation_options(train, epochs=10, lr=1e-3)
+    _add_augmentation_options(train)
+    _add_clip_reading_options(train)
+    train.add_argument("--masks", type=Path, metavar="DIR", help="--task segmentation: label maps DIR/<image stem>.png")
+    _add_held_out_options(train)
+
+    train_denoiser = commands.add_parser(
+        "train-denoiser",
+        help="train a denoiser for denoised smoothing (mean squared error, or stability through a frozen classifier)",
+        description="Train the embedded denoiser architecture (vision_rs.models.embedded.DigitsDenoiser) to remove "
+        "N(0, sigma^2) noise from [0,1] pixels: mean squared error (no classifier), or Salman et al.'s stability "
+        "objective through --classifier, kept frozen. Writes DIR/model.safetensors after every epoch (use it with "
+        "--denoiser), resumes, runs under torchrun. At the end it reports the held-out PSNR and, with --classifier, "
+        "certifies held-out data through the new denoiser.",
+        epilog=UNITS + "\nData: DATA/<class>/<image> (labels are not used by the denoiser).\n\n" + MODELS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    train_denoiser.add_argument("data", type=Path, help="folder of training images (class sub-folders)")
+    train_denoiser.add_argument("--sigma", type=SIGMA, required=True, help="noise std in [0,1] pixel units, e.g. 0.25")
+    train_denoiser.add_argument("--loss", choices=["mse", "stability"], default="mse",
+                                help="mse: squared error to the clean image; stability: cross-entropy of --classifier "
+                                     "on the denoised image against its class on the clean one (default: mse)")
+    train_denoiser.add_argument("--classifier", metavar="MODEL",
+                                help="the frozen classifier of --loss stability (and of the held-out certification)")
+    train_denoiser.add_argument("--init", metavar="NAME_OR_PATH",
+                                help=f"start from these denoiser weights ({EMBEDDED_DENOISER_NAMES} or a checkpoint)")
+    _add_optimisation_options(train_denoiser, epochs=20, lr=2e-3)
+    _add_augmentation_options(train_denoiser)
+    _add_held_out_options(train_denoiser)
 
     report = commands.add_parser(
         "report",
@@ -430,10 +592,7 @@ def model_options(args: argparse.Namespace) -> dict[str, object]:
     """The :class:`~vision_rs.smoothing.ModelOptions` the model, preprocessing and speed options give."""
     import torch
 
-    options: dict[str, object] = dict(
-        pretrained=not args.no_pretrained, mean=args.mean, std=args.std, input_size=args.input_size,
-        crop_pct=args.crop_pct, interpolation=args.interpolation, use_test_size=args.test_size,
-        num_classes=args.num_classes, arch=args.arch, checkpoint=args.checkpoint, device=rank_device_option(args),
+    options = model_loading_options(args) | dict(
         batch_size=args.batch_size, progress=not args.no_progress, channels_last=args.channels_last,
         streams=args.streams, autocast_dtype=getattr(torch, AUTOCAST_DTYPES[args.autocast]) if args.autocast else None,
         denoiser=getattr(args, "denoiser", None),
@@ -441,6 +600,15 @@ def model_options(args: argparse.Namespace) -> dict[str, object]:
     if args.memory_budget is not None:
         options["memory_budget"] = args.memory_budget
     return options
+
+
+def model_loading_options(args: argparse.Namespace) -> dict[str, object]:
+    """The :class:`~vision_rs.smoothing.ModelOptions` the model and preprocessing options give, and the device."""
+    return dict(
+        pretrained=not args.no_pretrained, mean=args.mean, std=args.std, input_size=args.input_size,
+        crop_pct=args.crop_pct, interpolation=args.interpolation, use_test_size=args.test_size,
+        num_classes=args.num_classes, arch=args.arch, checkpoint=args.checkpoint, device=rank_device_option(args),
+    )
 
 
 def _print_run(out: Path, summary: object) -> None:
@@ -549,6 +717,256 @@ def _certify(args: argparse.Namespace) -> None:
         predict = -1 if cert.label is None else cert.label
         print(f"{path}\t{predict}\t{cert.radius:.4f}\t{cert.p_lower:.4f}\t{cert.seconds:.2f}" + _n_used_column(args, cert.n_used),
               flush=True)
+
+
+def _check_train_arguments(args: argparse.Namespace) -> None:
+    """Every combination ``vision-rs train`` refuses, checked before anything is read or loaded."""
+    localized = (args.grid, args.sigma_min, args.sigma_max)
+    segmentation = args.task == "segmentation"
+    if any(value is not None for value in localized) and not segmentation:
+        raise InvalidParameterError("--grid, --sigma-min and --sigma-max are localized smoothing of segmentation: "
+                                    "add --task segmentation")
+    if segmentation and any(value is not None for value in localized):
+        if args.sigma is not None or any(value is None for value in localized):
+            raise InvalidParameterError("localized smoothing needs all of --grid, --sigma-min and --sigma-max, "
+                                        "and no --sigma")
+    elif args.sigma is None:
+        raise InvalidParameterError("give --sigma, the noise std the model will be certified with (e.g. 0.25)")
+    if args.region == "cell" and args.grid is None:
+        raise InvalidParameterError("--region cell scores one output cell of localized smoothing: add --grid")
+    if args.hierarchical_p is not None and args.task != "image":
+        raise InvalidParameterError("--hierarchical-p trains image classifiers: leave it out, or use --task image")
+    if args.indicator and args.hierarchical_p is None:
+        raise InvalidParameterError("--indicator needs --hierarchical-p")
+    if segmentation != (args.masks is not None):
+        raise InvalidParameterError("--task segmentation reads label maps from --masks DIR" if segmentation
+                                    else "--masks is for --task segmentation")
+    if args.train_crop is not None and args.task != "image":
+        raise InvalidParameterError("--train-crop trains an image patch model: use it with --task image")
+    if args.loss == "consistency" and args.copies == 1:
+        raise InvalidParameterError("--loss consistency compares noisy copies of each input: --copies must be >= 2")
+    _check_train_folders(args)
+
+
+def _check_train_folders(args: argparse.Namespace) -> None:
+    from .training.trainer import output_folder
+
+    for what, folder in (("training data", args.data), ("--val", args.val), ("--masks", getattr(args, "masks", None))):
+        if folder is not None and not folder.is_dir():
+            raise InvalidParameterError(f"{what} {folder}: no such folder" if not folder.exists()
+                                        else f"{what} {folder} is a file: give a folder")
+    output_folder(args.out)
+
+
+def _augmentation(args: argparse.Namespace, size: tuple[int, ...] | None) -> object:
+    from .training import Augmentation
+
+    train_size = tuple(args.train_size) if args.train_size else size
+    if train_size is None:
+        raise InvalidParameterError("the model takes any input size: say which size to train at with --train-size H W")
+    return Augmentation(size=train_size, scale=tuple(args.scale), ratio=tuple(args.ratio), hflip=args.hflip,  # type: ignore[arg-type]
+                        color_jitter=args.color_jitter, auto_augment=args.auto_augment, enabled=not args.no_aug,
+                        train_crop=args.train_crop)
+
+
+def _train_config(args: argparse.Namespace) -> object:
+    from .training import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.opt,
+                       weight_decay=args.weight_decay, momentum=args.momentum, schedule=args.sched,
+                       warmup_epochs=args.warmup_epochs, min_lr=args.min_lr, seed=args.seed, amp=args.amp,
+                       grad_clip=args.grad_clip, workers=args.workers, progress=not args.no_progress)
+
+
+class _WithoutTrainedNoiseWarnings(logging.Filter):
+    """Drops the warning that a model was trained with other noise: training is about to fix exactly that."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "expect abstentions" not in record.getMessage()
+
+
+def _smoothed_for_training(args: argparse.Namespace, num_classes: int | None) -> object:
+    """The smoothed model whose network ``vision-rs train`` trains: the method and noise it will be certified with."""
+    from .models.embedded import embedded_model_info
+    from .models.hub import is_checkpoint_path
+
+    options = model_loading_options(args) | {"progress": False}
+    named = embedded_model_info(args.model) is None and not is_checkpoint_path(args.model)
+    if num_classes is not None and named:
+        options["num_classes"] = num_classes
+    quiet = _WithoutTrainedNoiseWarnings()
+    handlers = logging.getLogger("vision_rs").handlers
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        if args.task == "segmentation":
+            from .segmentation import Localized
+            from .segmentation import smooth as smooth_segmentation
+
+            localized = Localized(args.grid, args.sigma_min, args.sigma_max) if args.grid is not None else None
+            return smooth_segmentation(args.model, args.sigma, localized=localized, **options)
+        if args.task == "video":
+            from .video import smooth as smooth_video
+
+            return smooth_video(args.model, args.sigma, **options)
+        from .sampling.methods import Hierarchical
+        from .smoothing import smooth
+
+        hierarchical = Hierarchical(args.hierarchical_p, args.indicator) if args.hierarchical_p is not None else None
+        if args.indicator and named and args.checkpoint is None:
+            options["model_kwargs"] = {"in_chans": 4}  # the colours and the noise indicator
+        return smooth(args.model, args.sigma, hierarchical=hierarchical, **options)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
+def _train_data(args: argparse.Namespace, smoothed: object) -> tuple[Callable[[Path], object], object | None]:
+    """How to read a data folder of the task (``root`` → data set) and the image augmentation (None for others)."""
+    from .training import ClipFolderData, ImageFolderData, SegmentationFolderData
+
+    spec = smoothed.spec  # type: ignore[attr-defined]
+    if args.task == "segmentation":
+        return lambda root: SegmentationFolderData(root, args.masks, spec.channels), None
+    if args.task == "video":
+        reading = _clip_reading(args)
+        return lambda root: ClipFolderData(root, reading), None
+    augmentation = _augmentation(args, tuple(spec.input_size[1:]) if spec.input_size else None)
+    augment = augmentation.transform(spec.channels)  # type: ignore[attr-defined]
+    return lambda root: ImageFolderData(root, augment), augmentation
+
+
+def _held_out_items(data: object, args: argparse.Namespace) -> list[tuple[object, object]]:
+    """Held-out items as ``certify`` reads them: (image path, class), (clip read as for training, class), or
+    (image path, label map)."""
+    from .training import SegmentationFolderData
+
+    if isinstance(data, SegmentationFolderData):
+        return [(path, data.label_map(index)) for index, path in enumerate(data.files)]
+    if args.task == "video":
+        reading = _clip_reading(args)
+        return [(reading.read(path)[0], label) for path, label in data.items]  # type: ignore[attr-defined]
+    return list(data.items)  # type: ignore[attr-defined]
+
+
+def _train_and_held_out(args: argparse.Namespace, data: object, make_data: Callable[[Path], object]) -> tuple[object, object]:
+    """(training data, held-out data): ``--val`` as it is, or ``--held-out`` items split off the training data."""
+    from .training import held_out_split
+
+    if args.val is not None:
+        return data, make_data(args.val)
+    train_indices, held_indices = held_out_split(len(data), args.held_out, args.seed)  # type: ignore[arg-type]
+    return data.subset(train_indices), data.subset(held_indices)  # type: ignore[attr-defined]
+
+
+def _print_held_out(summary: object, count: int, args: argparse.Namespace, checkpoint: Path, sigma: float) -> None:
+    from .runs.summaries import format_summaries
+
+    print(f"Held-out data ({count} items), n0={args.certify_n0}, n={args.certify_n}, alpha={args.alpha}:")
+    if getattr(args, "task", "image") == "segmentation":
+        from .segmentation.datasets import format_segmentation_summaries
+
+        print(format_segmentation_summaries({"held out": summary}))  # type: ignore[dict-item]
+    else:
+        print(format_summaries({"held out": summary}))  # type: ignore[dict-item]
+    print(f"wrote {args.out / 'held_out.tsv'}; certify with: vision-rs certify --model {checkpoint} --sigma {sigma:g} IMAGES")
+
+
+def _print_trained(result: object) -> None:
+    last = result.history[-1] if result.history else {}  # type: ignore[attr-defined]
+    rate = last.get("inputs_per_second")
+    epochs, before = result.epochs, result.resumed_from  # type: ignore[attr-defined]
+    print(f"trained {epochs} epoch{'s' if epochs != 1 else ''} ({before} of them before this run); last epoch: loss "
+          f"{last.get('loss', float('nan')):.4g}" + (f", {rate:.3g} inputs/s" if rate else "")
+          + f"; wrote {result.checkpoint}")  # type: ignore[attr-defined]
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .images import IMAGE_SUFFIXES
+    from .training import certify_held_out, make_loss, smooth_checkpoint, train
+    from .training.data import labelled_folder
+    from .video import VIDEO_SUFFIXES
+
+    _check_train_arguments(args)
+    num_classes = args.num_classes
+    if args.task != "segmentation":  # the classes come from the data's class folders (checked before any model loads)
+        folders = labelled_folder(args.data, VIDEO_SUFFIXES if args.task == "video" else IMAGE_SUFFIXES, args.task)
+        num_classes = num_classes or max(folders.class_to_idx.values()) + 1  # type: ignore[union-attr]
+    copies = args.copies or (2 if args.loss == "consistency" else 1)
+    loss = make_loss(args.loss, copies=copies, **({"lam": args.lam, "eta": args.eta} if args.loss == "consistency" else {}))
+    smoothed = _smoothed_for_training(args, num_classes)
+    make_data, augmentation = _train_data(args, smoothed)
+    train_data, held_data = _train_and_held_out(args, make_data(args.data), make_data)
+    record = {"augmentation": augmentation.describe() if augmentation is not None else None,  # type: ignore[attr-defined]
+              "held_out": {"root": str(args.val) if args.val else None, "items": len(held_data)}}  # type: ignore[arg-type]
+    with _one_process_group(smoothed.device):  # type: ignore[attr-defined]
+        result = train(smoothed, train_data, args.out, loss=loss, config=_train_config(args),  # type: ignore[arg-type]
+                       region=args.region, record=record)
+        if _speaks_for_the_run():
+            _print_trained(result)
+        if args.certify == 0 or len(held_data) == 0:  # type: ignore[arg-type]
+            return
+        held_data = held_data.subset(range(min(args.certify, len(held_data))))  # type: ignore[attr-defined, arg-type]
+        certified = smooth_checkpoint(result.checkpoint, device=smoothed.device, progress=False)  # type: ignore[attr-defined]
+        summary = certify_held_out(certified, _held_out_items(held_data, args), args.out / "held_out.tsv",
+                                   n0=args.certify_n0, n=args.certify_n, alpha=args.alpha, seed=args.seed,
+                                   progress=not args.no_progress)
+    if _speaks_for_the_run():
+        _print_held_out(summary, len(held_data), args, result.checkpoint, certified.sigma)  # type: ignore[arg-type]
+
+
+def _one_process_group(device: object) -> object:
+    """Under torchrun, one process group for the whole command (training, then the held-out run): joined once."""
+    from .runs.distributed import process_group, resolve_ranks
+
+    return process_group(resolve_ranks(None), device)  # type: ignore[arg-type]
+
+
+def _train_denoiser(args: argparse.Namespace) -> None:
+    import torch
+
+    from .images import read_image_file, to_unit_tensor
+    from .models.denoising import load_denoiser
+    from .models.embedded import DigitsDenoiser
+    from .training import DenoiserMSE, ImageFolderData, Stability, certify_held_out, train_denoiser
+    from .training.recipes import denoising_psnr
+
+    _check_train_folders(args)
+    if args.loss == "stability" and args.classifier is None:
+        raise InvalidParameterError("--loss stability trains the denoiser through a frozen classifier: give --classifier MODEL")
+    listed = ImageFolderData(args.data, transform=lambda image: image)  # refuses a folder without classes
+    size = tuple(args.train_size) if args.train_size else tuple(read_image_file(listed.items[0][0]).shape[-2:])
+    augmentation = _augmentation(args, size)
+    augment = augmentation.transform(3)  # type: ignore[attr-defined]
+    train_data, held_data = _train_and_held_out(args, ImageFolderData(args.data, augment),
+                                                lambda root: ImageFolderData(root, augment))
+    device = torch.device(rank_device_option(args) or ("cuda" if torch.cuda.is_available() else "cpu"))
+    denoiser = load_denoiser(args.init, args.sigma).module if args.init is not None else DigitsDenoiser()
+    record = {"augmentation": augmentation.describe(),  # type: ignore[attr-defined]
+              "held_out": {"root": str(args.val) if args.val else None, "items": len(held_data)}}  # type: ignore[arg-type]
+    with _one_process_group(device):
+        result = train_denoiser(denoiser, train_data, args.out, sigma=args.sigma,  # type: ignore[arg-type]
+                                loss=Stability() if args.loss == "stability" else DenoiserMSE(),
+                                classifier=args.classifier, config=_train_config(args), device=device,
+                                architecture={"name": "digits_denoiser"}, record=record)
+        count = min(args.certify, len(held_data))  # type: ignore[arg-type]
+        held_data = held_data.subset(range(count))  # type: ignore[attr-defined]
+        if _speaks_for_the_run():
+            _print_trained(result)
+            if count:
+                images = torch.stack([to_unit_tensor(path, 3) for path, _ in held_data.items])  # type: ignore[attr-defined]
+                noisy, denoised = denoising_psnr(denoiser, images, args.sigma, seed=args.seed)
+                print(f"Held-out PSNR over {count} images at sigma={args.sigma:g}: noisy {noisy:.2f} dB, denoised "
+                      f"{denoised:.2f} dB")
+        if args.classifier is None or count == 0:
+            return
+        from .smoothing import smooth
+
+        smoothed = smooth(args.classifier, args.sigma, denoiser=result.checkpoint, device=device, progress=False)
+        summary = certify_held_out(smoothed, held_data.items, args.out / "held_out.tsv", n0=args.certify_n0,  # type: ignore[attr-defined]
+                                   n=args.certify_n, alpha=args.alpha, seed=args.seed, progress=not args.no_progress)
+    if _speaks_for_the_run():
+        _print_held_out(summary, count, args, result.checkpoint, args.sigma)
 
 
 def unique_labels(paths: Sequence[Path]) -> list[str]:
@@ -838,7 +1256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory_in_process()
     _configure_logging(args.verbose)
     handlers = {"certify": _certify, "certify-video": _certify_video, "certify-seg": _certify_seg, "report": _report,
-                "demo": _demo, "app": _app, "models": _models}
+                "demo": _demo, "app": _app, "models": _models, "train": _train, "train-denoiser": _train_denoiser}
     try:
         handlers[args.command](args)
     except VisionRSError as exc:
