@@ -23,13 +23,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from train_denoiser import augment
 
 from vision_rs.models.denoising import load_denoiser
 from vision_rs.models.diffusion import DiffusionDenoiser, require_diffusers
 from vision_rs.models.embedded import digits_split
 
 PSNR_SIGMAS = (0.25, 0.5)
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random shift of up to 2 pixels and a random order of the colour channels (new colour pairs)."""
+    shift = torch.randint(-2, 3, (2,), generator=generator).tolist()
+    order = torch.randperm(batch.shape[1], generator=generator)
+    return torch.roll(batch, shifts=shift, dims=(2, 3))[:, order]
 
 
 def tiny_unet(channels: tuple[int, ...] = (16, 32, 32)) -> torch.nn.Module:

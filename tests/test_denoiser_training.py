@@ -27,17 +27,19 @@ def _one_thread() -> None:
 
 
 def test_same_seed_same_weights(train_denoiser) -> None:
-    first, _ = train_denoiser.train(0.25, epochs=1, seed=3, limit=128)
-    again, _ = train_denoiser.train(0.25, epochs=1, seed=3, limit=128)
-    other, _ = train_denoiser.train(0.25, epochs=1, seed=4, limit=128)
+    first, record = train_denoiser.train_model(0.25, epochs=1, seed=3, limit=128)
+    again, _ = train_denoiser.train_model(0.25, epochs=1, seed=3, limit=128)
+    other, _ = train_denoiser.train_model(0.25, epochs=1, seed=4, limit=128)
     for key, value in first.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key
     assert not all(torch.equal(v, other.state_dict()[k]) for k, v in first.state_dict().items())
+    assert record["task"] == "denoiser" and record["loss"]["name"] == "mse" and record["noise"]["sigma"] == 0.25
 
 
-def test_script_writes_weights_that_smooth_loads(train_denoiser, tmp_path: Path) -> None:
+def test_script_writes_weights_that_smooth_loads(train_denoiser, tmp_path: Path, capsys) -> None:
     train_denoiser.main(["--sigma", "0.5", "--epochs", "1", "--limit", "64", "--out", str(tmp_path)])
-    written = tmp_path / "digits_denoiser_sigma_0.50.safetensors"
+    assert "test PSNR" in capsys.readouterr().out
+    written = tmp_path / "digits_denoiser_sigma_0.50" / "model.safetensors"
     smoothed = vision_rs.smooth("digits_cnn.clean", sigma=0.5, denoiser=written, device="cpu", progress=False)
     assert smoothed.describe()["denoiser"]["checkpoint"] == str(written)
     cert = smoothed.certify(vision_rs.embedded.digits_split("test")[0][0], n0=10, n=50, alpha=0.01, seed=0)

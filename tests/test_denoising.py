@@ -8,8 +8,6 @@ which differs from the radius d of f alone.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 import torch
@@ -300,7 +298,7 @@ def test_embedded_denoiser_lets_the_clean_model_classify_noisy_digits() -> None:
         noisy = pixels + sigma * torch.randn(pixels.shape, generator=torch.Generator().manual_seed(0))
         for denoiser in (None, f"digits_denoiser.sigma_{sigma:.2f}"):
             smoothed = vision_rs.smooth("digits_cnn.clean", sigma, denoiser=denoiser, device="cpu", progress=False)
-            view = smoothed._view(tuple(pixels.shape[1:]), torch.Generator())
+            view = smoothed.view_for(tuple(pixels.shape[1:]), torch.Generator())
             with torch.inference_mode():
                 predicted = smoothed.base.eval()(view(noisy)).argmax(1)
             accuracy[sigma, denoiser is not None] = float((predicted == labels).float().mean())

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 
 from vision_rs.models.adapters import read_input_spec
-from vision_rs.models.checkpoints import load_checkpoint_into
+from vision_rs.models.checkpoints import load_checkpoint_into, read_checkpoint_record
 from vision_rs.models.embedded.digits import digits_split
 from vision_rs.models.embedded.scenes import (
     BACKGROUND,
@@ -107,24 +107,26 @@ def test_segnet_is_small_fully_convolutional_and_timm_described() -> None:
                                          ({"localized": {"grid": [3, 3], "sigma_min": 0.25, "sigma_max": 1.0}}, "cell")])
 def test_same_seed_same_weights(train_segmentation, noise: dict, loss: str) -> None:
     torch.set_num_threads(1)
-    first, _ = train_segmentation.train(noise, epochs=1, seed=3, loss_region=loss, train_scenes=16, batch_size=8)
-    again, _ = train_segmentation.train(noise, epochs=1, seed=3, loss_region=loss, train_scenes=16, batch_size=8)
-    other, _ = train_segmentation.train(noise, epochs=1, seed=4, loss_region=loss, train_scenes=16, batch_size=8)
+    first, record = train_segmentation.train_model(noise, epochs=1, seed=3, loss_region=loss, train_scenes=16, batch_size=8)
+    again, _ = train_segmentation.train_model(noise, epochs=1, seed=3, loss_region=loss, train_scenes=16, batch_size=8)
+    other, _ = train_segmentation.train_model(noise, epochs=1, seed=4, loss_region=loss, train_scenes=16, batch_size=8)
     for key, value in first.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key
     assert not all(torch.equal(v, other.state_dict()[k]) for k, v in first.state_dict().items())
+    assert record["task"] == "segmentation" and record["architecture"]["name"] == "digits_segnet"
+    assert record["noise"]["method"] == ("localized" if "localized" in noise else "isotropic")
 
 
-def test_script_writes_weights_with_their_settings(train_segmentation, tmp_path: Path) -> None:
+def test_script_writes_a_checkpoint_with_its_record(train_segmentation, tmp_path: Path, capsys) -> None:
     torch.set_num_threads(1)
     train_segmentation.main(["--model", "localized", "--loss", "cell", "--epochs", "1", "--train-scenes", "8",
                              "--test-scenes", "2", "--out", str(tmp_path)])
-    name = train_segmentation.MODELS["localized"]
-    written = tmp_path / str(EMBEDDED_SEG_MODELS[name]["file"])
-    with safe_open(str(written), "pt") as handle:
-        metadata = handle.metadata()
-    assert json.loads(metadata["noise"]) == {"localized": {"grid": [3, 3], "sigma_min": 0.25, "sigma_max": 1.0}}
-    assert metadata["loss_region"] == "cell" and 0.0 <= float(metadata["noisy_miou"]) <= 1.0
+    assert "noisy_miou" in capsys.readouterr().out
+    written = tmp_path / "digits_segnet_localized_grid_3x3_sigma_0.25_1.00" / "model.safetensors"
+    record = read_checkpoint_record(written)
+    assert record["noise"] == {"method": "localized", "sigma": 0.25,
+                               "details": {"grid": [3, 3], "sigma_min": 0.25, "sigma_max": 1.0}}
+    assert record["loss"]["region"] == "cell"
     load_checkpoint_into(DigitsSegNet(), written)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.stats import binom
 
+from vision_rs import video
 from vision_rs.errors import InvalidParameterError, OutputPathError
 from vision_rs.models.embedded import digits_split
 from vision_rs.models.embedded.clips import (
@@ -25,7 +26,6 @@ from vision_rs.models.embedded.clips import (
 from vision_rs.models.embedded.videonet import (
     EMBEDDED_VIDEO_MODELS,
     DigitsC3D,
-    load_embedded_video_model,
     video_weights_path,
 )
 from vision_rs.video import available_backends
@@ -138,12 +138,13 @@ def test_digits_c3d_shape_size_and_config() -> None:
 
 
 def test_same_seed_same_weights(train_video) -> None:
-    first, _ = train_video.train(0.25, epochs=1, seed=3, limit=24, batch_size=8)
-    again, _ = train_video.train(0.25, epochs=1, seed=3, limit=24, batch_size=8)
-    other, _ = train_video.train(0.25, epochs=1, seed=4, limit=24, batch_size=8)
+    first, record = train_video.train_model(0.25, epochs=1, seed=3, limit=24, batch_size=8)
+    again, _ = train_video.train_model(0.25, epochs=1, seed=3, limit=24, batch_size=8)
+    other, _ = train_video.train_model(0.25, epochs=1, seed=4, limit=24, batch_size=8)
     for key, value in first.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key
     assert not all(torch.equal(v, other.state_dict()[k]) for k, v in first.state_dict().items())
+    assert record["task"] == "video-classification" and record["architecture"]["name"] == "digits_c3d"
 
 
 @pytest.mark.skipif(not video_weights_path("digits_c3d.sigma_0.25").is_file(), reason="weights not trained yet")
@@ -157,9 +158,9 @@ def test_shipped_weights_classify_noisy_test_clips(train_video) -> None:
     needed = 40
     assert binom.cdf(needed - 1, 60, 0.9) < 1e-4
     sigma = float(EMBEDDED_VIDEO_MODELS["digits_c3d.sigma_0.25"]["sigma"])
-    classifier = train_video.NormalizedClipClassifier(load_embedded_video_model("digits_c3d.sigma_0.25"))
+    classifier = video.smooth("digits_c3d.sigma_0.25", sigma, device="cpu", progress=False).base
     clips, labels = digit_clips("test")
-    pixels = train_video.as_model_input(clips[:60])
+    pixels = clips[:60].float() / 255.0
     noise = sigma * torch.randn(pixels.shape, generator=torch.Generator().manual_seed(0))
     correct = round(train_video.accuracy(classifier.eval(), pixels, labels[:60], noise) * 60)
     assert correct >= needed
