@@ -100,3 +100,23 @@ def test_patch_certify_on_the_gpu_runs_with_resize_and_streams() -> None:
                                 patches=Patches(size=24, stride=8), reduce="mean", mode="vote", progress=False)
     cert = smoothed.certify(image, n0=100, n=1000, alpha=0.001, seed=0)
     assert cert.views == 4 and sum(cert.counts.values()) == 1000
+
+
+@pytest.mark.parametrize("amp", [None, "bf16", "fp16"])
+def test_training_on_the_gpu_with_amp_writes_a_checkpoint_that_certifies(tmp_path, amp) -> None:
+    """Training on CUDA (noise drawn on the GPU, AMP with the fp16 gradient scaler) ends with finite weights whose
+    checkpoint certifies with nothing else; the loss falls from the first epoch to the second."""
+    from torch.utils.data import Subset
+
+    from vision_rs.models.embedded import DigitsCNN, DigitsDataset
+    from vision_rs.training import TrainConfig, train
+
+    torch.manual_seed(0)
+    smoothed = vision_rs.smooth(DigitsCNN(), sigma=0.25, device="cuda", progress=False)
+    data = Subset(DigitsDataset("train"), range(512))
+    result = train(smoothed, data, tmp_path, config=TrainConfig(epochs=2, batch_size=64, lr=2e-3, amp=amp,
+                                                                progress=False))
+    assert result.history[1]["loss"] < result.history[0]["loss"]
+    certified = vision_rs.smooth(str(result.checkpoint), sigma=0.25, device="cuda", progress=False)
+    cert = certified.certify(digits_split("test")[0][0], n0=50, n=500, seed=0)
+    assert cert.n == 500 and certified.device.type == "cuda"

@@ -176,3 +176,11 @@ def test_the_log_has_one_line_per_epoch(digits: Subset, tmp_path: Path) -> None:
     lines = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2] == [e["epoch"] for e in result.history]
     assert all(line["loss"] > 0 and line["seconds"] > 0 for line in lines)
+
+
+def test_bf16_autocast_trains_on_the_cpu(digits: Subset, tmp_path: Path) -> None:
+    """AMP's code path (autocast; fp16 adds a gradient scaler on the GPU, tests/test_cuda.py)."""
+    result = train(fresh_smoothed(), digits, tmp_path, config=TrainConfig(epochs=1, batch_size=32, amp="bf16",
+                                                                          progress=False))
+    assert read_checkpoint_record(result.checkpoint)["training"]["amp"] == "bf16"
+    assert all(torch.isfinite(value).all() for value in weights(result.checkpoint).values())
