@@ -71,6 +71,28 @@ def binomial_interval(trials: int, p: float, tests: int = 1) -> tuple[int, int]:
     return int(binom.ppf(tail, trials, p)), int(binom.isf(tail, trials, p))
 
 
+def options_torchrun_refuses(commands: tuple[str, ...]) -> set[tuple[str, str]]:
+    """(command, option) pairs of our long options that torchrun's parser would not pass on after ``-m vision_rs``:
+    it parses those words too, abbreviations allowed, so an option of ours that starts two of its own is an error."""
+    import argparse
+
+    from torch.distributed.run import get_args_parser
+
+    from vision_rs.cli import build_parser
+
+    parsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    def torchrun_takes(command: str, option: str) -> bool:
+        try:
+            parsed = get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "vision_rs", command, "x", option, "1"])
+        except SystemExit:
+            return False
+        return parsed.training_script_args == [command, "x", option, "1"]
+
+    return {(command, option) for command in commands for action in parsers[command]._actions
+            for option in action.option_strings if option.startswith("--") and not torchrun_takes(command, option)}
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -24,7 +24,7 @@ import torch
 import torch.multiprocessing as torch_mp
 
 import vision_rs
-from tests.conftest import write_digit_folder
+from tests.conftest import options_torchrun_refuses, write_digit_folder
 from vision_rs import read_rows
 from vision_rs.cli import build_parser, main
 from vision_rs.errors import InvalidParameterError, ModelOutputError, OutputPathError
@@ -118,19 +118,9 @@ def test_every_long_option_passes_torchrun_except_the_short_forms_it_would_take_
     """torchrun parses the words after ``-m vision_rs`` too, abbreviations allowed: an option of ours that starts
     two of its options is an error there. ``--n`` (one process only) must fail: the check can fail."""
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
-
-    def torchrun_takes(command: str, option: str) -> bool:
-        try:
-            parsed = torchrun_parser().parse_args(["--nproc-per-node", "2", "-m", "vision_rs", command, "x", option, "1"])
-        except SystemExit:
-            return False
-        return parsed.training_script_args == [command, "x", option, "1"]
-
     certifying = [command for command in commands if command.startswith("certify")]
     assert {"certify", "certify-video", "certify-seg"} <= set(certifying)
-    refused = {(command, option) for command in certifying
-               for action in commands[command]._actions for option in action.option_strings
-               if option.startswith("--") and not torchrun_takes(command, option)}
+    refused = options_torchrun_refuses(tuple(certifying))
     assert refused == {*((command, "--n") for command in certifying), ("certify-video", "--start")}
     assert "ambiguous option: --n could match" in capsys.readouterr().err
     for command, short, long in (*((command, "--n", "--num-samples") for command in certifying),

@@ -63,21 +63,29 @@ def _cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 
 
 @dataclass(frozen=True)
-class GaussianAugmentation:
+class _OnCopies:
+    """A loss over ``copies`` noisy draws of each input, with the settings a training record keeps."""
+
+    copies: int = 1
+    name = "?"
+    least_copies = 1
+
+    def __post_init__(self) -> None:
+        _check_copies(self.copies, self.least_copies)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class GaussianAugmentation(_OnCopies):
     """Cross-entropy on noisy inputs, averaged over ``copies`` draws per input (Cohen et al. 2019 use one).
 
     Cohen et al. train with the noise σ they certify with, one draw per input and step; the trainer's σ is the
     smoothed model's.
     """
 
-    copies: int = 1
     name = "gaussian"
-
-    def __post_init__(self) -> None:
-        _check_copies(self.copies, 1)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, **asdict(self)}
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> LossTerms:
         loss = _cross_entropy(outputs, targets)
@@ -85,7 +93,7 @@ class GaussianAugmentation:
 
 
 @dataclass(frozen=True)
-class Consistency:
+class Consistency(_OnCopies):
     """Consistency regularisation (Jeong & Shin, NeurIPS 2020) over ``copies`` = m noisy draws per input:
 
         L = (1/m) Σ_i CE(p_i, y) + λ · (1/m) Σ_i KL(p̄ ‖ p_i) + η · H(p̄),   p̄ = (1/m) Σ_i p_i,
@@ -98,14 +106,12 @@ class Consistency:
     lam: float = 10.0
     eta: float = 0.5
     name = "consistency"
+    least_copies = 2
 
     def __post_init__(self) -> None:
-        _check_copies(self.copies, 2)
+        super().__post_init__()
         _check_weight("lam (λ, the weight of the KL term)", self.lam)
         _check_weight("eta (η, the weight of the entropy term)", self.eta)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, **asdict(self)}
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> LossTerms:
         if outputs.shape[0] < 2:
@@ -121,18 +127,11 @@ class Consistency:
 
 
 @dataclass(frozen=True)
-class DenoiserMSE:
+class DenoiserMSE(_OnCopies):
     """Mean squared error of the denoised draws [m, B, C, H, W] against the clean images [B, C, H, W] ([0, 1]
     pixel units squared): the denoiser learns to remove the noise for any classifier ("MSE", Salman et al.)."""
 
-    copies: int = 1
     name = "mse"
-
-    def __post_init__(self) -> None:
-        _check_copies(self.copies, 1)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, **asdict(self)}
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> LossTerms:
         loss = F.mse_loss(outputs.float(), targets[None].expand_as(outputs).float())
@@ -140,23 +139,13 @@ class DenoiserMSE:
 
 
 @dataclass(frozen=True)
-class Stability:
+class Stability(GaussianAugmentation):
     """Salman et al.'s stability objective for a denoiser D in front of a frozen classifier f: CE(f(D(x + δ)), f(x)),
     the classifier's own class on the clean image as the target (no labels needed). ``outputs`` are f's logits on
-    the denoised draws [m, B, K]; ``targets`` its classes on the clean inputs [B]."""
+    the denoised draws [m, B, K]; ``targets`` its classes on the clean inputs [B]: the cross-entropy of
+    :class:`GaussianAugmentation`, with other targets."""
 
-    copies: int = 1
     name = "stability"
-
-    def __post_init__(self) -> None:
-        _check_copies(self.copies, 1)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, **asdict(self)}
-
-    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> LossTerms:
-        loss = _cross_entropy(outputs, targets)
-        return LossTerms(loss, {"cross_entropy": loss.detach()})
 
 
 CLASSIFIER_LOSSES = {"gaussian": GaussianAugmentation, "consistency": Consistency}
