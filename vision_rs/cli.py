@@ -749,13 +749,13 @@ def _check_train_arguments(args: argparse.Namespace) -> None:
 
 
 def _check_train_folders(args: argparse.Namespace) -> None:
-    from .training.trainer import output_folder
+    from .training.trainer import check_output_folder
 
     for what, folder in (("training data", args.data), ("--val", args.val), ("--masks", getattr(args, "masks", None))):
         if folder is not None and not folder.is_dir():
             raise InvalidParameterError(f"{what} {folder}: no such folder" if not folder.exists()
                                         else f"{what} {folder} is a file: give a folder")
-    output_folder(args.out)
+    check_output_folder(args.out)
 
 
 def _augmentation(args: argparse.Namespace, size: tuple[int, ...] | None) -> object:

@@ -40,7 +40,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from ..errors import InvalidParameterError, OutputPathError, TrainingError
-from ..models.checkpoints import read_checkpoint_record, save_checkpoint, write_atomically
+from ..models.checkpoints import save_checkpoint, write_atomically
 from ..models.provenance import software_versions
 from ..params import check_count, check_seed
 from ..runs.distributed import Ranks, process_group, resolve_ranks
@@ -146,11 +146,20 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def output_folder(out: str | os.PathLike) -> Path:
-    """The run's folder: created (with its parents) when missing; a file there is refused."""
+def check_output_folder(out: str | os.PathLike) -> Path:
+    """Refuse an output path that is a file, or whose nearest existing folder cannot be written; create nothing."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputPathError(f"{out} is a file; training writes a folder (checkpoint, state, log): give a folder path")
+    existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write the output folder {out}: {existing} is not a writable folder")
+    return out
+
+
+def output_folder(out: str | os.PathLike) -> Path:
+    """The run's folder: checked (:func:`check_output_folder`), then created with its parents when missing."""
+    out = check_output_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -389,9 +398,3 @@ class Trainer:
                 cli=f"the loss became NaN or infinite at step {step} (epoch {epoch + 1}); {kept}. Lower --lr, clip "
                     "gradients (--grad-clip) or check the data for NaN pixels",
             )
-
-
-def recorded_epochs(out: str | os.PathLike) -> int:
-    """Epochs finished by the run in ``out`` (0 when it holds none)."""
-    record = read_checkpoint_record(Path(out) / MODEL_FILE)
-    return int(record.get("epoch", 0)) if record else 0
