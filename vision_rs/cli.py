@@ -57,12 +57,15 @@ Models (--model):
   timm        any timm name, e.g. resnet50 or resnet50.a1_in1k (weights from the
               local Hugging Face / torch hub cache; --no-pretrained for random)
   torchvision torchvision:NAME, e.g. torchvision:resnet18
-  checkpoint  a .safetensors / .pt file, with --arch NAME (and --num-classes)
+  checkpoint  a .safetensors / .pt file, with --arch NAME (and --num-classes); one written by
+              `vision-rs train` carries its architecture and preprocessing: nothing else
+  embedded architectures: digits_cnn, digits_c3d, digits_segnet, the networks without weights
+              (vision-rs train --model NAME --no-pretrained)
 
 Denoisers (--denoiser; denoised smoothing, in front of a model trained without noise):
   embedded    {EMBEDDED_DENOISER_NAMES} (offline, shipped)
   checkpoint  a .safetensors / .pt file of the embedded denoiser architecture
-              (vision_rs.models.embedded.DigitsDenoiser with its default sizes)
+              (vision_rs.embedded.DigitsDenoiser with its default sizes), e.g. from `vision-rs train-denoiser`
   diffusion   a local folder with a diffusers UNet2DModel and its DDPM scheduler
               (unet/ and scheduler/, as DDPMPipeline.save_pretrained writes;
               needs pip install 'vision-rs[diffusion]')
