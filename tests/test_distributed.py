@@ -97,16 +97,16 @@ def assert_same_run(out: Path, reference: Path) -> None:
 # ---------------------------------------------------------------------------- the command line under torchrun
 
 
-def torchrun_lines() -> list[list[str]]:
-    """The README's torchrun command lines, as words."""
+def torchrun_lines(command: str = "certify") -> list[list[str]]:
+    """The README's torchrun command lines that run ``vision_rs COMMAND``, as words."""
     blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
     lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()
-             if re.match(r"(srun )?torchrun ", line)]
-    assert len(lines) >= 3, "the README shows torchrun on one machine, on several, and under Slurm"
+             if re.match(r"(srun )?torchrun ", line) and f" vision_rs {command} " in line]
     return [shlex.split(line)[1 if line.startswith("srun ") else 0:] for line in lines]
 
 
 def test_torchrun_accepts_the_readme_lines_and_vision_rs_reads_what_follows_the_module() -> None:
+    assert len(torchrun_lines()) >= 3, "the README shows torchrun on one machine, on several, and under Slurm"
     for words in torchrun_lines():
         parsed = torchrun_parser().parse_args(words[1:])
         assert parsed.module and parsed.training_script == "vision_rs"

@@ -210,9 +210,11 @@ def test_bad_input_exits_2_with_our_message_and_writes_nothing(case: str, digits
 def test_train_under_torchrun_with_two_processes(digits: Path, tmp_path: Path) -> None:
     """DDP on the CPU (gloo): both ranks train their half of each epoch; rank 0 writes the checkpoint and the
     held-out run is certified by both."""
+    from torch.distributed.elastic.utils.distributed import get_free_port
+
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29731", "-m",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(get_free_port()), "-m",
          "vision_rs", "train", str(digits), "--model", "digits_cnn.clean", "--sigma", "0.5", "--out", str(tmp_path),
          *QUICK], capture_output=True, text=True, timeout=600, env=environment)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -232,3 +234,16 @@ def test_every_train_option_passes_torchrun_but_the_short_form_it_takes_for_its_
     assert options_torchrun_refuses(("train", "train-denoiser")) == {("train", "--start")}
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
     assert "--start-frame" in next(a.option_strings for a in commands["train"]._actions if "--start" in a.option_strings)
+
+
+def test_the_readme_torchrun_train_line_parses_under_torchrun_and_as_ours() -> None:
+    from torch.distributed.run import get_args_parser as torchrun_parser
+
+    from tests.test_distributed import torchrun_lines
+    from vision_rs.cli import build_parser
+
+    (words,) = torchrun_lines("train")
+    parsed = torchrun_parser().parse_args(words[1:])
+    assert parsed.module and parsed.training_script == "vision_rs"
+    ours = build_parser().parse_args(parsed.training_script_args)
+    assert ours.command == "train" and ours.sigma == 0.5 and ours.amp == "bf16"
