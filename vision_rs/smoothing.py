@@ -15,6 +15,7 @@ from torch import nn
 from typing_extensions import Unpack
 
 from .errors import InvalidParameterError
+from .wording import Wording
 from .images import ImageInput, to_unit_tensor
 from .models.adapters import (
     InputSpec,
@@ -345,8 +346,8 @@ def _colour_channels(model: nn.Module, noise: Noise, spec: InputSpec, overridden
     if noise.extra_channels == 0 and colours == spec.channels + 1:
         what = (f"the model reads {in_chans} input channels for images of {spec.channels}: it was built for "
                 "hierarchical smoothing with the noise-indicator channel. ")
-        raise InvalidParameterError(what + "Pass hierarchical=Hierarchical(p=..., indicator=True).",
-                                    cli=what + "Add --hierarchical-p P --indicator.")
+        raise InvalidParameterError(what + "{add}.", add=Wording("Pass hierarchical=Hierarchical(p=..., indicator=True)",
+                                                                  "Add --hierarchical-p P --indicator"))
     if noise.extra_channels and (colours < 1 or in_chans == spec.channels):
         raise InvalidParameterError(f"the model reads {in_chans} input channels, but {noise.input_note(spec.channels)}")
     return fit_to_channels(spec, colours)

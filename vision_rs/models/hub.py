@@ -19,11 +19,16 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import CheckpointError, InvalidParameterError, ModelUnavailableError
+from ..wording import Wording
 from .checkpoints import load_checkpoint_into
 from .provenance import ModelSource, file_sha256
 
 TORCHVISION_PREFIX = "torchvision:"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+ARCH = Wording("arch=... (e.g. arch='resnet18')", "--arch NAME (e.g. --arch resnet18)")
+CHECKPOINT = Wording("checkpoint=PATH", "--checkpoint PATH")
+USE_LOCAL_WEIGHTS = Wording("Pass a local file with checkpoint=PATH, or pretrained=False for random weights.",
+                            "Pass a local file with --checkpoint PATH, or --no-pretrained for random weights.")
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
@@ -66,17 +71,15 @@ def local_timm_weights(name: str) -> Path:
     _, model_name = parse_model_name(name)
     cfg = get_pretrained_cfg(model_name, allow_unregistered=False)
     if cfg is None:
-        raise ModelUnavailableError(f"timm has no pretrained weights registered for {name!r}; use --checkpoint")
+        raise ModelUnavailableError(f"timm has no pretrained weights registered for {name!r}. {{use_local_weights}}",
+                                    use_local_weights=USE_LOCAL_WEIGHTS)
     names = ((cfg.hf_hub_filename,) if cfg.hf_hub_filename else ()) + _HF_WEIGHT_FILES
     found = (_cached_hf_file(cfg.hf_hub_id, names) if cfg.hf_hub_id else None) or _cached_url_file(cfg.url)
     if found is None:
-        where = (f"pretrained weights for timm model {name!r} are not on this machine (looked in the Hugging Face "
-                 f"cache {hf_hub_cache_dir()} for {cfg.hf_hub_id!r} and in {torch_hub_checkpoints_dir()}); vision-rs "
-                 "never downloads. ")
         raise ModelUnavailableError(
-            where + "Pass a local file with checkpoint=..., or set pretrained=False for random weights.",
-            cli=where + "Pass a local file with --checkpoint, or --no-pretrained for random weights.",
-        )
+            f"pretrained weights for timm model {name!r} are not on this machine (looked in the Hugging Face cache "
+            f"{hf_hub_cache_dir()} for {cfg.hf_hub_id!r} and in {torch_hub_checkpoints_dir()}); vision-rs never "
+            "downloads. {use_local_weights}", use_local_weights=USE_LOCAL_WEIGHTS)
     return found
 
 
@@ -88,11 +91,10 @@ def _embedded_names() -> str:
 
 def _unknown_name(name: str, where: str) -> InvalidParameterError:
     return InvalidParameterError(
-        f"unknown {where} model {name!r}. Embedded models: {_embedded_names()}; timm names "
-        "(timm.list_models()); torchvision:NAME (torchvision.models.list_models()); or a checkpoint file with its "
-        "architecture (arch=...).",
-        cli=f"unknown {where} model {name!r}. Embedded models: {_embedded_names()}; timm names; "
-        "torchvision:NAME; or a checkpoint file with --arch. `vision-rs models` lists them.",
+        f"unknown {where} model {name!r}. Embedded models: {_embedded_names()}; timm names{{timm_list}}; "
+        "torchvision:NAME{torchvision_list}; or a checkpoint file with its architecture ({arch}).{listed}",
+        timm_list=Wording(" (timm.list_models())", ""), torchvision_list=Wording(" (torchvision.models.list_models())", ""),
+        arch=ARCH, listed=Wording("", " `vision-rs models` lists them."),
     )
 
 
@@ -113,7 +115,7 @@ def create_timm_model(name: str, *, pretrained: bool, num_classes: int | None = 
     except Exception as exc:  # a corrupt or mismatched cached file: SafetensorError, RuntimeError, UnpicklingError, ...
         raise CheckpointError(
             f"cannot load the cached pretrained weights {weights} of timm model {name!r}: {exc!r}. "
-            "Replace or delete that file, or pass a local file with --checkpoint (or checkpoint=...)."
+            "Replace or delete that file, or pass a local file with {checkpoint}.", checkpoint=CHECKPOINT,
         ) from exc
 
 
@@ -135,12 +137,10 @@ def create_torchvision_model(name: str, *, pretrained: bool, num_classes: int | 
     if pretrained:
         cached = _cached_url_file(weights.url)
         if cached is None:
-            where = (f"pretrained weights for torchvision model {name!r} are not on this machine (looked for "
-                     f"{os.path.basename(weights.url)} in {torch_hub_checkpoints_dir()}); vision-rs never downloads. ")
             raise ModelUnavailableError(
-                where + "Pass a local file with checkpoint=..., or set pretrained=False for random weights.",
-                cli=where + "Pass a local file with --checkpoint, or --no-pretrained for random weights.",
-            )
+                f"pretrained weights for torchvision model {name!r} are not on this machine (looked for "
+                f"{os.path.basename(weights.url)} in {torch_hub_checkpoints_dir()}); vision-rs never downloads. "
+                "{use_local_weights}", use_local_weights=USE_LOCAL_WEIGHTS)
         load_checkpoint_into(model, cached)
         source = ModelSource(source.name, True, f"{weights} ({cached})", file_sha256(cached))
     model.pretrained_cfg = torchvision_pretrained_cfg(weights)
@@ -192,12 +192,11 @@ def create_model_with_source(
 
     if is_checkpoint_path(name):
         if checkpoint is not None:
-            raise InvalidParameterError("give the checkpoint either as the model or as checkpoint=, not both")
+            raise InvalidParameterError("give the checkpoint either as the model or as {checkpoint}, not both",
+                                        checkpoint=CHECKPOINT)
         if arch is None:
-            raise InvalidParameterError(
-                f"{name} is a checkpoint: also say which architecture it holds with arch=... (e.g. 'resnet18')",
-                cli=f"{name} is a checkpoint: also say which architecture it holds with --arch (e.g. resnet18)",
-            )
+            raise InvalidParameterError(f"{name} is a checkpoint: also say which architecture it holds with {{arch}}",
+                                        arch=ARCH)
         if not Path(name).is_file():
             raise CheckpointError(f"checkpoint not found: {name}")
         name, checkpoint = arch, name

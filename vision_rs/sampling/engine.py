@@ -25,6 +25,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from ..errors import InvalidImageError, ModelOutputError
+from ..wording import Wording
 from ..params import check_count
 from .noise import Noise
 from .views import View
@@ -313,7 +314,7 @@ def max_draws_per_batch(
                 f"model inputs, more than the memory budget of {_format_bytes(config.memory_budget)} allows (x{streams} "
                 "streams, plus the input itself): pass a smaller input (resize it to the model's input size first), "
                 "or raise ")
-        raise InvalidImageError(what + "memory_budget=...", cli=what + "--memory-budget")
+        raise InvalidImageError(what + "{budget}", budget=Wording("memory_budget=BYTES", "--memory-budget SIZE"))
     return most
 
 
