@@ -415,8 +415,10 @@ def rank_device_option(args: argparse.Namespace) -> str | torch.device | None:
     """
     import torch
 
+    from .models.devices import check_device
     from .runs.distributed import rank_device, ranks_from_environment
 
+    check_device(args.device)
     ranks = ranks_from_environment()
     if ranks is None:
         return args.device
@@ -681,11 +683,13 @@ def _report(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo, run_denoised_demo, run_video_demo
+    from .models.devices import check_device
     from .runs.summaries import format_pixel_budget_table, format_summaries
 
     started = time.perf_counter()
     if args.video + args.segmentation + args.denoised > 1:
         raise InvalidParameterError("choose one of --video, --segmentation and --denoised")
+    check_device(args.device)
     if args.segmentation:
         _segmentation_demo(args)
         print(f"done in {time.perf_counter() - started:.1f} s")
@@ -737,9 +741,11 @@ def _app(args: argparse.Namespace) -> None:
 
     from .app.certify import AppLimits
     from .app.ui import AppConfig, launch_app
+    from .models.devices import check_device
 
     if args.models is not None and not args.models.is_dir():
         raise InvalidParameterError(f"--models {args.models}: no such folder")
+    check_device(args.device)
     config = AppConfig(host=args.host, port=args.port, models_dir=str(args.models) if args.models else None,
                        share=args.share, device=args.device, queue_size=args.queue_size, concurrency=args.concurrency,
                        limits=replace(AppLimits(), max_file_size=args.max_file_size))

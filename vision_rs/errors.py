@@ -8,6 +8,8 @@ names Python keywords, ``error.cli_message`` the command-line flags.
 
 from __future__ import annotations
 
+import re
+
 from .wording import Wording
 
 
@@ -21,14 +23,18 @@ class VisionRSError(Exception):
     """
 
     def __init__(self, message: str, **parts: Wording) -> None:
-        python = message.format(**{name: part.python for name, part in parts.items()}) if parts else message
-        super().__init__(python)
-        self.cli_message = message.format(**{name: part.cli for name, part in parts.items()}) if parts else message
+        super().__init__(_fill(message, {name: part.python for name, part in parts.items()}))
+        self.cli_message = _fill(message, {name: part.cli for name, part in parts.items()})
         """The message for command-line users (flags instead of keywords)."""
 
     def __reduce__(self) -> tuple[object, ...]:
         """Pickled with both wordings (errors travel between the ranks of a torchrun run)."""
         return _rebuild, (type(self), str(self), self.cli_message)
+
+
+def _fill(message: str, words: dict[str, str]) -> str:
+    """``message`` with each ``{name}`` of ``words`` replaced; every other brace stays as it is (paths, values)."""
+    return re.sub(r"\{(\w+)\}", lambda match: words.get(match.group(1), match.group(0)), message) if words else message
 
 
 def _rebuild(kind: type[VisionRSError], python: str, cli: str) -> VisionRSError:

@@ -27,6 +27,7 @@ from .models.adapters import (
     model_input_channels,
     read_input_spec,
 )
+from .models.devices import check_device
 from .models.denoising import Denoiser, DenoiserLike, behind_denoiser, evaluating, load_denoiser
 from .models.hub import create_model_with_source
 from .models.provenance import ModelSource, state_sha256
@@ -433,6 +434,7 @@ def prepare_model(
     if unknown:
         raise InvalidParameterError(f"unknown option(s) {sorted(unknown)}; see vision_rs.smoothing.ModelOptions")
     config = EngineConfig(**{key: options[key] for key in _ENGINE_KEYS if key in options})  # type: ignore[misc]
+    check_device(options.get("device"))
     num_classes = options.get("num_classes")
     if num_classes is not None:
         check_count("num_classes", num_classes)
