@@ -144,6 +144,7 @@ def certify_segmentation_dataset(
     bins: int | None = None,
     progress: bool = True,
     distributed: bool | None = None,
+    desc: str = "certify",
 ) -> list[SegmentationRow]:
     """Certify every image of ``data`` (files and folders with label maps in ``masks``, or (image, label map)
     pairs) and write ``out`` (TSV, one row per image) and its ``.jsonl``; resumable. Returns all rows.
@@ -152,6 +153,7 @@ def certify_segmentation_dataset(
     naively and collectively (LP, or the exact program with ``exact=True``; ``bins`` per cell) for localized
     smoothing. Image ``idx`` uses seed ``seed + idx``. Under torchrun (``distributed``: None = auto, False = one
     process) the images are shared over the ranks and the model moves to its rank's GPU, as for classifiers.
+    ``desc`` labels the progress bar.
     """
     n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
     check_seed(seed)
@@ -160,9 +162,8 @@ def certify_segmentation_dataset(
         raise InvalidParameterError("eps needs at least one budget, e.g. (0.25, 0.5, 1.0)")
     if correction not in CORRECTIONS:
         raise InvalidParameterError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+    run = RunFiles(out, BASE_COLUMNS + eps_columns(smoothed.method, eps))  # the output is checked before any input is read
     items, sources = _items(data, masks, smoothed)
-    columns = BASE_COLUMNS + eps_columns(smoothed.method, eps)
-    run = RunFiles(out, columns)
     settings = {"n0": n0, "n": n, "alpha": alpha, "seed": seed, "eps": list(eps), "correction": correction,
                 "tau": tau if correction != "bonferroni" else None, "exact": exact, "bins": bins}
     record = run_record("segmentation", smoothed, settings, None, len(items))
@@ -174,7 +175,8 @@ def certify_segmentation_dataset(
         return row.tsv(), {"certificate": cert.summary(), **extra}
 
     place_on_rank_device(smoothed, resolve_ranks(distributed))
-    run_dataset(items, sources, run, record, certify_one, progress=progress, distributed=distributed, device=smoothed.device)
+    run_dataset(items, sources, run, record, certify_one, progress=progress, desc=desc, distributed=distributed,
+                device=smoothed.device)
     return read_segmentation_rows(run.tsv)
 
 

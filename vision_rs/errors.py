@@ -38,7 +38,7 @@ def _fill(message: str, words: dict[str, str]) -> str:
 
 
 def _rebuild(kind: type[VisionRSError], python: str, cli: str) -> VisionRSError:
-    return kind("{message}", message=Wording(python, cli))
+    return kind("{text}", text=Wording(python, cli))
 
 
 class InvalidParameterError(VisionRSError, ValueError):

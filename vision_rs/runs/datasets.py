@@ -228,6 +228,7 @@ def certify_classification_dataset(
     radius: float | None = None,
     sequential: bool = False,
     tolerance: float | None = None,
+    desc: str = "certify",
 ) -> Summary:
     """The classification run of images and clips alike: Cohen's TSV, the run record, one certificate per row.
 
@@ -244,8 +245,8 @@ def certify_classification_dataset(
         if method is not None:
             check_sequential_method(method.votes_once_per_draw, method.details)
         stopping = {"radius": radius, "sequential": sequential, "tolerance": tolerance}
+    run = RunFiles(out)  # the output is checked before any input is read
     items, sources, mapping, are_files = labelled_items(data, kind, smoothed, class_to_idx)
-    run = RunFiles(out)
     settings = {"n0": n0, "n": n, "alpha": alpha, "seed": seed, **settings,
                 "sequential": goal.describe() if goal is not None else None}
     record = run_record(task, smoothed, settings, mapping, len(items))
@@ -260,7 +261,7 @@ def certify_classification_dataset(
         return row.tsv(), {"label": label, "correct": correct, "certificate": cert.to_dict(), **notes}
 
     place_on_rank_device(smoothed, resolve_ranks(distributed))
-    run_dataset(items, sources, run, record, certify_one, progress=progress, distributed=distributed,
+    run_dataset(items, sources, run, record, certify_one, progress=progress, desc=desc, distributed=distributed,
                 device=getattr(smoothed, "device", None))
     return summarize(read_rows(run.tsv), radii)  # from the file: a resumed run summarises like an uninterrupted one
 
@@ -281,6 +282,7 @@ def certify_dataset(
     radius: float | None = None,
     sequential: bool = False,
     tolerance: float | None = None,
+    desc: str = "certify",
 ) -> Summary:
     """Certify every image of ``data`` and write ``out`` (TSV) and ``out`` with ``.jsonl`` (run record + certificates).
 
@@ -297,10 +299,10 @@ def certify_dataset(
     (or the CPU), and rank 0 merges their rows into ``out``: the rows are those of one process, whatever
     their number (see :func:`run_dataset`). ``distributed``: None = auto (torchrun's environment or an
     initialised process group), False = this process certifies everything (under torchrun, give each
-    process its own ``out``), True = insist on ranks.
+    process its own ``out``), True = insist on ranks. ``desc`` labels the progress bar.
     """
     return certify_classification_dataset(
         smoothed, data, out, task="image-classification", kind=IMAGE_FILES, settings={}, n0=n0, n=n, alpha=alpha,
         seed=seed, radii=radii, class_to_idx=class_to_idx, progress=progress, distributed=distributed,
-        radius=radius, sequential=sequential, tolerance=tolerance,
+        radius=radius, sequential=sequential, tolerance=tolerance, desc=desc,
     )

@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 import torch
 
 from ..errors import InvalidParameterError, MissingDependencyError, VisionRSError
-from ..models.devices import check_device
 
 T = TypeVar("T")
 
@@ -93,7 +92,7 @@ def resolve_ranks(distributed: bool | None) -> Ranks | None:
 
 def rank_device(device: torch.device | str, ranks: Ranks | None) -> torch.device:
     """The device a rank certifies on: the GPU of its ``LOCAL_RANK`` when ``device`` is a GPU, ``device`` otherwise."""
-    device = check_device(device)
+    device = torch.device(device)
     if ranks is None or device.type != "cuda" or ranks.local_rank is None:
         return device
     count = torch.cuda.device_count()

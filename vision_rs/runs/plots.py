@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import MissingDependencyError, OutputPathError
-from .files import Row
+from .files import Row, check_writable
 from .inputs import UNKNOWN_LABEL
 from .summaries import certified_fraction
 
@@ -40,8 +40,7 @@ def plot_curves(
     """
     plt = _pyplot()
     path = Path(path)
-    if not path.parent.is_dir():
-        raise OutputPathError(f"output folder {path.parent} does not exist; create it first")
+    check_writable(path.parent)
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
     for name, (xs, ys) in curves.items():
         axes.plot(xs, ys, label=name, clip_on=False, marker="o" if markers else None)  # a curve at 1.0 stays visible
@@ -55,9 +54,15 @@ def plot_curves(
         axes.set_title(title, fontsize=9)
     figure.tight_layout()
     temporary = path.with_name(path.stem + ".tmp" + path.suffix)
-    figure.savefig(temporary, dpi=120)
-    plt.close(figure)
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(temporary, dpi=120)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise OutputPathError(f"cannot write the plot {path}: {exc.strerror or exc}") from exc
+    finally:
+        plt.close(figure)
     return path
 
 
