@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from vision_rs.errors import InvalidImageError, InvalidParameterError, OutputPathError
-from vision_rs.images import IMAGE_SUFFIXES
+from vision_rs.images import IMAGE_SUFFIXES, open_image_file
 from vision_rs.params import check_alpha, check_count, check_seed
 from vision_rs.runs.datasets import run_dataset, run_record
 from vision_rs.runs.distributed import place_on_rank_device, resolve_ranks
@@ -38,15 +37,10 @@ DEFAULT_EPS = (0.1, 0.25, 0.5, 1.0)
 
 def read_label_map(path: str | os.PathLike) -> np.ndarray:
     """A label map file as int64 [H, W]: a single-channel PNG of class indices (a palette PNG's indices, as Pascal VOC)."""
-    path = Path(path)
-    try:
-        with Image.open(path) as mask:
-            mask.load()
-            if mask.mode not in ("L", "P", "I", "I;16"):
-                raise InvalidImageError(f"label map {path} is {mask.mode}: save class indices as an 'L' or palette PNG")
-            return np.asarray(mask).astype(np.int64)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImageError(f"cannot read label map {path}: {exc}") from exc
+    mask = open_image_file(path, "label map")
+    if mask.mode not in ("L", "P", "I", "I;16"):
+        raise InvalidImageError(f"label map {path} is {mask.mode}: save class indices as an 'L' or palette PNG")
+    return np.asarray(mask).astype(np.int64)
 
 
 def eps_columns(method: str, eps: Sequence[float]) -> tuple[str, ...]:

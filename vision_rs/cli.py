@@ -6,13 +6,15 @@ Importing this module does not import torch: ``vision-rs --help`` and ``--versio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import logging
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -204,6 +206,36 @@ def _eps_list(text: str) -> list[float]:
     return values
 
 
+PILLOW_PIXEL_LIMIT = 2 * 89_478_485
+"""The most pixels Pillow decodes by default (twice ``PIL.Image.MAX_IMAGE_PIXELS``; it warns above half of it)."""
+
+
+def _add_image_limit_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-image-pixels", type=POSITIVE, default=PILLOW_PIXEL_LIMIT, metavar="N",
+                        help="decode image files of at most N pixels, a guard against decompression bombs "
+                             f"(default: {PILLOW_PIXEL_LIMIT:,}, Pillow's own limit)")
+
+
+@contextlib.contextmanager
+def _image_pixel_limit(args: argparse.Namespace) -> Iterator[None]:
+    """While a command runs, Pillow decodes images of at most ``--max-image-pixels`` (exactly: its warning above the
+    limit becomes a refusal, which :func:`vision_rs.images.open_image_file` words); restored afterwards."""
+    limit = getattr(args, "max_image_pixels", None)
+    if limit is None:
+        yield
+        return
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = limit
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
 def _add_denoiser_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--denoiser", metavar="PATH_OR_NAME",
                         help="denoised smoothing: a denoiser run on every noisy draw before the model (video: on every "
@@ -258,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--classes", type=Path, metavar="FILE",
                          help="class names → labels: one name per line (line i is label i) or a JSON mapping")
     certify.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_image_limit_option(certify)
 
     video = commands.add_parser(
         "certify-video",
@@ -332,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_speed_options(seg)
     seg.add_argument("--out", type=Path, help="write results to this .tsv (and .jsonl beside it); resumes if it exists")
     seg.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_image_limit_option(seg)
 
     report = commands.add_parser(
         "report",
@@ -846,7 +880,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"certify": _certify, "certify-video": _certify_video, "certify-seg": _certify_seg, "report": _report,
                 "demo": _demo, "app": _app, "models": _models}
     try:
-        handlers[args.command](args)
+        with _image_pixel_limit(args):
+            handlers[args.command](args)
     except VisionRSError as exc:
         print(f"{_name()}: error: {exc.cli_message}", file=sys.stderr)
         _hand_to_torchrun(exc)
