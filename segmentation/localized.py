@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vision_rs.errors import InvalidParameterError
+from vision_rs.wording import Wording
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -56,7 +57,10 @@ class Localized:
         low = _check_std("sigma_min", self.sigma_min)
         high = _check_std("sigma_max", self.sigma_max)
         if low > high:
-            raise InvalidParameterError(f"need sigma_min <= sigma_max, got sigma_min={low} > sigma_max={high}")
+            raise InvalidParameterError("need {order}, got {low} > {high}",
+                                        order=Wording("sigma_min <= sigma_max", "--sigma-min <= --sigma-max"),
+                                        low=Wording(f"sigma_min={low}", f"--sigma-min {low}"),
+                                        high=Wording(f"sigma_max={high}", f"--sigma-max {high}"))
         object.__setattr__(self, "grid", (rows, cols))
         object.__setattr__(self, "sigma_min", low)
         object.__setattr__(self, "sigma_max", high)

@@ -19,6 +19,7 @@ from torch import nn
 from typing_extensions import Unpack
 
 from vision_rs.errors import InvalidParameterError
+from vision_rs.wording import Wording
 from vision_rs.images import ImageInput, to_unit_tensor
 from vision_rs.models.denoising import Denoiser, behind_denoiser, evaluating
 from vision_rs.models.provenance import ModelSource
@@ -148,8 +149,10 @@ class SmoothedSegmenter:
         if correction not in CORRECTIONS:
             raise InvalidParameterError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
         if correction != "bonferroni" and self.localized is not None:
-            raise InvalidParameterError("the threshold test (holm) certifies isotropic smoothing; localized smoothing "
-                                        "needs per-pixel bounds: correction='bonferroni'")
+            raise InvalidParameterError(
+                f"the threshold test ({{test}}) certifies isotropic smoothing; localized smoothing needs per-pixel bounds: "
+                "{bonferroni}", test=Wording(f"correction={correction!r}", f"--correction {correction}"),
+                bonferroni=Wording("correction='bonferroni'", "--correction bonferroni"))
         config = self.config.with_overrides(batch_size, progress)
         pixels = to_unit_tensor(image, self.spec.channels).to(self.device)
         height, width = pixels.shape[-2:]

@@ -350,7 +350,7 @@ def _colour_channels(model: nn.Module, noise: Noise, spec: InputSpec, overridden
         raise InvalidParameterError(what + "{add}.", add=Wording("Pass hierarchical=Hierarchical(p=..., indicator=True)",
                                                                   "Add --hierarchical-p P --indicator"))
     if noise.extra_channels and (colours < 1 or in_chans == spec.channels):
-        raise InvalidParameterError(f"the model reads {in_chans} input channels, but {noise.input_note(spec.channels)}")
+        raise InvalidParameterError(f"the model reads {in_chans} input channels, but {{note}}", note=noise.input_note(spec.channels))
     return fit_to_channels(spec, colours)
 
 
@@ -480,7 +480,9 @@ def place_denoiser(denoiser: Denoiser, device: torch.device, config: EngineConfi
 def method_for(hierarchical: Hierarchical | None, views: ViewMaker | None, reduce: str, mode: str) -> Method:
     """Gaussian smoothing, hierarchical smoothing, or Smooth-Reduce over ``views``."""
     if hierarchical is not None and views is not None:
-        raise InvalidParameterError("choose hierarchical= or patches=, not both")
+        raise InvalidParameterError("choose {hierarchical} or {patches}, not both",
+                                    hierarchical=Wording("hierarchical=", "--hierarchical-p"),
+                                    patches=Wording("patches=", "--patch-size"))
     if hierarchical is not None and not isinstance(hierarchical, Hierarchical):
         raise InvalidParameterError(f"hierarchical must be a vision_rs.Hierarchical(p=..., indicator=...), got {hierarchical!r}")
     if views is not None:

@@ -206,8 +206,10 @@ def create_model_with_source(
     if info is not None:
         if info["task"] != task:
             raise InvalidParameterError(
-                f"{name} is an embedded {info['task']} model: smooth it with {embedded.TASKS[str(info['task'])]}"
-            )
+                f"{name} is an embedded {info['task']} model: {{use}}",
+                use=Wording(f"smooth it with {embedded.TASKS[str(info['task'])]}"
+                            + (" (or vision_rs.video.smooth(..., framewise=True))" if info["task"] == "image-classification" else ""),
+                            f"certify with {embedded.TASK_COMMANDS[str(info['task'])]}"))
         model = embedded.load_embedded(name, pretrained=pretrained)
         weights = embedded.shipped_weights(str(info["file"])) if pretrained else None
         source = ModelSource(name, pretrained, str(weights) if weights else None, file_sha256(weights) if weights else None)

@@ -171,7 +171,7 @@ def check_writable(folder: str | os.PathLike) -> None:
         raise OutputPathError(f"cannot write in the output folder {folder} ({exc.strerror or exc}): make it writable, "
                               "or choose another output path") from exc
     finally:
-        for path in reversed(created):  # the deepest last in the list: remove it first
+        for path in created:  # the deepest first
             with contextlib.suppress(OSError):
                 path.rmdir()
 

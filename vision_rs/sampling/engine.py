@@ -190,11 +190,16 @@ def check_masks(masks: object, batch: int, num_classes: int | None, size: tuple[
     if masks.ndim != 4 or masks.shape[0] != batch or tuple(masks.shape[2:]) != tuple(size):
         raise ModelOutputError(
             f"the segmentation model returned shape {tuple(masks.shape)} for a batch of {batch}; expected "
-            f"[{batch}, classes, {size[0]}, {size[1]}] (is it a classifier? use vision_rs.smooth)"
-        )
+            f"[{batch}, classes, {size[0]}, {size[1]}] (is it a classifier? {{use}})",
+            use=Wording("use vision_rs.smooth", "use vision-rs certify"))
     if num_classes is not None and masks.shape[1] != num_classes:
-        raise ModelOutputError(f"the segmentation model returned {masks.shape[1]} classes, expected num_classes={num_classes}")
+        raise ModelOutputError(f"the segmentation model returned {masks.shape[1]} classes, expected {{classes}}",
+                               classes=_classes_given(num_classes))
     return masks
+
+
+def _classes_given(num_classes: int) -> Wording:
+    return Wording(f"num_classes={num_classes}", f"--num-classes {num_classes}")
 
 
 def check_logits(logits: object, batch: int, num_classes: int | None) -> torch.Tensor:
@@ -210,17 +215,19 @@ def check_logits(logits: object, batch: int, num_classes: int | None) -> torch.T
             f"expected [{batch}, num_classes] logits (is it a classifier, or does it keep spatial dimensions?)"
         )
     if num_classes is not None and logits.shape[1] != num_classes:
-        raise ModelOutputError(f"the model returned {logits.shape[1]} classes, expected num_classes={num_classes}")
+        raise ModelOutputError(f"the model returned {logits.shape[1]} classes, expected {{classes}}",
+                               classes=_classes_given(num_classes))
     return logits
 
 
-def _first_forward(classifier: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, note: str) -> torch.Tensor:
+def _first_forward(classifier: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, note: Wording) -> torch.Tensor:
     """The first batch's forward pass, turning a shape/channel failure of the model into our error."""
     try:
         return classifier(inputs)
     except RuntimeError as exc:
-        hint = f"; {note}" if note else ""
-        raise ModelOutputError(f"the model failed on a first batch of inputs shaped {tuple(inputs.shape)}: {exc}{hint}") from exc
+        hint = Wording(f"; {note.python}", f"; {note.cli}") if note.python else Wording("", "")
+        raise ModelOutputError(f"the model failed on a first batch of inputs shaped {tuple(inputs.shape)}: {exc}{{hint}}",
+                               hint=hint) from exc
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -244,7 +251,7 @@ def _memory_format(inputs: torch.Tensor, channels_last: bool) -> torch.memory_fo
 
 
 def _forward(
-    classifier: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, config: EngineConfig, note: str | None,
+    classifier: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, config: EngineConfig, note: Wording | None,
     check: Callable[[object, int], torch.Tensor],
 ) -> torch.Tensor:
     """Outputs [N, ...] of N model inputs, in chunks of at most ``config.batch_size`` (views of one draw may be more),

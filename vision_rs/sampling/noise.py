@@ -9,6 +9,10 @@ import torch
 
 from ..errors import InvalidParameterError
 from ..params import check_selection_probability, check_sigma
+from ..wording import Wording
+
+NO_NOTE = Wording("", "")
+"""What a noise says about the model's inputs when it needs nothing special."""
 
 
 class Noise(Protocol):
@@ -21,8 +25,8 @@ class Noise(Protocol):
         """Channels a noisy copy has beyond the image's own (the hierarchical indicator)."""
         ...
 
-    def input_note(self, channels: int) -> str:
-        """What the model must accept, said when it fails on the first batch ('' if nothing special)."""
+    def input_note(self, channels: int) -> Wording:
+        """What the model must accept, said when it fails on the first batch (empty if nothing special)."""
         ...
 
     def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -41,8 +45,8 @@ class GaussianNoise:
 
     extra_channels = 0
 
-    def input_note(self, channels: int) -> str:
-        return ""
+    def input_note(self, channels: int) -> Wording:
+        return NO_NOTE
 
     def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         buffer.normal_(0.0, self.sigma, generator=generator)
@@ -66,8 +70,8 @@ class SigmaMapNoise:
     def sigma(self) -> float:
         return float(self.sigma_map.min())
 
-    def input_note(self, channels: int) -> str:
-        return ""
+    def input_note(self, channels: int) -> Wording:
+        return NO_NOTE
 
     def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         buffer.normal_(0.0, 1.0, generator=generator)
@@ -95,11 +99,13 @@ class HierarchicalNoise:
     def extra_channels(self) -> int:
         return int(self.indicator)
 
-    def input_note(self, channels: int) -> str:
+    def input_note(self, channels: int) -> Wording:
         if not self.indicator:
-            return ""
-        return (f"hierarchical smoothing with indicator=True feeds {channels + 1} channels "
-                f"({channels} colour + 1 indicator): build the model for them (timm: in_chans={channels + 1})")
+            return NO_NOTE
+        fed = f"feeds {channels + 1} channels ({channels} colour + 1 indicator): build the model for them"
+        return Wording(f"hierarchical smoothing with indicator=True {fed} (timm: in_chans={channels + 1})",
+                       f"hierarchical smoothing with --indicator {fed} (a checkpoint of a model made with "
+                       f"{channels + 1} input channels)")
 
     def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         channels = image.shape[0]

@@ -23,6 +23,13 @@ TASKS = {
 }
 """What each task's embedded models are smoothed with."""
 
+TASK_COMMANDS = {
+    "image-classification": "vision-rs certify (or certify-video --framewise)",
+    "video-classification": "vision-rs certify-video",
+    "segmentation": "vision-rs certify-seg",
+}
+"""The command that certifies each task's embedded models."""
+
 
 def _registries() -> dict[str, dict[str, dict[str, object]]]:
     from .segnet import EMBEDDED_SEG_MODELS
