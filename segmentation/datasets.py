@@ -100,25 +100,47 @@ def is_segmentation_run(path: str | os.PathLike) -> bool:
 
 
 def _items(data: object, masks: str | os.PathLike | None, smoothed: SmoothedSegmenter) -> tuple[Sequence[tuple[Any, Any]], list[str | None]]:
-    """(image, label map or None) pairs and their sources: files (masks by file stem in ``masks``) or a data set."""
+    """(image, label map or None) pairs and their sources: files (masks by file stem in ``masks``) or a data set.
+
+    Every file is read, and every label map checked against its image and the model's classes, before any draw."""
     sources = [data] if isinstance(data, (str, os.PathLike)) else data
-    if isinstance(sources, (list, tuple)) and sources and all(isinstance(s, (str, os.PathLike)) for s in sources):
+    if isinstance(sources, (list, tuple)) and not sources:
+        raise InvalidParameterError("the input list is empty: give image files or folders, or a data set of "
+                                    "(image, label map) pairs")
+    if isinstance(sources, (list, tuple)) and all(isinstance(s, (str, os.PathLike)) for s in sources):
         files = collect_files(sources, IMAGE_SUFFIXES, kind="image").files
+        classes = None
         items = []
         for path, _ in files:
-            label_map = None
-            if masks is not None:
-                mask_path = Path(masks) / f"{path.stem}.png"
-                if not mask_path.is_file():
-                    raise InvalidImageError(f"no label map for {path}: expected {mask_path}")
-                label_map = read_label_map(mask_path)
             pixels = smoothed.inputs(path, smoothed.spec.channels)
             smoothed.check_fits(tuple(pixels.shape))
+            label_map = None
+            if masks is not None:
+                classes = classes or smoothed.count_classes(path)
+                label_map = _label_map_of(path, Path(masks), tuple(pixels.shape[-2:]), classes)
             items.append((path, label_map))
         return items, [str(path) for path, _ in files]
     if masks is not None:
         raise InvalidParameterError("masks= is for files; a data set yields (image, label map) pairs itself")
+    if len(data) == 0:  # type: ignore[arg-type]
+        raise InvalidParameterError(f"the data set {type(data).__name__} holds no images")
     return data, [None] * len(data)  # type: ignore[arg-type]
+
+
+def _label_map_of(image: Path, masks: Path, size: tuple[int, int], classes: int) -> np.ndarray:
+    """The label map of ``image`` in the folder ``masks``, checked: its file exists, its size is the image's, and its
+    classes are the model's (``classes``) or the ignore index."""
+    path = masks / f"{image.stem}.png"
+    if not path.is_file():
+        raise InvalidImageError(f"no label map for {image}: expected {path}")
+    label_map = read_label_map(path)
+    if label_map.shape != size:
+        raise InvalidImageError(f"label map {path} is {label_map.shape[1]}×{label_map.shape[0]} pixels, but its image "
+                                f"{image} is {size[1]}×{size[0]}: a label map holds one class per pixel of its image")
+    try:
+        return check_label_map(label_map, size, classes)
+    except InvalidParameterError as exc:
+        raise InvalidParameterError(f"label map {path}: {exc}") from None
 
 
 def certify_segmentation_dataset(
@@ -162,7 +184,13 @@ def certify_segmentation_dataset(
                 "tau": tau if correction != "bonferroni" else None, "exact": exact, "bins": bins}
     record = run_record("segmentation", smoothed, settings, None, len(items))
 
+    classes: int | None = None
+
     def certify_one(idx: int, image: Any, label_map: Any) -> tuple[str, dict[str, Any]]:
+        nonlocal classes
+        if label_map is not None and sources[idx] is None:  # a data set's label map: checked before this image's draws
+            classes = classes or smoothed.count_classes(image)
+            check_label_map(label_map, tuple(smoothed.inputs(image, smoothed.spec.channels).shape[-2:]), classes)
         cert = smoothed.certify(image, n0=n0, n=n, alpha=alpha, seed=seed + idx, correction=correction, tau=tau,
                                 progress=False)
         row, extra = _row(idx, cert, label_map, eps, exact, bins)

@@ -116,6 +116,13 @@ class SmoothedSegmenter:
         max_draws_per_batch(shape, GaussianNoise(1.0), WholeImage(), self.config, streams,
                             self._output_bytes(shape[-2], shape[-1], classes))
 
+    def count_classes(self, image: ImageInput) -> int:
+        """How many classes the model scores: ``num_classes`` when given, else from one forward pass on the clean image."""
+        if self.num_classes is not None:
+            return self.num_classes
+        with evaluating(self.base, self.denoiser):
+            return self._probe_classes(to_unit_tensor(image, self.spec.channels).to(self.device))
+
     def _probe_classes(self, pixels: torch.Tensor) -> int:
         """Run the model once on the clean image: its output is checked, and its class count sizes the batches."""
         with torch.inference_mode():

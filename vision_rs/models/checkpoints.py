@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -10,6 +12,12 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..wording import Wording, plural
+
+log = logging.getLogger(__name__)
+
+RECORD_KEY = "vision_rs"
+"""Safetensors metadata key of the JSON record a vision-rs checkpoint carries (its architecture, among others)."""
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -66,14 +74,63 @@ def _is_tensor_dict(state: dict) -> bool:
     return bool(state) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
 
 
-def load_checkpoint_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load the weights at ``path`` into ``model`` (strict: every key must match) and return it."""
+CHECK_ARCH = Wording("Check arch= and num_classes= against how it was trained",
+                     "Check --arch and --num-classes against how it was trained")
+"""What to do when a model checkpoint does not fit the architecture asked for."""
+
+
+def load_checkpoint_into(model: nn.Module, path: str | os.PathLike, *, expected: str | None = None,
+                         advice: Wording = CHECK_ARCH) -> nn.Module:
+    """Load the weights at ``path`` into ``model`` (strict: every key must match) and return it.
+
+    A checkpoint that does not fit gets CheckpointError saying which architecture was asked for (``expected``, by
+    default the model's class), which one the checkpoint holds when its record says, how many tensors differ, and
+    ``advice``; the differing keys go to the debug log (the command line's ``--verbose``).
+    """
     state = load_state_dict_file(path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit the model: {exc}\n"
-            "Check --arch and --num-classes (or arch=/num_classes=) against how it was trained."
-        ) from exc
+        raise _does_not_fit(model, Path(path), state, expected or type(model).__name__, advice) from exc
     return model
+
+
+def _does_not_fit(model: nn.Module, path: Path, state: dict[str, torch.Tensor], expected: str,
+                  advice: Wording) -> CheckpointError:
+    own = model.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    reshaped = sorted(key for key in own.keys() & state.keys() if own[key].shape != state[key].shape)
+    log.debug("checkpoint %s against %s: missing %s; unexpected %s; other shapes %s", path, expected, missing,
+              unexpected, [f"{key}: {tuple(state[key].shape)} in the file, {tuple(own[key].shape)} in the model"
+                           for key in reshaped])
+    recorded = recorded_architecture(path)
+    holds = f" (its record says it holds {recorded})" if recorded else ""
+    differences = [f"{len(missing):,} of the model's tensors are not in it" if missing else "",
+                   f"{len(unexpected):,} of its tensors are not in the model" if unexpected else "",
+                   f"{plural(len(reshaped), 'tensor')} of both differ in shape" if reshaped else ""]
+    return CheckpointError(
+        f"checkpoint {path} holds another architecture than {expected}{holds}: "
+        + ", ".join(filter(None, differences)) + ". {advice} ({keys}).", advice=advice,
+        keys=Wording("the debug log lists the keys", "--verbose lists the keys"))
+
+
+def recorded_architecture(path: str | os.PathLike) -> str | None:
+    """The architecture a safetensors checkpoint's metadata names (``arch``, ``architecture``, or the ``architecture``
+    of a vision-rs record); None when it names none or the file has no metadata."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError):
+        return None
+    try:
+        record = json.loads(metadata.get(RECORD_KEY, "null"))
+    except json.JSONDecodeError:
+        record = None
+    named = record.get("architecture") if isinstance(record, dict) else None
+    named = named.get("name") if isinstance(named, dict) else named
+    return str(named or metadata.get("architecture") or metadata.get("arch") or "") or None

@@ -218,6 +218,6 @@ def create_model_with_source(
     else:
         model, source = create_timm_model(name, pretrained=pretrained, num_classes=num_classes)
     if checkpoint is not None:
-        load_checkpoint_into(model, checkpoint)
+        load_checkpoint_into(model, checkpoint, expected=name)
         source = source.with_checkpoint(checkpoint)
     return model, source

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import OutputPathError
+from ..errors import InvalidParameterError, OutputPathError
+from ..wording import Wording, plural
 from ..images import IMAGE_SUFFIXES, ImageInput, to_unit_tensor
 from ..models.provenance import software_versions
 from ..params import check_alpha, check_count, check_seed
@@ -201,12 +202,56 @@ def labelled_items(
 
     Files are all read and checked against the memory budget here, before anything is written.
     """
+    if isinstance(data, (list, tuple)) and not data:
+        raise InvalidParameterError(f"the input list is empty: give {kind.name} files or folders, or a data set of "
+                                    f"({kind.name}, label) pairs")
     files = _as_files(data, kind, class_to_idx)
     if files is not None:
         _check_files_up_front(files, kind, smoothed)
         return files.files, list(files.sources), files.class_to_idx, True
+    if len(data) == 0:  # type: ignore[arg-type]
+        raise InvalidParameterError(f"the data set {type(data).__name__} holds no {kind.name}s")
     given = class_to_idx if class_to_idx is not None else getattr(data, "class_to_idx", None)
     return data, [None] * len(data), check_class_to_idx(given) if given is not None else None, False  # type: ignore[arg-type]
+
+
+def known_labels(data: object, items: Sequence[tuple[Any, Any]], are_files: bool) -> list[int] | None:
+    """Every input's label when it is known without loading an input (files, a list, a data set's ``targets``), else
+    None: the labels are then checked one by one as the inputs are certified."""
+    if are_files or isinstance(items, (list, tuple)):
+        return [int(label) for _, label in items]
+    targets = getattr(data, "targets", None)
+    return [int(target) for target in targets] if targets is not None and len(targets) == len(items) else None
+
+
+@dataclass
+class LabelCheck:
+    """Refuses a true label the model cannot predict (another class count, a typo in a class mapping), which would
+    otherwise count as a wrong row. ``classes`` is read from the model on first need (one clean forward pass)."""
+
+    smoothed: object
+    first_input: Callable[[], Any]
+    sources: Sequence[str | None]
+    mapping: Mapping[str, int] | None
+    mapping_given: bool
+    classes: int | None = None
+
+    def check(self, idx: int, label: int) -> None:
+        if label == UNKNOWN_LABEL:
+            return
+        count_classes = getattr(self.smoothed, "count_classes", None)
+        if self.classes is None and count_classes is not None:
+            self.classes = count_classes(self.first_input())
+        if label >= 0 and (self.classes is None or label < self.classes):  # (a duck-typed certifier cannot say)
+            return
+        raise InvalidParameterError(self._message(idx, label), mapping=Wording("class_to_idx", "--classes"))
+
+    def _message(self, idx: int, label: int) -> str:
+        where = self.sources[idx] or f"input {idx} of the data set"
+        folders = [name for name, index in (self.mapping or {}).items() if index == label]
+        origin = f" (from its class folder {folders[0]!r}{' through {mapping}' if self.mapping_given else ''})" if folders else ""
+        classes = "" if self.classes is None else f"; the model has {plural(self.classes, 'class', 'classes')}, 0..{self.classes - 1}"
+        return f"{where}: label {label}{origin} is not a class of the model{classes} (-1 marks an unknown label)"
 
 
 def certify_classification_dataset(
@@ -247,12 +292,17 @@ def certify_classification_dataset(
         stopping = {"radius": radius, "sequential": sequential, "tolerance": tolerance}
     run = RunFiles(out)  # the output is checked before any input is read
     items, sources, mapping, are_files = labelled_items(data, kind, smoothed, class_to_idx)
+    labels = LabelCheck(smoothed, lambda: kind.read(items[0][0])[0] if are_files else items[0][0], sources, mapping,
+                        mapping_given=class_to_idx is not None)
+    for idx, label in enumerate(known_labels(data, items, are_files) or []):  # before the first draw
+        labels.check(idx, label)
     settings = {"n0": n0, "n": n, "alpha": alpha, "seed": seed, **settings,
                 "sequential": goal.describe() if goal is not None else None}
     record = run_record(task, smoothed, settings, mapping, len(items))
 
     def certify_one(idx: int, item: Any, label: Any) -> tuple[str, dict[str, Any]]:
         label = int(label)
+        labels.check(idx, label)  # labels not known up front (a data set without targets): before this input's draws
         given, notes = kind.read(item) if are_files else (item, {})
         cert = smoothed.certify(given, n0=n0, n=n, alpha=alpha, seed=seed + idx, progress=False, **stopping)
         predict = ABSTAIN if cert.label is None else cert.label
