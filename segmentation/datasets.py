@@ -22,10 +22,10 @@ import numpy as np
 from vision_rs.errors import InvalidImageError, InvalidParameterError, OutputPathError
 from vision_rs.images import IMAGE_SUFFIXES, open_image_file
 from vision_rs.params import check_alpha, check_count, check_seed
-from vision_rs.runs.datasets import run_dataset, run_record
+from vision_rs.runs.datasets import as_sources, run_dataset, run_record
 from vision_rs.runs.distributed import place_on_rank_device, resolve_ranks
 from vision_rs.runs.files import RunFiles, read_jsonl, read_table
-from vision_rs.runs.inputs import collect_files
+from vision_rs.runs.inputs import collect_files, warn_if_inside_inputs
 
 from .certificates import check_eps
 from .results import IGNORE_INDEX, SegmentationCertificate, check_label_map
@@ -180,6 +180,8 @@ def certify_segmentation_dataset(
         raise InvalidParameterError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
     run = RunFiles(out, BASE_COLUMNS + eps_columns(smoothed.method, eps))  # the output is checked before any input is read
     items, sources = _items(data, masks, smoothed)
+    if sources and sources[0] is not None:
+        warn_if_inside_inputs(out, as_sources(data))
     settings = {"n0": n0, "n": n, "alpha": alpha, "seed": seed, "eps": list(eps), "correction": correction,
                 "tau": tau if correction != "bonferroni" else None, "exact": exact, "bins": bins}
     record = run_record("segmentation", smoothed, settings, None, len(items))

@@ -27,7 +27,7 @@ from ..sampling.results import ABSTAIN, Certificate
 from ..sampling.sequential import check_sequential_method, sequential_goal
 from .distributed import Ranks, gather, host_name, on_rank_zero, place_on_rank_device, process_group, resolve_ranks
 from .files import Row, RunFiles, merge_parts, part_path, read_rows
-from .inputs import UNKNOWN_LABEL, LabelledFiles, check_class_to_idx, collect_files
+from .inputs import UNKNOWN_LABEL, LabelledFiles, check_class_to_idx, collect_files, warn_if_inside_inputs
 from .summaries import DEFAULT_RADII, Summary, summarize
 
 log = logging.getLogger(__name__)
@@ -155,9 +155,13 @@ def collect_image_files(
     return collect_files(sources, IMAGE_SUFFIXES, class_to_idx, kind="image")
 
 
+def as_sources(data: object) -> list[str | os.PathLike]:
+    """The files and folders a run was given (one path, or a list of them)."""
+    return [data] if isinstance(data, (str, os.PathLike)) else list(data)  # type: ignore[call-overload]
+
+
 def _as_files(data: object, kind: FileKind, class_to_idx: Mapping[str, int] | None) -> LabelledFiles | None:
-    if isinstance(data, (str, os.PathLike)):
-        data = [data]
+    data = as_sources(data) if isinstance(data, (str, os.PathLike)) else data
     if isinstance(data, (list, tuple)) and data and all(isinstance(item, (str, os.PathLike)) for item in data):
         return collect_files(data, kind.suffixes, class_to_idx, kind=kind.name)
     return None
@@ -292,6 +296,8 @@ def certify_classification_dataset(
         stopping = {"radius": radius, "sequential": sequential, "tolerance": tolerance}
     run = RunFiles(out)  # the output is checked before any input is read
     items, sources, mapping, are_files = labelled_items(data, kind, smoothed, class_to_idx)
+    if are_files:
+        warn_if_inside_inputs(out, as_sources(data))
     labels = LabelCheck(smoothed, lambda: kind.read(items[0][0])[0] if are_files else items[0][0], sources, mapping,
                         mapping_given=class_to_idx is not None)
     for idx, label in enumerate(known_labels(data, items, are_files) or []):  # before the first draw

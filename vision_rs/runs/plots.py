@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import MissingDependencyError, OutputPathError
 from .files import Row, check_writable
-from .inputs import UNKNOWN_LABEL
+from .inputs import PLOT_SOFTWARE, UNKNOWN_LABEL
 from .summaries import certified_fraction
 
 GRID_POINTS = 400
@@ -56,7 +56,7 @@ def plot_curves(
     temporary = path.with_name(path.stem + ".tmp" + path.suffix)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(temporary, dpi=120)
+        figure.savefig(temporary, dpi=120, metadata={"Software": PLOT_SOFTWARE})
         os.replace(temporary, path)
     except OSError as exc:
         temporary.unlink(missing_ok=True)
