@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 from vision_rs.errors import InvalidImageError, InvalidParameterError, OutputPathError
 from vision_rs.images import IMAGE_SUFFIXES, open_image_file
 from vision_rs.params import check_alpha, check_count, check_seed
+from vision_rs.wording import significant
 from vision_rs.runs.datasets import as_sources, run_dataset, run_record
 from vision_rs.runs.distributed import place_on_rank_device, resolve_ranks
 from vision_rs.runs.files import RunFiles, read_jsonl, read_table
@@ -222,6 +223,9 @@ def _row(idx: int, cert: SegmentationCertificate, label_map: Any, eps: tuple[flo
         for index, value in enumerate(eps):
             certified[f"collective@{value:g}"] = solutions[index].certified if solutions else 0
         extra["collective"] = [vars(solution) for solution in solutions]
+    kind = "pixel" if cert.method == "isotropic" else "naive"
+    extra["certified_pixels"] = {f"{kind}@{value:g}": int(cert.certified(value).sum()) for value in eps}  # labels or not
+    extra["radius_sum"] = float(cert.radii[~cert.abstained].sum())
     miou = math.nan
     if truth is not None:
         inter, union = intersections_and_unions(cert.labels, truth, cert.num_classes)
@@ -232,7 +236,8 @@ def _row(idx: int, cert: SegmentationCertificate, label_map: Any, eps: tuple[flo
 
 @dataclass(frozen=True)
 class SegmentationSummary:
-    """Data-set metrics of a segmentation run: fractions over all labelled pixels of all images."""
+    """Data-set metrics of a segmentation run: accuracies over all labelled pixels of all images (NaN without label
+    maps), shares over all pixels."""
 
     images: int
     pixel_accuracy: float
@@ -244,6 +249,13 @@ class SegmentationSummary:
     certified: dict[str, float]
     """Column (``pixel@ε``, ``naive@ε``, ``collective@ε``) → certified correct pixels / labelled pixels."""
     mean_seconds: float
+    labelled: int = 0
+    """Labelled pixels (0: no image had a label map, so no accuracy can be known)."""
+    certified_share: dict[str, float] = field(default_factory=dict)
+    """Column (``pixel@ε``, ``naive@ε``) → pixels certified on their own at ε (R > ε), right or wrong / all pixels
+    (empty for runs written before vision-rs recorded it)."""
+    mean_radius: float = math.nan
+    """Mean certified radius of the pixels that did not abstain ([0, 1] pixel units, L2)."""
 
 
 def summarize_segmentation(tsv: str | os.PathLike) -> SegmentationSummary:
@@ -256,39 +268,78 @@ def summarize_segmentation(tsv: str | os.PathLike) -> SegmentationSummary:
     inter = np.sum([r["intersection"] for r in results if "intersection" in r], axis=0) if labelled else []
     union = np.sum([r["union"] for r in results if "union" in r], axis=0) if labelled else []
     pixels = sum(result["certificate"]["pixels"] for result in results) or 1
+    abstained = sum(row.abstained for row in rows)
+    recorded = all("certified_pixels" in result for result in results)
     return SegmentationSummary(
         images=len(rows),
         pixel_accuracy=sum(row.correct for row in rows) / labelled if labelled else math.nan,
         miou=mean_iou(list(inter), list(union)) if labelled else math.nan,
-        abstention_rate=sum(row.abstained for row in rows) / pixels,
+        abstention_rate=abstained / pixels,
         certified={name: sum(row.certified[name] for row in rows) / labelled if labelled else math.nan
                    for name in rows[0].certified},
         mean_seconds=sum(row.time for row in rows) / len(rows),
+        labelled=labelled,
+        certified_share={name: sum(result["certified_pixels"][name] for result in results) / pixels
+                         for name in results[0]["certified_pixels"]} if recorded and results else {},
+        mean_radius=sum(result["radius_sum"] for result in results) / (pixels - abstained)
+        if recorded and pixels > abstained else math.nan,
     )
 
 
 def format_segmentation_summaries(summaries: dict[str, SegmentationSummary]) -> str:
-    """A Markdown table per ε kind: one row per run and certificate, one column per ε (certified pixel accuracy)."""
-    lines = ["| run | certificate | images | pixel acc | mIoU | abstain | " + " | ".join(
-        f"ε={eps}" for eps in _eps_of(summaries)) + " | s/image |"]
-    lines.append("|" + "---|" * (7 + len(_eps_of(summaries))))
+    """Markdown tables, one column per ε in increasing order: certified pixel accuracy of the runs with label maps, one
+    row per run and certificate; then, for runs without label maps, what can be known without them (the share of
+    pixels certified on their own, abstentions, the mean radius). A run without some ε has an empty cell there."""
+    labelled = {name: summary for name, summary in summaries.items() if summary.labelled}
+    unlabelled = {name: summary for name, summary in summaries.items() if not summary.labelled}
+    sections = []
+    if labelled:
+        sections.append(_eps_table(labelled, ["pixel acc", "mIoU", "abstain"], lambda summary: summary.certified,
+                                   lambda summary: [summary.pixel_accuracy, summary.miou, summary.abstention_rate]))
+    if unlabelled:
+        table = _eps_table(unlabelled, ["abstain", "mean radius"], lambda summary: summary.certified_share,
+                           lambda summary: [summary.abstention_rate, summary.mean_radius])
+        sections.append("Without label maps (accuracy needs them: certify-seg --masks DIR, or (image, label map) pairs): "
+                        "the share of all pixels certified on its own at each ε (R > ε, right or wrong)\n" + table)
+    return "\n\n".join(sections)
+
+
+def _eps_table(summaries: dict[str, SegmentationSummary], names: list[str],
+               columns: Callable[[SegmentationSummary], dict[str, float]],
+               values: Callable[[SegmentationSummary], list[float]]) -> str:
+    """One row per run and certificate kind: ``names`` / ``values``, then ``columns`` (kind@ε → fraction) by ε."""
+    budgets = _eps_of({name: columns(summary) for name, summary in summaries.items()})
+    lines = ["| run | certificate | images | " + " | ".join(names) + " | " + "".join(f"ε={eps} | " for eps in budgets)
+             + "s/image |", "|" + "---|" * (4 + len(names) + len(budgets))]
+    missing = False
     for name, summary in summaries.items():
-        kinds = dict.fromkeys(column.split("@")[0] for column in summary.certified)
-        for kind in kinds:
-            cells = [f"{summary.certified.get(f'{kind}@{eps}', math.nan):.3f}" for eps in _eps_of(summaries)]
-            lines.append(f"| {name} | {kind} | {summary.images} | {summary.pixel_accuracy:.3f} | {summary.miou:.3f} | "
-                         f"{summary.abstention_rate:.3f} | " + " | ".join(cells) + f" | {summary.mean_seconds:.2f} |")
+        fractions = columns(summary)
+        for kind in dict.fromkeys(column.split("@")[0] for column in fractions) or ["-"]:
+            cells = [f"{fractions[f'{kind}@{eps}']:.3f}" if f"{kind}@{eps}" in fractions else "" for eps in budgets]
+            missing = missing or "" in cells
+            lines.append(f"| {name} | {kind} | {summary.images} | " + " | ".join(_fraction(v) for v in values(summary))
+                         + " | " + "".join(f"{cell} | " for cell in cells) + f"{significant(summary.mean_seconds)} |")
+    if missing:
+        lines.append("(an empty cell: that run did not certify at that ε)")
     return "\n".join(lines)
 
 
-def _eps_of(summaries: dict[str, SegmentationSummary]) -> list[str]:
-    return list(dict.fromkeys(column.split("@")[1] for summary in summaries.values() for column in summary.certified))
+def _fraction(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.3f}"
+
+
+def _eps_of(columns: dict[str, dict[str, float]]) -> list[str]:
+    """The ε of every ``kind@ε`` column of the runs, in increasing order."""
+    return sorted({column.split("@")[1] for fractions in columns.values() for column in fractions}, key=float)
 
 
 def segmentation_curves(summaries: dict[str, SegmentationSummary]) -> dict[str, tuple[list[float], list[float]]]:
-    """Certified pixel accuracy against ε per run and certificate kind, starting at ε = 0 with the pixel accuracy."""
+    """Certified pixel accuracy against ε per run (with label maps) and certificate kind, starting at ε = 0 with the
+    pixel accuracy."""
     curves = {}
     for label, summary in summaries.items():
+        if not summary.labelled:
+            continue
         for kind in dict.fromkeys(column.split("@")[0] for column in summary.certified):
             points = sorted((float(column.split("@")[1]), value) for column, value in summary.certified.items()
                             if column.startswith(kind + "@"))

@@ -25,7 +25,14 @@ from .params import check_alpha, check_sigma
 if TYPE_CHECKING:
     import torch
 
-EMBEDDED_NAMES = "digits_cnn.sigma_0.25, digits_cnn.sigma_0.50, digits_cnn_hier.p_0.85_sigma_0.25, digits_cnn.clean"
+EMBEDDED_NAMES = {
+    "image-classification": "digits_cnn.sigma_0.25, digits_cnn.sigma_0.50, digits_cnn_hier.p_0.85_sigma_0.25, digits_cnn.clean",
+    "video-classification": "digits_c3d.sigma_0.25",
+    "segmentation": "digits_segnet.sigma_0.25, digits_segnet_localized.grid_3x3_sigma_0.25_1.00",
+}
+"""The embedded models of each task, as each command's help lists them (written out: --help does not import torch;
+a test checks them against the registry)."""
+VIDEO_MODELS = f"{EMBEDDED_NAMES['video-classification']}, or an image model with --framewise"
 EMBEDDED_DENOISER_NAMES = "digits_denoiser.sigma_0.25, digits_denoiser.sigma_0.50"
 EXIT_INTERRUPTED = 130
 
@@ -53,9 +60,14 @@ A killed or interrupted run resumes where it stopped when the same command is
 run again; it refuses to mix runs whose settings differ.
 """
 
+def models_help(embedded: str) -> str:
+    """The --model and --denoiser forms, with the embedded models a command takes."""
+    return MODELS_HELP.format(embedded=embedded)
+
+
 MODELS_HELP = f"""\
 Models (--model):
-  embedded    {EMBEDDED_NAMES} (offline, shipped)
+  embedded    {{embedded}} (offline, shipped)
   timm        any timm name, e.g. resnet50 or resnet50.a1_in1k (weights from the
               local Hugging Face / torch hub cache; --no-pretrained for random)
   torchvision torchvision:NAME, e.g. torchvision:resnet18
@@ -164,7 +176,7 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
     speed = parser.add_argument_group("speed and memory (never change the guarantee)")
     speed.add_argument("--channels-last", action="store_true", help="run the model on channels_last tensors")
     speed.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES),
-                       help="run the model under torch.autocast with this dtype (default: fp32)")
+                       help="run the model under torch.autocast with bf16 (bfloat16) or fp16 (float16) (default: fp32)")
     speed.add_argument("--streams", type=POSITIVE, default=2,
                        help="CUDA streams that consecutive batches alternate between; 1 saves GPU memory (default: 2)")
     speed.add_argument("--memory-budget", type=parse_bytes, default=None, metavar="SIZE",
@@ -172,9 +184,9 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
                             "an input that cannot fit one draw is refused before anything is written")
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="timm name, torchvision:NAME, embedded name "
-                        f"({EMBEDDED_NAMES}), or a checkpoint file with --arch; see `vision-rs models`")
+def _add_model_options(parser: argparse.ArgumentParser, embedded: str) -> None:
+    parser.add_argument("--model", required=True, help=f"timm name, torchvision:NAME, embedded name ({embedded}), or a "
+                        "checkpoint file with --arch; see `vision-rs models`")
     parser.add_argument("--arch", help="architecture of a checkpoint given as --model (timm name or torchvision:NAME)")
     parser.add_argument("--checkpoint", help="weights to load into --model (safetensors or weights-only torch file)")
     parser.add_argument("--num-classes", type=POSITIVE, help="classes of the model's head (for checkpoints)")
@@ -185,7 +197,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     preprocessing.add_argument("--std", type=float, nargs="+", help="input std per channel")
     preprocessing.add_argument("--input-size", type=POSITIVE, nargs=2, metavar=("H", "W"), help="model input size")
     preprocessing.add_argument("--crop-pct", type=float, help="resize to size/crop_pct, then crop the centre (timm)")
-    preprocessing.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"], help="resize interpolation")
+    preprocessing.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"],
+                               help="resize interpolation: bilinear, bicubic or nearest")
     preprocessing.add_argument("--test-size", action="store_true", help="use timm's test_input_size and test_crop_pct")
 
 
@@ -261,12 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Certify each image with randomized smoothing: Gaussian (Cohen et al. 2019) by default, "
         "hierarchical (--hierarchical-p) or Smooth-Reduce over patches (--patch-size). The smoothed classifier "
         "abstains when its vote is not clear enough to certify.",
-        epilog=UNITS + "\n" + COLUMNS + "\n" + MODELS_HELP,
+        epilog=UNITS + "\n" + COLUMNS + "\n" + models_help(EMBEDDED_NAMES["image-classification"]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     certify.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    _add_model_options(certify)
+    _add_model_options(certify, EMBEDDED_NAMES["image-classification"])
     _add_denoiser_option(certify)
     certify.add_argument("--sigma", type=SIGMA, required=True, help="noise std in [0,1] pixel units, e.g. 0.25")
     certify.add_argument(
@@ -279,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     patches.add_argument("--patch-size", type=POSITIVE, help="patch side in pixels of the input image")
     patches.add_argument("--patch-stride", type=POSITIVE, help="grid of patches with this stride")
     patches.add_argument("--patch-count", type=POSITIVE, help="this many patches at random positions (drawn from --seed)")
-    patches.add_argument("--reduce", choices=["mean", "max"], default="mean", help="reduction across patches (default: mean)")
+    patches.add_argument("--reduce", choices=["mean", "max"], default="mean",
+                         help="reduction across patches: mean or max of the per-patch probabilities (default: mean)")
     patches.add_argument("--mode", choices=["vote", "smoothed", "probit-mean"], default="vote",
                          help="vote: reduce softmax per draw; smoothed: reduce smoothed probabilities; "
                               "probit-mean: mean of per-patch probits (default: vote)")
@@ -298,12 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Certify each clip with Gaussian noise on the whole clip (every frame, pixel and channel), "
         "optionally reduced over sub-clips along time (temporal Smooth-Reduce, --subclip).",
         epilog=UNITS.replace("image at its own resolution", "clip (all frames) at its own resolution") + "\n" + COLUMNS
-        + "\n" + MODELS_HELP.replace(EMBEDDED_NAMES, "digits_c3d.sigma_0.25 (or an image model with --framewise)"),
+        + "\n" + models_help(VIDEO_MODELS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     video.add_argument("inputs", nargs="+", help="video files and/or folders (searched recursively)")
-    _add_model_options(video)
+    _add_model_options(video, VIDEO_MODELS)
     _add_denoiser_option(video)
     video.add_argument("--sigma", type=SIGMA, required=True, help="noise std in [0,1] pixel units, e.g. 0.25")
     video.add_argument("--framewise", action="store_true", help="--model is an image classifier: run it on every frame, "
@@ -316,14 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     reading.add_argument("--start", "--start-frame", dest="start", type=NON_NEGATIVE, default=0,
                          help="first frame (default: 0); --start-frame under torchrun")
     reading.add_argument("--uniform", action="store_true", help="spread --frames evenly over the video instead")
-    reading.add_argument("--pad", choices=["loop", "repeat"], help="extend a video too short for the request")
+    reading.add_argument("--pad", choices=["loop", "repeat"], help="extend a video too short for the request: loop wraps "
+                         "around to the first frame, repeat repeats the last one (default: refuse it)")
     reading.add_argument("--size", type=POSITIVE, nargs=2, metavar=("H", "W"), help="resize frames when reading")
-    reading.add_argument("--backend", choices=["auto", "decord", "pyav"], default="auto", help="decoder (default: auto)")
+    reading.add_argument("--backend", choices=["auto", "decord", "pyav"], default="auto",
+                         help="decoder: decord, pyav (PyAV), or auto (decord, else PyAV; default)")
     temporal = video.add_argument_group("temporal Smooth-Reduce (sub-clips cut after the noise)")
     temporal.add_argument("--subclip", type=POSITIVE, metavar="LENGTH", help="sub-clips of LENGTH frames")
     temporal.add_argument("--subclip-stride", type=POSITIVE, help="a sub-clip every STRIDE frames (default: LENGTH)")
-    temporal.add_argument("--reduce", choices=["mean", "max"], default="mean", help="reduction across sub-clips (default: mean)")
-    temporal.add_argument("--mode", choices=["vote", "smoothed", "probit-mean"], default="vote", help="as for patches (default: vote)")
+    temporal.add_argument("--reduce", choices=["mean", "max"], default="mean",
+                          help="reduction across sub-clips: mean or max (default: mean)")
+    temporal.add_argument("--mode", choices=["vote", "smoothed", "probit-mean"], default="vote",
+                          help="vote, smoothed or probit-mean, as for patches in `vision-rs certify` (default: vote)")
     _add_sampling_options(video, n_default=100_000)
     _add_sequential_options(video)
     _add_speed_options(video)
@@ -339,12 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
         "perturbation of norm <= eps (the collective certificate, solved with scipy's HiGHS).",
         epilog=UNITS + "\nOutput (--out run.tsv): one row per image, idx labelled correct abstained miou time, then the "
         "pixels certified correct at each eps (pixel@eps; naive@eps and collective@eps for localized smoothing); "
-        "run.jsonl holds the run record and each image's summary. Resumable; read by `vision-rs report`.",
+        "run.jsonl holds the run record and each image's summary. Resumable; read by `vision-rs report`.\n\n"
+        + models_help(EMBEDDED_NAMES["segmentation"]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     seg.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    _add_model_options(seg)
+    _add_model_options(seg, EMBEDDED_NAMES["segmentation"])
     _add_denoiser_option(seg)
     noise = seg.add_argument_group("smoothing: --sigma (isotropic) or --grid with --sigma-min/--sigma-max (localized)")
     noise.add_argument("--sigma", type=SIGMA, help="isotropic noise std in [0,1] pixel units")
@@ -355,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--eps", type=_eps_list, default=[0.1, 0.25, 0.5, 1.0], metavar="E1,E2,...",
                        help="L2 budgets to count certified pixels at (default: 0.1,0.25,0.5,1)")
     certs.add_argument("--correction", choices=["bonferroni", "holm", "bonferroni-threshold"], default="bonferroni",
-                       help="bonferroni: per-pixel bounds and radii; holm: Fischer et al.'s test of p > tau (isotropic)")
+                       help="bonferroni: per-pixel bounds and radii; holm: Fischer et al.'s test of p > tau with Holm's "
+                            "step-down, one radius for the certified pixels (isotropic only); bonferroni-threshold: the "
+                            "same test with Bonferroni (default: bonferroni)")
     certs.add_argument("--tau", type=float, default=0.75, help="threshold of the holm test (default: 0.75)")
     certs.add_argument("--exact", action="store_true", help="solve the collective program exactly (MILP; slower than the LP)")
     certs.add_argument("--bins", type=POSITIVE, help="merge each cell's bounds into this many bins (conservative, faster)")
@@ -363,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_options(seg, n_default=1000)
     seg.set_defaults(alpha=0.01)
     _add_speed_options(seg)
-    seg.add_argument("--out", type=Path, help="write results to this .tsv (and .jsonl beside it); resumes if it exists")
+    seg.add_argument("--out", type=Path, required=True,
+                     help="write results to this .tsv (and .jsonl beside it); resumes if it exists")
     seg.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_image_limit_option(seg)
 
@@ -385,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="certify the embedded digits test split with the three embedded models (offline)",
         description="Certify the 360 held-out embedded digits with the embedded models "
-        f"({EMBEDDED_NAMES}), print the tables and write the plot. Runs offline.",
+        f"({EMBEDDED_NAMES['image-classification']}), print the tables and write the plot. Runs offline.",
         epilog=UNITS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
@@ -463,9 +485,14 @@ def rank_device_option(args: argparse.Namespace) -> str | torch.device | None:
 
 
 def model_options(args: argparse.Namespace) -> dict[str, object]:
-    """The :class:`~vision_rs.smoothing.ModelOptions` the model, preprocessing and speed options give."""
+    """The :class:`~vision_rs.smoothing.ModelOptions` the model, preprocessing and speed options give, checked with the
+    device and the output (``--out``) before anything is loaded."""
     import torch
 
+    from .runs.files import check_output_file
+
+    if args.out is not None:
+        check_output_file(args.out)
     options: dict[str, object] = dict(
         pretrained=not args.no_pretrained, mean=args.mean, std=args.std, input_size=args.input_size,
         crop_pct=args.crop_pct, interpolation=args.interpolation, use_test_size=args.test_size,
@@ -522,6 +549,7 @@ def _certify_video(args: argparse.Namespace) -> None:
 
 
 def _certify_seg(args: argparse.Namespace) -> None:
+    from .runs.datasets import collect_image_files
     from .segmentation import Localized, smooth
     from .segmentation.datasets import (
         certify_segmentation_dataset,
@@ -535,10 +563,12 @@ def _certify_seg(args: argparse.Namespace) -> None:
     if args.sigma is None and any(value is None for value in localized_args):
         raise InvalidParameterError("localized smoothing needs all of --grid, --sigma-min and --sigma-max")
     localized = Localized(args.grid, args.sigma_min, args.sigma_max) if args.sigma is None else None
-    smoothed = smooth(args.model, args.sigma, localized=localized, **model_options(args))
+    if args.masks is not None and not args.masks.is_dir():
+        raise InvalidParameterError(f"--masks {args.masks}: no such folder")
+    collect_image_files(args.inputs)
+    options = model_options(args)  # every argument is checked before the model loads
     out = args.out
-    if out is None:
-        raise InvalidParameterError("certify-seg writes a table per image: give --out run.tsv")
+    smoothed = smooth(args.model, args.sigma, localized=localized, **options)
     certify_segmentation_dataset(
         smoothed, args.inputs, out, masks=args.masks, eps=args.eps, n0=args.n0, n=args.n, alpha=args.alpha,
         seed=args.seed, correction=args.correction, tau=args.tau, exact=args.exact, bins=args.bins,
@@ -683,9 +713,13 @@ def _report_segmentation(runs_by_label: dict[str, Path], plot_target: Path | Non
     from .segmentation.datasets import format_segmentation_summaries, segmentation_curves, summarize_segmentation
 
     summaries = {label: summarize_segmentation(path) for label, path in runs_by_label.items()}
-    print("Segmentation: certified pixel accuracy (certified correct pixels / labelled pixels) against the L2 budget ε")
+    if any(summary.labelled for summary in summaries.values()):
+        print("Segmentation: certified pixel accuracy (certified correct pixels / labelled pixels) against the L2 budget ε")
     print(format_segmentation_summaries(summaries))
-    if plot_target is None or all(summary.pixel_accuracy != summary.pixel_accuracy for summary in summaries.values()):
+    if plot_target is None:
+        return
+    if not any(summary.labelled for summary in summaries.values()):
+        print("no plot: no run has label maps (--masks), and certified pixel accuracy needs them")
         return
     curves = segmentation_curves(summaries)
     _write_plot(plot_target, lambda target: plot_curves(
@@ -801,7 +835,7 @@ def _models(args: argparse.Namespace) -> None:
     for name, info in EMBEDDED_DENOISERS.items():
         print(f"| {name} | {info['sigma']} |")
     print()
-    print(MODELS_HELP)
+    print(models_help("the names in the tables above"))
 
 
 def keep_freed_memory_in_process() -> bool:
