@@ -22,7 +22,7 @@ import numpy as np
 from vision_rs.errors import InvalidImageError, InvalidParameterError, OutputPathError
 from vision_rs.images import IMAGE_SUFFIXES, open_image_file
 from vision_rs.params import check_alpha, check_count, check_seed
-from vision_rs.wording import significant
+from vision_rs.wording import fixed, significant
 from vision_rs.runs.datasets import as_sources, run_dataset, run_record
 from vision_rs.runs.distributed import place_on_rank_device, resolve_ranks
 from vision_rs.runs.files import RunFiles, read_jsonl, read_table
@@ -315,7 +315,7 @@ def _eps_table(summaries: dict[str, SegmentationSummary], names: list[str],
     for name, summary in summaries.items():
         fractions = columns(summary)
         for kind in dict.fromkeys(column.split("@")[0] for column in fractions) or ["-"]:
-            cells = [f"{fractions[f'{kind}@{eps}']:.3f}" if f"{kind}@{eps}" in fractions else "" for eps in budgets]
+            cells = [fixed(fractions[f"{kind}@{eps}"]) if f"{kind}@{eps}" in fractions else "" for eps in budgets]
             missing = missing or "" in cells
             lines.append(f"| {name} | {kind} | {summary.images} | " + " | ".join(_fraction(v) for v in values(summary))
                          + " | " + "".join(f"{cell} | " for cell in cells) + f"{significant(summary.mean_seconds)} |")
@@ -325,7 +325,7 @@ def _eps_table(summaries: dict[str, SegmentationSummary], names: list[str],
 
 
 def _fraction(value: float) -> str:
-    return "" if math.isnan(value) else f"{value:.3f}"
+    return "" if math.isnan(value) else fixed(value)
 
 
 def _eps_of(columns: dict[str, dict[str, float]]) -> list[str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vision_rs.errors import InvalidParameterError
-from vision_rs.wording import Wording
+from vision_rs.wording import Wording, plural
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -79,7 +79,7 @@ def cell_borders(size: int, parts: int) -> np.ndarray:
     size, parts = _check_positive_int("image size", size), _check_positive_int("number of cells", parts)
     if parts > size:
         raise InvalidParameterError(
-            f"a grid of {parts} cells does not fit an axis of {size} pixels: every cell needs a pixel; use a coarser grid"
+            f"a grid of {parts} cells does not fit an axis of {plural(size, 'pixel')}: every cell needs a pixel; use a coarser grid"
         )
     return np.floor(np.linspace(0, size, parts + 1)).astype(np.int64)
 

@@ -294,7 +294,7 @@ def test_an_image_too_large_for_the_memory_budget_exits_2_before_writing(tmp_pat
     out.parent.mkdir()
     assert main(certify_args(folder, out, "digits_cnn.sigma_0.25", "--memory-budget", "32MiB")) == 2
     err = capsys.readouterr().err
-    assert "memory budget of 32.0 MiB" in err and "--memory-budget" in err and "memory_budget=" not in err
+    assert "memory budget of 32 MiB" in err and "--memory-budget" in err and "memory_budget=" not in err
     assert list(out.parent.iterdir()) == []
 
 

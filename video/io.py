@@ -251,7 +251,8 @@ def _pyav_packet_table(container: object, stream: object, path: Path) -> _Packet
     announced = int(stream.frames or 0)  # type: ignore[attr-defined]
     if announced > len(stamps):
         raise InvalidVideoError(
-            f"{path} is truncated: its header announces {announced} frames but only {len(stamps)} are present"
+            f"{path} is truncated: its header announces {announced} frames but only {plural(len(stamps), 'frame')} "
+            f"{'is' if len(stamps) == 1 else 'are'} present"
         )
     stamps.sort()
     return _PacketTable(pts=[p for p, _ in stamps], keyframes=[i for i, (_, key) in enumerate(stamps) if key])

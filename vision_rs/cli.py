@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .errors import InvalidParameterError, MissingDependencyError, VisionRSError
 from .params import check_alpha, check_sigma
+from .wording import duration, fixed, plural, significant
 
 if TYPE_CHECKING:
     import torch
@@ -544,7 +545,7 @@ def _certify_video(args: argparse.Namespace) -> None:
     for idx, (path, clip, backend) in enumerate(clips):
         cert = smoothed.certify(clip, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx, **stopping)
         predict = -1 if cert.label is None else cert.label
-        print(f"{path}\t{predict}\t{cert.radius:.4f}\t{cert.p_lower:.4f}\t{cert.seconds:.2f}\t{backend}"
+        print(f"{path}\t{predict}\t{fixed(cert.radius, 4)}\t{fixed(cert.p_lower, 4)}\t{significant(cert.seconds)}\t{backend}"
               + _n_used_column(args, cert.n_used), flush=True)
 
 
@@ -613,7 +614,8 @@ def _certify(args: argparse.Namespace) -> None:
     for idx, (path, _) in enumerate(files.files):
         cert = smoothed.certify(path, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx, **stopping)
         predict = -1 if cert.label is None else cert.label
-        print(f"{path}\t{predict}\t{cert.radius:.4f}\t{cert.p_lower:.4f}\t{cert.seconds:.2f}" + _n_used_column(args, cert.n_used),
+        print(f"{path}\t{predict}\t{fixed(cert.radius, 4)}\t{fixed(cert.p_lower, 4)}\t{significant(cert.seconds)}"
+              + _n_used_column(args, cert.n_used),
               flush=True)
 
 
@@ -658,8 +660,7 @@ def _plot_title(tables: Sequence[Path]) -> str:
         classifier = record.get("classifier", {})
         model = classifier.get("model", {}).get("name", "?") if isinstance(classifier.get("model"), dict) else "?"
         settings.append(f"σ={classifier.get('sigma')}, n={record.get('n')}, α={record.get('alpha')}, model={model}")
-    unique = list(dict.fromkeys(settings))
-    return "; ".join(unique)[:160]
+    return "; ".join(dict.fromkeys(settings))
 
 
 def _write_plot(target: Path, draw: Callable[[Path], Path]) -> None:
@@ -689,10 +690,9 @@ def _report_classification(runs_by_label: dict[str, Path], args: argparse.Namesp
     print(format_summaries({label: summarize(rows, args.radii) for label, rows in runs.items()}))
     certificates = {label: read_certificates(jsonl_path(path)) if jsonl_path(path).is_file() else []
                     for label, path in runs_by_label.items()}
-    spent = [format_sample_use(label, use) for label, pairs in certificates.items()
-             if (use := sample_use([cert for _, cert in pairs])) is not None]
-    if spent:
-        print("\nSamples spent:\n" + "\n".join(spent))
+    uses = {label: use for label, pairs in certificates.items() if (use := sample_use([cert for _, cert in pairs]))}
+    if any(use.sequential for use in uses.values()):  # a fixed-n run alone has nothing to say: it drew n
+        print("\nSamples spent:\n" + "\n".join(format_sample_use(label, use) for label, use in uses.items()))
     for label, pairs in certificates.items():  # hierarchical runs: certified accuracy over changed pixels r and ε
         if pairs and pairs[0][1].method == "hierarchical" and any(lab >= 0 for lab, _ in pairs):
             pixels = sorted(pairs[0][1].radii) or [1]
@@ -760,7 +760,7 @@ def _demo(args: argparse.Namespace) -> None:
     check_device(args.device)
     if args.segmentation:
         _segmentation_demo(args)
-        print(f"done in {time.perf_counter() - started:.1f} s")
+        print(f"done in {duration(time.perf_counter() - started)}")
         return
     if args.denoised:
         n0, n = args.n0 or 100, args.n or 1000
@@ -785,7 +785,7 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"wrote {written}" + (f" and {result.plot}" if result.plot else ""))
     if result.plot_skipped:
         print(f"plots skipped: {result.plot_skipped}")
-    print(f"done in {time.perf_counter() - started:.1f} s")
+    print(f"done in {duration(time.perf_counter() - started)}")
 
 
 def _segmentation_demo(args: argparse.Namespace) -> None:
@@ -892,7 +892,7 @@ def _saved_rows(args: argparse.Namespace) -> str:
         return "no rows were saved"
     rows = sum(max(0, sum(1 for line in path.read_text().splitlines() if line.strip()) - 1) for path in files)
     where = tables[0] if len(tables) == 1 else f"{len(tables)} files in {tables[0].parent}"
-    return f"{rows} finished rows are saved ({where}); run the same command again to resume"
+    return f"{plural(rows, 'finished row')} {'is' if rows == 1 else 'are'} saved ({where}); run the same command again to resume"
 
 
 def _hand_to_torchrun(error: BaseException) -> None:

@@ -22,7 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InvalidImageError
-from .wording import Wording
+from .wording import Wording, plural
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
@@ -176,12 +176,12 @@ def fit_channels(chw: torch.Tensor, channels: int) -> torch.Tensor:
     if have in (2, 4):  # grey + alpha, RGB + alpha
         if bool((chw[..., -1, :, :] < 1.0).any()):
             raise InvalidImageError(
-                f"image has {have} channels with a transparent alpha; the model reads {channels}. "
+                f"image has {plural(have, 'channel')} with a transparent alpha; the model reads {channels}. "
                 "Composite it onto a background of your choice and pass it without alpha."
             )
         return fit_channels(chw[..., :-1, :, :].clone(), channels)
     raise InvalidImageError(
-        f"image has {have} channels but the model reads {channels}; no unambiguous conversion exists. "
+        f"image has {plural(have, 'channel')} but the model reads {channels}; no unambiguous conversion exists. "
         "Convert the image yourself (for RGB → grey, choose the weights)."
     )
 

@@ -15,7 +15,7 @@ from torch import nn
 from typing_extensions import Unpack
 
 from .errors import InvalidParameterError
-from .wording import Wording
+from .wording import Wording, duration, significant
 from .images import ImageInput, to_unit_tensor
 from .models.adapters import (
     InputSpec,
@@ -49,7 +49,7 @@ UPSCALE_WARNING = 4.0
 DOWNSCALE_WARNING = 16.0
 """Warn when the image is more than this many times larger (per side) than the model's input."""
 SLOW_RUN_SECONDS = 60.0
-"""Log how long a certification will take when it will take longer than this."""
+"""Warn how long a certification will take when it will take longer than this (per input)."""
 
 
 def _nonzero_counts(counts: np.ndarray) -> dict[int, int]:
@@ -88,12 +88,6 @@ def describe_smoothed(smoothed: Any) -> dict[str, Any]:
         "streams": config.streams,
         "memory_budget": config.memory_budget,
     }
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 class SmoothedClassifier:
@@ -154,10 +148,10 @@ class SmoothedClassifier:
         method, σ and the engine settings (the run record of :func:`~vision_rs.certify_dataset`)."""
         return describe_smoothed(self)
 
-    def _warn_once(self, key: str, message: str, *args: object) -> None:
+    def _warn_once(self, key: str, message: str, *args: object, level: int = logging.WARNING) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            log.warning(message, *args)
+            log.log(level, message, *args)
 
     def _pixels(self, image: ImageInput) -> torch.Tensor:
         """The input as float [C, H, W] (or [T, C, H, W]) in [0, 1] in its own channels, checked against the model."""
@@ -222,14 +216,26 @@ class SmoothedClassifier:
 
         return votes, view, seed
 
-    def _estimate_time(self, draws: int, seconds: float, n: int) -> None:
-        """Log, once, how long ``n`` draws will take at the rate of the first ``draws``."""
+    def _announce_views(self, view: View, n0: int, n: int) -> None:
+        """Say, once, how many model evaluations a draw costs when the method has several views (Smooth-Reduce)."""
+        if view.count > 1:
+            kind = str(self.details.get("subclips") and "sub-clips" or "patches")
+            self._warn_once("views", "%s: every draw runs the model on %s %s (c_max %d), so the n0 + n = %s draws of an "
+                            "input are %s model evaluations", self.method, view.count, kind, view.c_max, f"{n0 + n:,}",
+                            f"{(n0 + n) * view.count:,}", level=logging.INFO)
+
+    def _estimate_time(self, draws: int, seconds: float, n: int, views: int) -> None:
+        """Log, once, how long ``n`` draws will take at the rate of the first ``draws``: a warning above
+        :data:`SLOW_RUN_SECONDS` per input, and for several views (Smooth-Reduce) always."""
         if "time" in self._warned or seconds <= 0:
             return
         rate = draws / seconds
-        if n / rate > SLOW_RUN_SECONDS:
-            self._warn_once("time", "n=%d will take about %s per input at the measured %.0f draws/s on %s; "
-                            "lower n, or use a GPU", n, _duration(n / rate), rate, self.device)
+        slow = n / rate > SLOW_RUN_SECONDS
+        if slow or views > 1:
+            per_view = f" ({significant(rate * views)} model evaluations/s)" if views > 1 else ""
+            self._warn_once("time", "n=%s will take about %s per input at the measured %s draws/s%s on %s%s", f"{n:,}",
+                            duration(n / rate), significant(rate), per_view, self.device,
+                            "; lower n, or use a GPU" if slow else "", level=logging.WARNING if slow else logging.INFO)
 
     def certify(
         self,
@@ -265,11 +271,12 @@ class SmoothedClassifier:
         if goal is not None:
             check_sequential_method(self.smoothing.votes_once_per_draw, self.details)
         votes, view, seed = self._vote_counter(image, batch_size, progress, seed)
+        self._announce_views(view, n0, n)
         start = time.perf_counter()
         with evaluating(self.base, self.denoiser):
             candidate = self.smoothing.select(votes(n0, "select (n0)"))
             if goal is None:
-                self._estimate_time(n0, time.perf_counter() - start, n)
+                self._estimate_time(n0, time.perf_counter() - start, n, view.count)
                 counts = votes(n, "estimate (n)")
                 stopped = Stopped(self.smoothing.bound(candidate, counts, n, alpha, self.sigma, view), n, counts, BUDGET)
             else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InvalidParameterError, OutputPathError
-from ..wording import Wording, plural
+from ..wording import Wording, duration, plural
 from ..images import IMAGE_SUFFIXES, ImageInput, to_unit_tensor
 from ..models.provenance import software_versions
 from ..params import check_alpha, check_count, check_seed
@@ -95,7 +96,7 @@ def _progress_bar(ranks: Ranks | None, total: int, done: int, progress: bool, de
     """One bar over the whole data set, shown by rank 0 only. Rank 0 counts its own rows × the number of ranks
     (their shares differ by at most one input): no messages between ranks while they certify."""
     if ranks is not None:
-        desc = f"{desc} ({ranks.world_size} processes)"
+        desc = f"{desc} ({plural(ranks.world_size, 'process', 'processes')})"
     return tqdm(total=total, initial=done, desc=desc, disable=not progress or (ranks is not None and not ranks.is_main))
 
 
@@ -107,14 +108,18 @@ def _certify_share(
     certify_one: Callable[[int, Any, Any], tuple[str, dict[str, Any]]],
     bar: tqdm,
 ) -> None:
-    """Certify the inputs at ``indices`` in order, appending each row to ``files`` as soon as it is done."""
+    """Certify the inputs at ``indices`` in order, appending each row to ``files`` as soon as it is done; after the
+    first, say how long the rest will take (:func:`estimate_run`)."""
     step = max(1, round((bar.total - bar.n) / len(indices))) if indices else 1
+    started = time.perf_counter()
     try:
-        for idx in indices:
+        for position, idx in enumerate(indices):
             item, label = items[idx]
             line, result = certify_one(idx, item, label)
             files.append(line, {"idx": idx, "source": sources[idx], **result})
             bar.update(min(step, bar.total - bar.n))
+            if position == 0:
+                estimate_run(time.perf_counter() - started, len(indices) - 1)
     finally:
         files.close()
         bar.close()
@@ -132,6 +137,22 @@ def _merge_when_all_done(run: RunFiles, record: dict[str, Any], sources: Sequenc
                 raise OutputPathError(_not_shared(part_path(run.tsv, rank, ranks.world_size), rank, host))
 
     on_rank_zero(ranks, merge)
+
+
+LONG_RUN_SECONDS = 600.0
+"""Warn when the rest of a data-set run is expected to take longer than this (ten minutes)."""
+
+
+def estimate_run(first: float, left: int) -> None:
+    """Log how long the ``left`` inputs after the first will take at the ``first`` input's pace (seconds): a warning
+    above :data:`LONG_RUN_SECONDS`, an info above a minute."""
+    expected = first * left
+    if expected > LONG_RUN_SECONDS:
+        log.warning("the first input took %s: the %s left will take about %s more; lower n (or the number of views), "
+                    "or use a GPU", duration(first), plural(left, "input"), duration(expected))
+    elif expected > 60:
+        log.info("the first input took %s: the %s left will take about %s more", duration(first), plural(left, "input"),
+                 duration(expected))
 
 
 @dataclass(frozen=True)

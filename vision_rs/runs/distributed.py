@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..errors import InvalidParameterError, MissingDependencyError, VisionRSError
+from ..wording import plural
 
 T = TypeVar("T")
 
@@ -98,7 +99,7 @@ def rank_device(device: torch.device | str, ranks: Ranks | None) -> torch.device
     count = torch.cuda.device_count()
     if ranks.local_rank >= count:
         raise InvalidParameterError(
-            f"{ranks} has LOCAL_RANK {ranks.local_rank} but sees {count} GPU(s): start at most {count} processes per "
+            f"{ranks} has LOCAL_RANK {ranks.local_rank} but sees {plural(count, 'GPU')}: start at most {count} per "
             "machine (--nproc-per-node), or certify on the CPU (--device cpu)")
     return torch.device("cuda", ranks.local_rank)
 

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from ..errors import OutputPathError
 from ..sampling.results import Certificate
+from ..wording import plural
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -410,7 +411,7 @@ def merge_parts(run: RunFiles, record: dict[str, Any], sources: Sequence[str | N
     for files in parts:
         files.tsv.unlink(missing_ok=True)
         files.jsonl.unlink(missing_ok=True)
-    log.info("merged %d part file(s) into %s: %d rows", len(parts), run.tsv, len(order))
+    log.info("merged %s into %s: %s", plural(len(parts), "part file"), run.tsv, plural(len(order), "row"))
     return set(order)
 
 

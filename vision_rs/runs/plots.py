@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from .inputs import PLOT_SOFTWARE, UNKNOWN_LABEL
 from .summaries import certified_fraction
 
 GRID_POINTS = 400
+TITLE_CHARACTERS = 90
+"""Characters of a title line at fontsize 9 that fit the 6.4-inch figure."""
 
 
 def _pyplot():
@@ -50,8 +53,8 @@ def plot_curves(
     axes.grid(alpha=0.3)
     if curves:
         axes.legend()
-    if title:
-        axes.set_title(title, fontsize=9)
+    if title:  # wrapped to the figure's width: a long title is never clipped
+        axes.set_title("\n".join(textwrap.wrap(title, TITLE_CHARACTERS)), fontsize=9)
     figure.tight_layout()
     temporary = path.with_name(path.stem + ".tmp" + path.suffix)
     try:

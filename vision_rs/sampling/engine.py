@@ -25,7 +25,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from ..errors import InvalidImageError, ModelOutputError
-from ..wording import Wording
+from ..wording import Wording, plural, size_in_bytes
 from ..params import check_count
 from .noise import Noise
 from .views import View
@@ -116,7 +116,7 @@ class _DeviceCounts:
         summary = torch.cat([self.counts.flatten(), self.non_finite.reshape(1)]).cpu()  # the one host sync
         counts, bad = summary[:-1], int(summary[-1])
         if bad:
-            raise ModelOutputError(f"the model returned NaN or Inf logits for {bad} noisy inputs")
+            raise ModelOutputError(f"the model returned NaN or Inf logits for {plural(bad, 'noisy input')}")
         return counts.numpy().astype(np.int64).reshape(tuple(self.counts.shape))
 
 
@@ -295,10 +295,6 @@ def look_schedule(num: int, per_batch: int, first: int = FIRST_LOOK, ratio: floa
     return looks
 
 
-def _format_bytes(count: int) -> str:
-    return f"{count / GIB:.2f} GiB" if count >= GIB else f"{count / (1 << 20):.1f} MiB"
-
-
 def draw_bytes(image_shape: tuple[int, ...], noise: Noise, view: View, dtype: torch.dtype = torch.float32) -> int:
     """Bytes one noisy draw takes with its model inputs (shapes worked out on the meta device, nothing computed)."""
     noisy = torch.empty((1, image_shape[0] + noise.extra_channels, *image_shape[1:]), device="meta", dtype=dtype)
@@ -317,8 +313,8 @@ def max_draws_per_batch(
     per_draw = draw_bytes(image_shape, noise, view) + output_bytes
     most = config.memory_budget // (per_draw * streams) - 1  # one draw's worth for the image itself
     if most < 1:
-        what = (f"an input of shape {tuple(image_shape)} takes {_format_bytes(per_draw)} per noisy draw with its "
-                f"model inputs, more than the memory budget of {_format_bytes(config.memory_budget)} allows (x{streams} "
+        what = (f"an input of shape {tuple(image_shape)} takes {size_in_bytes(per_draw)} per noisy draw with its "
+                f"model inputs, more than the memory budget of {size_in_bytes(config.memory_budget)} allows (x{streams} "
                 "streams, plus the input itself): pass a smaller input (resize it to the model's input size first), "
                 "or raise ")
         raise InvalidImageError(what + "{budget}", budget=Wording("memory_budget=BYTES", "--memory-budget SIZE"))
