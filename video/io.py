@@ -24,6 +24,9 @@ import importlib
 import importlib.metadata
 import logging
 import os
+import re
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -349,7 +352,8 @@ class _DecordSource:
             except _BackendCannotRead as exc:  # a file only decord reads: no check, decord decides
                 log.debug("no truncation check for %s: %s", path, exc)
         try:
-            self.reader = decord.VideoReader(str(path))
+            with _native_stderr_to_log("decord"):
+                self.reader = decord.VideoReader(str(path))
             self.total_frames = len(self.reader)
             rate = self.reader.get_avg_fps()
         except (decord.DECORDError, RuntimeError) as exc:
@@ -365,7 +369,8 @@ class _DecordSource:
         import decord
 
         try:
-            batch = self.reader.get_batch(list(indices)).asnumpy()
+            with _native_stderr_to_log("decord"):
+                batch = self.reader.get_batch(list(indices)).asnumpy()
         except decord.DECORDError as exc:
             if "DECORDArrayCopyFromTo" in str(exc):
                 raise _BackendCannotRead(
@@ -379,6 +384,36 @@ class _DecordSource:
 
 
 _SOURCES = {"decord": _DecordSource, "pyav": _PyAVSource}
+
+NATIVE_LOG_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+\.(cc|cpp|h):\d+: ")
+"""A line of decord's C++ log (``[02:16:54] /project/src/video/video_reader.cc:86: ERROR opening: ...``)."""
+
+
+@contextmanager
+def _native_stderr_to_log(library: str) -> Iterator[None]:
+    """Catch what native code writes to the process's stderr meanwhile: ``library``'s own log lines go to the debug
+    log (our error says what failed, in our words), anything else is written back to stderr afterwards. The file
+    descriptor is the process's, so output of other threads in that window comes a little late, never lost."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:  # also when the library raised: its line is what our error replaces
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                if NATIVE_LOG_LINE.match(line):
+                    log.debug("%s: %s", library, line)
+                else:
+                    sys.stderr.write(line + "\n")
 
 
 @contextmanager
