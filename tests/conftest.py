@@ -9,17 +9,12 @@ from scipy.stats import binom, chi2, norm
 from torch import nn
 
 
-def write_digit_folder(root, count: int, name: str = "{idx}.png"):
-    """The first ``count`` held-out embedded digits as PNGs in integer-named class folders under ``root``."""
-    from PIL import Image
+def write_digit_folder(root, count: int):
+    """The first ``count`` held-out embedded digits as PNGs in integer-named class folders under ``root``
+    (``root/<label>/<index>.png``, as ``vision-rs examples`` writes them)."""
+    from vision_rs.models.embedded.examples import write_digits
 
-    from vision_rs.models.embedded import DigitsDataset
-
-    dataset = DigitsDataset("test")
-    for idx in range(count):
-        image, label = dataset[idx]
-        (root / str(label)).mkdir(exist_ok=True)
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / str(label) / name.format(idx=idx))
+    write_digits(root, limit=count)
     return root
 
 

@@ -141,7 +141,7 @@ def test_every_long_option_passes_torchrun_except_the_short_forms_it_would_take_
 
 @pytest.fixture(scope="module")
 def digit_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_digit_folder(tmp_path_factory.mktemp("digits"), INPUTS, "{idx:02d}.png")
+    return write_digit_folder(tmp_path_factory.mktemp("digits"), INPUTS)
 
 
 def test_the_readme_torchrun_line_certifies_like_one_process(tmp_path: Path, digit_files: Path) -> None:

@@ -1,4 +1,5 @@
-"""The ``vision-rs`` command line: ``certify``, ``report``, ``demo``, ``app``, ``models``.
+"""The ``vision-rs`` command line: ``certify``, ``certify-video``, ``certify-seg``, ``report``, ``demo``, ``app``,
+``examples``, ``models``.
 
 Importing this module does not import torch: ``vision-rs --help`` and ``--version`` answer at once.
 """
@@ -455,6 +456,19 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--queue-size", type=POSITIVE, default=16, help="requests that may wait in the queue (default: 16)")
     app.add_argument("--concurrency", type=POSITIVE, default=1, help="certifications that run at once (default: 1)")
 
+    examples = commands.add_parser(
+        "examples",
+        help="write the embedded digits, scenes (with label maps) and clips as files, to try the commands on",
+        description="Write the held-out embedded data as files, in the layouts the certify commands read: "
+        "OUT/digits/<label>/<index>.png (class folders), OUT/scenes/images/<index>.png with label maps in "
+        "OUT/scenes/masks/<index>.png (one class index per pixel: 0-9 digits, 10 background), and "
+        "OUT/clips/<label>/clip_<index>.mp4 (needs OpenCV, the [video] extra). It then prints commands to run on them.",
+        allow_abbrev=False,
+    )
+    examples.add_argument("out", type=Path, metavar="OUT", help="folder to write into (created if missing)")
+    examples.add_argument("--limit", type=POSITIVE, help="write only the first LIMIT of each kind (default: all: 360 "
+                          "digits, 100 scenes, 360 clips)")
+
     commands.add_parser(
         "models", help="list the embedded models and how to name any timm / torchvision model or checkpoint",
         description="List the embedded models (offline) and how other models are named.", allow_abbrev=False,
@@ -820,6 +834,29 @@ def _app(args: argparse.Namespace) -> None:
     launch_app(config)
 
 
+def _examples(args: argparse.Namespace) -> None:
+    from .models.embedded.examples import write_examples
+    from .runs.files import check_writable
+
+    check_writable(args.out)
+    written = write_examples(args.out, args.limit)
+    counts = written.counts
+    print(f"wrote {plural(counts['digits'], 'digit')} to {written.digits} (class folders 0-9), "
+          f"{plural(counts['scenes'], 'scene')} to {written.scenes / 'images'} with their label maps in "
+          f"{written.scenes / 'masks'}" + (f", {plural(counts['clips'], 'clip')} to {written.clips}" if counts["clips"] else ""))
+    if written.clips_skipped:
+        print(f"no clips: {written.clips_skipped}")
+    runs = args.out / "runs"
+    print("Try (outputs in their own folder, outside the inputs):")
+    print(f"  vision-rs certify {written.digits} --model digits_cnn.sigma_0.25 --sigma 0.25 --n 1000 --out {runs / 'digits.tsv'}")
+    print(f"  vision-rs certify-seg {written.scenes / 'images'} --masks {written.scenes / 'masks'} --model "
+          f"digits_segnet.sigma_0.25 --sigma 0.25 --out {runs / 'scenes.tsv'}")
+    if counts["clips"]:
+        print(f"  vision-rs certify-video {written.clips} --model digits_c3d.sigma_0.25 --sigma 0.25 --n 1000 "
+              f"--out {runs / 'clips.tsv'}")
+    print(f"  vision-rs report {runs / 'digits.tsv'}")
+
+
 def _models(args: argparse.Namespace) -> None:
     from .models.embedded import EMBEDDED_DENOISERS, describe_embedded_models
 
@@ -912,7 +949,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory_in_process()
     _configure_logging(args.verbose)
     handlers = {"certify": _certify, "certify-video": _certify_video, "certify-seg": _certify_seg, "report": _report,
-                "demo": _demo, "app": _app, "models": _models}
+                "demo": _demo, "app": _app, "examples": _examples, "models": _models}
     try:
         with _image_pixel_limit(args):
             handlers[args.command](args)
