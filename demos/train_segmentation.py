@@ -40,7 +40,7 @@ def noise_maps(noise: dict, size: int) -> torch.Tensor:
     if "sigma" in noise:
         return torch.full((1, size, size), float(noise["sigma"]))
     localized = Localized(**noise["localized"])
-    return torch.stack([torch.from_numpy(sigma_map(localized, size, size, cell)) for cell in range(localized.cells)])
+    return torch.stack([torch.from_numpy(sigma_map(localized, size, size, cell)).float() for cell in range(localized.cells)])
 
 
 def region_masks(noise: dict, size: int) -> torch.Tensor:

@@ -125,13 +125,15 @@ def sigma_table(localized: Localized) -> np.ndarray:
 
 
 def sigma_map(localized: Localized, height: int, width: int, output_cell: int) -> np.ndarray:
-    """Per-pixel noise std [H, W] (float32, [0,1] pixel units) for certifying ``output_cell``.
+    """Per-pixel noise std [H, W] (float64, [0,1] pixel units) for certifying ``output_cell``.
 
-    Broadcasts over channels: ``noise = randn(C, H, W) * sigma_map``.
+    Broadcasts over channels: ``noise = randn(C, H, W) * sigma_map``. The certificates are computed from these
+    float64 values (:class:`~vision_rs.sampling.noise.SigmaMapNoise` draws float32 noise with each std rounded up,
+    which only makes them conservative).
     """
     cells = cell_map(localized, height, width)
     row = sigma_table(localized)[_check_cell(localized, output_cell)]
-    return row[cells].astype(np.float32)
+    return row[cells]
 
 
 def cell_squared_norms(delta: np.ndarray, localized: Localized) -> np.ndarray:

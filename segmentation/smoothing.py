@@ -100,7 +100,7 @@ class SmoothedSegmenter:
         check_grid_fits(self.localized, height, width)
         return [
             (cell_slices(self.localized, height, width, cell),
-             SigmaMapNoise(torch.from_numpy(sigma_map(self.localized, height, width, cell)).to(self.device)))
+             SigmaMapNoise(torch.from_numpy(sigma_map(self.localized, height, width, cell))))
             for cell in range(self.localized.cells)
         ]
 

@@ -81,8 +81,8 @@ def test_cell_map_slices_and_sigma_map_agree() -> None:
         rows, cols = cell_slices(localized, 20, 23, cell)
         assert (cells[rows, cols] == cell).all() and (cells == cell).sum() == cells[rows, cols].size
         sigmas = sigma_map(localized, 20, 23, cell)
-        assert sigmas.dtype == np.float32 and sigmas.shape == (20, 23)
-        assert np.allclose(sigmas, sigma_table(localized)[cell][cells]) and (sigmas[rows, cols] == np.float32(0.15)).all()
+        assert sigmas.dtype == np.float64 and sigmas.shape == (20, 23)
+        assert np.array_equal(sigmas, sigma_table(localized)[cell][cells]) and (sigmas[rows, cols] == 0.15).all()
 
 
 def test_cell_squared_norms_sum_channels_within_cells() -> None:

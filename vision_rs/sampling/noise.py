@@ -56,13 +56,20 @@ class GaussianNoise:
 @dataclass(frozen=True, eq=False)
 class SigmaMapNoise:
     """Anisotropic Gaussian noise: N(0, σ_p²) on pixel p, every channel, with ``sigma_map`` [H, W] of stds in [0, 1]
-    pixel units (localized smoothing gives one map per output cell). ``sigma`` is its smallest std."""
+    pixel units (localized smoothing gives one map per output cell). ``sigma`` is its smallest std.
+
+    The map is kept in float64, as the certificates use it; the noise is drawn in the buffer's dtype with every std
+    rounded *up* to that dtype (:func:`rounded_up`): noise a hair stronger than the certificate assumes can only
+    shrink what the certificate claims relative to what holds (a larger σ certifies more), never the reverse.
+    """
 
     sigma_map: torch.Tensor
 
     def __post_init__(self) -> None:
         if self.sigma_map.ndim != 2 or not bool(torch.isfinite(self.sigma_map).all()) or not bool((self.sigma_map > 0).all()):
             raise InvalidParameterError("sigma_map must be a finite [H, W] tensor of noise stds > 0 ([0, 1] pixel units)")
+        object.__setattr__(self, "sigma_map", self.sigma_map.detach().to("cpu", torch.float64))
+        object.__setattr__(self, "_scales", {})
 
     extra_channels = 0
 
@@ -73,9 +80,23 @@ class SigmaMapNoise:
     def input_note(self, channels: int) -> Wording:
         return NO_NOTE
 
+    def scale(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The stds the noise is multiplied by: the map rounded up to ``dtype``, on ``device`` (made once for each)."""
+        key = (device, dtype)
+        if key not in self._scales:  # type: ignore[attr-defined]
+            self._scales[key] = rounded_up(self.sigma_map, dtype).to(device)  # type: ignore[attr-defined]
+        return self._scales[key]  # type: ignore[attr-defined]
+
     def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         buffer.normal_(0.0, 1.0, generator=generator)
-        return buffer.mul_(self.sigma_map.to(buffer.device)).add_(image)
+        return buffer.mul_(self.scale(buffer.device, buffer.dtype)).add_(image)
+
+
+def rounded_up(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float64 ``values`` in ``dtype``, each the smallest value of that dtype at or above it (never below)."""
+    rounded = values.to(dtype)
+    below = rounded.to(torch.float64) < values
+    return torch.where(below, torch.nextafter(rounded, torch.full_like(rounded, float("inf"))), rounded)
 
 
 @dataclass(frozen=True)
