@@ -30,7 +30,7 @@ from vision_rs.runs.inputs import collect_files, warn_if_inside_inputs
 
 from .certificates import check_eps
 from .results import IGNORE_INDEX, SegmentationCertificate, check_label_map
-from .smoothing import CORRECTIONS, SmoothedSegmenter
+from .smoothing import SmoothedSegmenter, check_correction
 
 BASE_COLUMNS = ("idx", "labelled", "correct", "abstained", "miou", "time")
 DEFAULT_EPS = (0.1, 0.25, 0.5, 1.0)
@@ -177,8 +177,7 @@ def certify_segmentation_dataset(
     eps = tuple(check_eps(value) for value in eps)
     if not eps:
         raise InvalidParameterError("eps needs at least one budget, e.g. (0.25, 0.5, 1.0)")
-    if correction not in CORRECTIONS:
-        raise InvalidParameterError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+    check_correction(correction, smoothed.localized)
     run = RunFiles(out, BASE_COLUMNS + eps_columns(smoothed.method, eps))  # the output is checked before any input is read
     items, sources = _items(data, masks, smoothed)
     if sources and sources[0] is not None:

@@ -39,6 +39,19 @@ CORRECTIONS = ("bonferroni", "holm", "bonferroni-threshold")
 step-down or with Bonferroni."""
 
 
+def check_correction(correction: str, localized: Localized | None) -> str:
+    """``correction``, refused unless it is one of :data:`CORRECTIONS` that fits the smoothing (localized smoothing needs
+    per-pixel bounds)."""
+    if correction not in CORRECTIONS:
+        raise InvalidParameterError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+    if correction != "bonferroni" and localized is not None:
+        raise InvalidParameterError(
+            "the threshold test ({test}) certifies isotropic smoothing; localized smoothing needs per-pixel bounds: "
+            "{bonferroni}", test=Wording(f"correction={correction!r}", f"--correction {correction}"),
+            bonferroni=Wording("correction='bonferroni'", "--correction bonferroni"))
+    return correction
+
+
 def _no_check(model: nn.Module) -> None:
     """Any module may be a segmentation model; its outputs are checked on the first batch instead."""
 
@@ -117,9 +130,7 @@ class SmoothedSegmenter:
                             self._output_bytes(shape[-2], shape[-1], classes))
 
     def count_classes(self, image: ImageInput) -> int:
-        """How many classes the model scores: ``num_classes`` when given, else from one forward pass on the clean image."""
-        if self.num_classes is not None:
-            return self.num_classes
+        """How many classes the model scores, from one forward pass on the clean image (checked against ``num_classes``)."""
         with evaluating(self.base, self.denoiser):
             return self._probe_classes(to_unit_tensor(image, self.spec.channels).to(self.device))
 
@@ -153,13 +164,7 @@ class SmoothedSegmenter:
         spends n0 + n draws per output cell.
         """
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
-        if correction not in CORRECTIONS:
-            raise InvalidParameterError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
-        if correction != "bonferroni" and self.localized is not None:
-            raise InvalidParameterError(
-                f"the threshold test ({{test}}) certifies isotropic smoothing; localized smoothing needs per-pixel bounds: "
-                "{bonferroni}", test=Wording(f"correction={correction!r}", f"--correction {correction}"),
-                bonferroni=Wording("correction='bonferroni'", "--correction bonferroni"))
+        check_correction(correction, self.localized)
         config = self.config.with_overrides(batch_size, progress)
         pixels = to_unit_tensor(image, self.spec.channels).to(self.device)
         height, width = pixels.shape[-2:]

@@ -566,6 +566,7 @@ def _certify_video(args: argparse.Namespace) -> None:
 def _certify_seg(args: argparse.Namespace) -> None:
     from .runs.datasets import collect_image_files
     from .segmentation import Localized, smooth
+    from .segmentation.smoothing import check_correction
     from .segmentation.datasets import (
         certify_segmentation_dataset,
         format_segmentation_summaries,
@@ -578,6 +579,7 @@ def _certify_seg(args: argparse.Namespace) -> None:
     if args.sigma is None and any(value is None for value in localized_args):
         raise InvalidParameterError("localized smoothing needs all of --grid, --sigma-min and --sigma-max")
     localized = Localized(args.grid, args.sigma_min, args.sigma_max) if args.sigma is None else None
+    check_correction(args.correction, localized)
     if args.masks is not None and not args.masks.is_dir():
         raise InvalidParameterError(f"--masks {args.masks}: no such folder")
     collect_image_files(args.inputs)

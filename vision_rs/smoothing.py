@@ -186,17 +186,15 @@ class SmoothedClassifier:
         max_draws_per_batch(shape, self.noise, view, self.config, streams)
 
     def count_classes(self, image: ImageInput) -> int:
-        """How many classes the base classifier scores: ``num_classes`` when given, else the width of its output on the
-        clean ``image`` (one forward pass of the method's views, no noise; a hierarchical indicator channel of zeros)."""
-        if self.num_classes is not None:
-            return self.num_classes
+        """How many classes the base classifier scores: the width of its output on the clean ``image`` (one forward pass
+        of the method's views, no noise; a hierarchical indicator channel of zeros), checked against ``num_classes``."""
         pixels = self._pixels(image).to(self.device)
         view = self._view(tuple(pixels.shape), torch.Generator(device=self.device).manual_seed(0))
         indicator = torch.zeros_like(pixels.narrow(-3, 0, 1)).expand(*pixels.shape[:-3], self.noise.extra_channels,
                                                                       *pixels.shape[-2:])
         clean = torch.cat([pixels, indicator], dim=-3)[None]
         with torch.inference_mode(), evaluating(self.base, self.denoiser):
-            return int(check_logits(self.base(view(clean)), view.count, None).shape[1])
+            return int(check_logits(self.base(view(clean)), view.count, self.num_classes).shape[1])
 
     def _vote_counter(
         self, image: ImageInput, batch_size: int | None, progress: bool | None, seed: int | None
