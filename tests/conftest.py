@@ -66,6 +66,23 @@ def binomial_interval(trials: int, p: float, tests: int = 1) -> tuple[int, int]:
     return int(binom.ppf(tail, trials, p)), int(binom.isf(tail, trials, p))
 
 
+@pytest.fixture(scope="module")
+def digits() -> list:
+    """The first five held-out embedded digits, as (uint8 image, label) pairs."""
+    from vision_rs.models.embedded import DigitsDataset
+
+    dataset = DigitsDataset("test")
+    return [dataset[i] for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def quarter():
+    """The embedded digits CNN trained with σ = 0.25, smoothed at σ = 0.25 on the CPU, without progress bars."""
+    import vision_rs
+
+    return vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", progress=False)
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -26,7 +26,7 @@ FAST = ["--n0", "2", "--n", "4", "--device", "cpu", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def digit_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("digits")
     write_digits(root, limit=3)
     return root
@@ -113,7 +113,7 @@ def test_required_options_show_as_required() -> None:
     assert re.search(r"\s--out\s+OUT", usage) and not re.search(r"\[--out\s+OUT\]", usage)
 
 
-def test_every_argument_is_checked_before_a_model_loads(digits: Path, tmp_path: Path, monkeypatch,
+def test_every_argument_is_checked_before_a_model_loads(digit_folder: Path, tmp_path: Path, monkeypatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     def loads(*args, **kwargs):
         raise AssertionError("a model was loaded before the arguments were checked")
@@ -125,8 +125,8 @@ def test_every_argument_is_checked_before_a_model_loads(digits: Path, tmp_path: 
         monkeypatch.setattr(module, "prepare_model", loads)
     scenes = write_scenes(tmp_path / "scenes", limit=1)[0].parent
     bad = [
-        ["certify", str(digits), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--out", str(tmp_path / "run.txt")],
-        ["certify", str(digits), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--device", "tpu7"],
+        ["certify", str(digit_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--out", str(tmp_path / "run.txt")],
+        ["certify", str(digit_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--device", "tpu7"],
         ["certify", str(tmp_path / "nothing"), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25"],
         ["certify-seg", str(scenes), "--model", "digits_segnet.sigma_0.25", "--sigma", "0.25", "--masks",
          str(tmp_path / "nothing"), "--out", str(tmp_path / "seg.tsv")],
@@ -174,8 +174,8 @@ def test_segmentation_runs_without_masks_print_what_can_be_known_and_eps_sort_nu
     assert "nan" not in report and "no plot: no run has label maps" in report
 
 
-def test_draws_are_compared_only_for_sequential_runs(digits: Path, tmp_path: Path, capsys) -> None:
-    base = ["certify", str(digits), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--n0", "2", "--n", "200",
+def test_draws_are_compared_only_for_sequential_runs(digit_folder: Path, tmp_path: Path, capsys) -> None:
+    base = ["certify", str(digit_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--n0", "2", "--n", "200",
             "--device", "cpu", "--no-progress"]
     fixed_n, sequential = tmp_path / "fixed.tsv", tmp_path / "sequential.tsv"
     assert main([*base, "--out", str(fixed_n)]) == 0 and main([*base, "--radius", "0.05", "--out", str(sequential)]) == 0

@@ -10,7 +10,6 @@ import pytest
 
 import vision_rs
 from vision_rs.cli import main
-from vision_rs.models.embedded import DigitsDataset
 from vision_rs.models.embedded.examples import write_digits
 from vision_rs.runs import files as run_files
 from vision_rs.runs.files import read_jsonl, read_rows
@@ -52,33 +51,22 @@ def without_time(path: Path) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def digits() -> list:
-    dataset = DigitsDataset("test")
-    return [dataset[i] for i in range(5)]
-
-
-@pytest.fixture(scope="module")
-def smoothed() -> vision_rs.SmoothedClassifier:
-    return vision_rs.smooth("digits_cnn.sigma_0.25", 0.25, device="cpu", progress=False)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, smoothed, digits) -> Path:
+def reference(tmp_path_factory: pytest.TempPathFactory, quarter, digits) -> Path:
     out = tmp_path_factory.mktemp("reference") / "run.tsv"
-    vision_rs.certify_dataset(smoothed, digits, out, progress=False, **SETTINGS)
+    vision_rs.certify_dataset(quarter, digits, out, progress=False, **SETTINGS)
     return out
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_a_failed_write_keeps_complete_rows_and_the_run_resumes(fault: str, tmp_path: Path, monkeypatch, smoothed,
+def test_a_failed_write_keeps_complete_rows_and_the_run_resumes(fault: str, tmp_path: Path, monkeypatch, quarter,
                                                                   digits, reference: Path) -> None:
     out = tmp_path / "run.tsv"
     with monkeypatch.context() as patch:
         failing_write(patch, *FAULTS[fault])
         with pytest.raises(vision_rs.OutputPathError, match=rf"cannot write row {FAILING_ROW} to {out}: .*resume"):
-            vision_rs.certify_dataset(smoothed, digits, out, progress=False, **SETTINGS)
+            vision_rs.certify_dataset(quarter, digits, out, progress=False, **SETTINGS)
     assert_only_complete_rows(out, FAILING_ROW)
-    vision_rs.certify_dataset(smoothed, digits, out, progress=False, **SETTINGS)
+    vision_rs.certify_dataset(quarter, digits, out, progress=False, **SETTINGS)
     assert without_time(out) == without_time(reference)
 
 
@@ -98,11 +86,11 @@ def test_the_command_line_stops_with_exit_2_and_the_same_command_finishes(tmp_pa
     assert f"resuming after row {FAILING_ROW} of 4" in capsys.readouterr().err and len(read_rows(out)) == 4
 
 
-def test_a_new_run_whose_first_write_fails_leaves_no_file(tmp_path: Path, monkeypatch, smoothed, digits) -> None:
+def test_a_new_run_whose_first_write_fails_leaves_no_file(tmp_path: Path, monkeypatch, quarter, digits) -> None:
     def no_space(handle, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "injected failure")
 
     monkeypatch.setattr(run_files, "_write_all", no_space)
     with pytest.raises(vision_rs.OutputPathError, match="cannot write the run record"):
-        vision_rs.certify_dataset(smoothed, digits, tmp_path / "run.tsv", progress=False, **SETTINGS)
+        vision_rs.certify_dataset(quarter, digits, tmp_path / "run.tsv", progress=False, **SETTINGS)
     assert list(tmp_path.iterdir()) == []

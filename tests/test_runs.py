@@ -44,17 +44,6 @@ class StopAfter:
         return self.inner.certify(*args, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def digits() -> list:
-    dataset = DigitsDataset("test")
-    return [dataset[i] for i in range(5)]
-
-
-@pytest.fixture(scope="module")
-def quarter() -> vision_rs.SmoothedClassifier:
-    return vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", progress=False)
-
-
 def interrupted_run(out: Path, smoothed, items, calls: int = 2, **settings) -> None:
     with pytest.raises(KeyboardInterrupt):
         vision_rs.certify_dataset(StopAfter(smoothed, calls), items, out, **{**SETTINGS, **settings})
