@@ -22,11 +22,11 @@ import numpy as np
 from vision_rs.errors import InvalidImageError, InvalidParameterError, OutputPathError
 from vision_rs.images import IMAGE_SUFFIXES, open_image_file
 from vision_rs.params import check_alpha, check_count, check_seed
-from vision_rs.wording import fixed, significant
 from vision_rs.runs.datasets import as_sources, run_dataset, run_record
 from vision_rs.runs.distributed import place_on_rank_device, resolve_ranks
 from vision_rs.runs.files import RunFiles, read_jsonl, read_table
 from vision_rs.runs.inputs import collect_files, warn_if_inside_inputs
+from vision_rs.wording import fixed, significant
 
 from .certificates import check_eps
 from .results import IGNORE_INDEX, SegmentationCertificate, check_label_map

@@ -19,7 +19,6 @@ from torch import nn
 from typing_extensions import Unpack
 
 from vision_rs.errors import InvalidParameterError
-from vision_rs.wording import Wording
 from vision_rs.images import ImageInput, to_unit_tensor
 from vision_rs.models.denoising import Denoiser, behind_denoiser, evaluating
 from vision_rs.models.provenance import ModelSource
@@ -28,6 +27,7 @@ from vision_rs.sampling.engine import EngineConfig, PixelVoteTally, max_draws_pe
 from vision_rs.sampling.noise import GaussianNoise, Noise, SigmaMapNoise
 from vision_rs.sampling.views import WholeImage
 from vision_rs.smoothing import ModelOptions, describe_smoothed, place, place_denoiser, prepare_model, seeded_generator
+from vision_rs.wording import Wording
 
 from .certificates import certify_pixels, certify_pixels_at_threshold
 from .localized import Localized, cell_slices, check_grid_fits, sigma_map

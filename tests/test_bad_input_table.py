@@ -218,7 +218,7 @@ def vision_rs_script() -> str:
 
 def run_cli(argv: list[str], real_process: bool, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     if real_process:
-        done = subprocess.run([vision_rs_script(), *argv], capture_output=True, text=True, timeout=300,
+        done = subprocess.run([vision_rs_script(), *argv], capture_output=True, text=True, timeout=300, check=False,
                               env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})  # no GPU, even here
         return done.returncode, done.stderr
     with pytest.MonkeyPatch.context() as patch:
@@ -229,7 +229,7 @@ def run_cli(argv: list[str], real_process: bool, capsys: pytest.CaptureFixture[s
 
 def error_message(stderr: str) -> str:
     """Our one paragraph (``vision-rs: error: ...``) or argparse's (``vision-rs certify: error: ...``)."""
-    found = re.search(r"^vision-rs[\w\- \[\]/]*: error: (.*)$", stderr, re.M)
+    found = re.search(r"^vision-rs[\w\- \[\]/]*: error: (.*)$", stderr, re.MULTILINE)
     assert found, f"no error line on stderr:\n{stderr}"
     return found.group(1)
 

@@ -218,7 +218,7 @@ def test_smooth_reduce_says_its_views_and_expected_time(caplog: pytest.LogCaptur
 
 
 def test_a_run_expected_to_exceed_ten_minutes_warns(monkeypatch, tmp_path: Path, caplog) -> None:
-    import vision_rs.runs.datasets as datasets
+    from vision_rs.runs import datasets
 
     monkeypatch.setattr(datasets, "LONG_RUN_SECONDS", 0.0)
     smoothed = vision_rs.smooth("digits_cnn.sigma_0.25", 0.25, device="cpu", progress=False)
@@ -246,7 +246,7 @@ def test_decords_own_log_lines_go_to_the_debug_log_and_other_output_stays(capfd,
     with caplog.at_level(logging.DEBUG, logger="vision_rs"), _native_stderr_to_log("decord"):
         os.write(2, b"[02:16:54] /project/src/video/video_reader.cc:86: ERROR opening: x.mp4\nsomeone else's line\n")
     err = capfd.readouterr().err  # (a handler an earlier main() left on the vision_rs logger may echo the debug record)
-    assert not re.search(r"^\[02:16:54\]", err, re.M) and "someone else's line" in err
+    assert not re.search(r"^\[02:16:54\]", err, re.MULTILINE) and "someone else's line" in err
     assert "decord: [02:16:54] /project/src/video/video_reader.cc:86" in caplog.text
 
 

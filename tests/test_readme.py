@@ -27,7 +27,7 @@ NEEDS = re.compile(r"#\s*needs:\s*(.+?)\s*$")
 
 
 def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    return re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
 
 
 def capped(source: str) -> str:

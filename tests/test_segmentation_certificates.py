@@ -478,6 +478,6 @@ def test_collective_count_never_exceeds_the_true_worst_case() -> None:
     assert failures["no correction"] > allowed and failures["plug-in"] > allowed, failures
     note = (Path(__file__).resolve().parents[1] / "docs" / "theory.md").read_text()
     quoted = re.search(r"binom\.ppf\(1 − 10⁻⁴, 100, 0\.05\) = (\d+)\. Measured: Bonferroni (\d+)\s.*?no correction "
-                       r"(\d+), plug-in (\d+)\.", note, re.S)
+                       r"(\d+), plug-in (\d+)\.", note, re.DOTALL)
     assert quoted is not None, "docs/theory.md quotes this check's tolerance and measured failures"
     assert [int(value) for value in quoted.groups()] == [allowed, *failures.values()], failures

@@ -16,9 +16,9 @@ import torch
 from einops import rearrange
 
 from vision_rs.errors import InvalidImageError, InvalidParameterError
-from vision_rs.wording import plural
 from vision_rs.sampling.patches import grid_starts
 from vision_rs.sampling.preprocess import EvalTransform
+from vision_rs.wording import plural
 
 
 def _positive(value: object, name: str) -> int:

@@ -566,12 +566,12 @@ def _certify_video(args: argparse.Namespace) -> None:
 def _certify_seg(args: argparse.Namespace) -> None:
     from .runs.datasets import collect_image_files
     from .segmentation import Localized, smooth
-    from .segmentation.smoothing import check_correction
     from .segmentation.datasets import (
         certify_segmentation_dataset,
         format_segmentation_summaries,
         summarize_segmentation,
     )
+    from .segmentation.smoothing import check_correction
 
     localized_args = (args.grid, args.sigma_min, args.sigma_max)
     if (args.sigma is None) == all(value is None for value in localized_args):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MissingDependencyError, OutputPathError
+from .errors import MissingDependencyError
 from .models.embedded import EMBEDDED_MODELS, DigitsDataset
 from .runs.datasets import certify_dataset
 from .runs.files import check_writable, read_certificates, read_rows

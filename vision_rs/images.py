@@ -14,6 +14,7 @@ then the space the radius is measured in.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Union
 
@@ -78,8 +79,8 @@ def declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
             handle.seek(0)
             try:
                 return tuple(factory(handle, str(path)).size)  # type: ignore[return-value]
-            except Exception:  # this format's header reader does not take the file: try the next one
-                continue
+            except (OSError, SyntaxError, ValueError, EOFError, struct.error):  # not this format's header: the next one
+                pass
     return None
 
 

@@ -15,7 +15,6 @@ from torch import nn
 from typing_extensions import Unpack
 
 from .errors import InvalidParameterError
-from .wording import Wording, duration, significant
 from .images import ImageInput, to_unit_tensor
 from .models.adapters import (
     InputSpec,
@@ -27,8 +26,8 @@ from .models.adapters import (
     model_input_channels,
     read_input_spec,
 )
-from .models.devices import check_device
 from .models.denoising import Denoiser, DenoiserLike, behind_denoiser, evaluating, load_denoiser
+from .models.devices import check_device
 from .models.hub import create_model_with_source
 from .models.provenance import ModelSource, state_sha256
 from .params import check_alpha, check_count, check_seed
@@ -41,6 +40,7 @@ from .sampling.results import Certificate, Prediction
 from .sampling.sequential import BUDGET, SequentialGoal, Stopped, StoppingRule, check_sequential_method, sequential_goal
 from .sampling.stats import top_two_pvalue
 from .sampling.views import View
+from .wording import Wording, duration, significant
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ..errors import InvalidParameterError, ModelOutputError
-from ..wording import Wording
 from ..sampling.preprocess import EvalTransform, timm_scale_size
+from ..wording import Wording
 
 log = logging.getLogger(__name__)
 

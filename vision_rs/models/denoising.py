@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from ..errors import InvalidParameterError, ModelOutputError
-from ..wording import Wording
 from ..sampling.engine import EngineConfig, autocast_context
 from ..sampling.views import View
+from ..wording import Wording
 from .adapters import evaluation_mode, model_input_channels
 from .provenance import ModelSource, file_sha256, state_sha256
 

@@ -20,12 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InvalidParameterError, OutputPathError
-from ..wording import Wording, duration, plural
 from ..images import IMAGE_SUFFIXES, ImageInput, to_unit_tensor
 from ..models.provenance import software_versions
 from ..params import check_alpha, check_count, check_seed
 from ..sampling.results import ABSTAIN, Certificate
 from ..sampling.sequential import check_sequential_method, sequential_goal
+from ..wording import Wording, duration, plural
 from .distributed import Ranks, gather, host_name, on_rank_zero, place_on_rank_device, process_group, resolve_ranks
 from .files import Row, RunFiles, merge_parts, part_path, read_rows
 from .inputs import UNKNOWN_LABEL, LabelledFiles, check_class_to_idx, collect_files, warn_if_inside_inputs

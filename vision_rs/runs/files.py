@@ -304,8 +304,8 @@ class RunFiles:
             raise OutputPathError("call finished(record, sources) before the first append")
         try:
             self.tsv.parent.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(self.jsonl, "wb" if new else "ab", buffering=0)
-            self._tsv = open(self.tsv, "wb" if new else "ab", buffering=0)
+            self._jsonl = self.jsonl.open("wb" if new else "ab", buffering=0)
+            self._tsv = self.tsv.open("wb" if new else "ab", buffering=0)
         except OSError as exc:
             self.close()
             raise OutputPathError(f"cannot open {exc.filename or self.tsv} for writing: {exc.strerror or exc}") from exc

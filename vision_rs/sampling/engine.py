@@ -25,8 +25,8 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from ..errors import InvalidImageError, ModelOutputError
-from ..wording import Wording, plural, size_in_bytes
 from ..params import check_count
+from ..wording import Wording, plural, size_in_bytes
 from .noise import Noise
 from .views import View
 

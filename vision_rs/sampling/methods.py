@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import InvalidParameterError
-from ..wording import Wording
 from ..params import check_selection_probability
+from ..wording import Wording
 from .certificates import (
     Bound,
     cohen_certify,
