@@ -26,6 +26,7 @@ from scipy.stats import beta, binom
 
 from vision_rs.errors import InvalidParameterError, VisionRSError
 from vision_rs.params import check_alpha, check_sigma
+from vision_rs.wording import Wording
 
 from .localized import Localized, cell_map, sigma_table
 
@@ -153,7 +154,8 @@ def threshold_pvalues(counts: object, n: object, tau: float) -> np.ndarray:
 
 def _check_tau(tau: object) -> float:
     if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0.5 < tau < 1.0:
-        raise InvalidParameterError(f"tau must lie strictly between 0.5 and 1 (e.g. 0.75), got {tau!r}")
+        raise InvalidParameterError(f"{{tau}} must lie strictly between 0.5 and 1 (e.g. 0.75), got {tau!r}",
+                                    tau=Wording("tau", "--tau"))
     return float(tau)
 
 

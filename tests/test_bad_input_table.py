@@ -152,7 +152,7 @@ CLI_CASES = [
     CliCase("not a device", CERTIFY + " --device tpu7 --out {out}/run.tsv", ("--device tpu7", "cpu, cuda, cuda:N or mps")),
     CliCase("unwritable output", CERTIFY + " --out {unwritable}/run.tsv", ("{unwritable}", "cannot write")),
     CliCase("decompression bomb", "certify {huge} --model digits_cnn.sigma_0.25 --sigma 0.25 --out {out}/run.tsv",
-            ("{huge}", "14000×14000", "178,956,970", "--max-image-pixels"), subprocess=True),
+            ("{huge}", "14000×14000", "178,956,970", "--max-image-pixels")),
     # 5-8: name the file, speak the command line
     CliCase("clip too short", VIDEO + " --frames 40 --out {out}/run.tsv", ("clip_0000.mp4", "16 frames", "--pad loop")),
     CliCase("uniform without frames", VIDEO + " --uniform --out {out}/run.tsv", ("--uniform", "--frames")),
@@ -186,7 +186,7 @@ CLI_CASES = [
             ("{digits}/0/0000.png", "label 99", "10 classes", "--classes")),
     CliCase("label map classes beyond the model", SEG + " --masks {masks_99} --out {out}/run.tsv",
             ("{masks_99}/0001.png", "[99]", "11")),
-    CliCase("certify-seg without --out", SEG, ("--out",)),
+    CliCase("certify-seg without --out", SEG, ("--out",), subprocess=True),  # the installed script, its exit status
     CliCase("no masks folder", SEG + " --masks {scenes}/nothing --out {out}/run.tsv", ("{scenes}/nothing",)),
     # what worked already
     CliCase("missing file", "certify {digits}/nothing.png --model digits_cnn.sigma_0.25 --sigma 0.25 --out {out}/run.tsv",

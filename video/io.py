@@ -247,9 +247,9 @@ def _pyav_packet_table(container: object, stream: object, path: Path) -> _Packet
             raise InvalidVideoError(f"{path} is truncated or damaged: a packet is incomplete. Re-encode or re-download it.")
         if packet.pts is None:
             raise _BackendCannotRead(
-                f"{path} has frames without timestamps (a raw stream?); remux it into a container "
-                "such as mp4 (ffmpeg -i in -c copy out.mp4) or read it with decord"
-            )
+                f"{path} has frames without timestamps (a raw stream?); remux it into a container such as mp4 "
+                "(ffmpeg -i in -c copy out.mp4) or read it with {decord}",
+                decord=Wording("backend='decord'", "--backend decord"))
         stamps.append((int(packet.pts), bool(packet.is_keyframe)))
     announced = int(stream.frames or 0)  # type: ignore[attr-defined]
     if announced > len(stamps):
