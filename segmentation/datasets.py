@@ -177,7 +177,7 @@ def certify_segmentation_dataset(
     eps = tuple(check_eps(value) for value in eps)
     if not eps:
         raise InvalidParameterError("eps needs at least one budget, e.g. (0.25, 0.5, 1.0)")
-    check_correction(correction, smoothed.localized)
+    check_correction(correction, smoothed.localized, tau)
     run = RunFiles(out, BASE_COLUMNS + eps_columns(smoothed.method, eps))  # the output is checked before any input is read
     items, sources = _items(data, masks, smoothed)
     if sources and sources[0] is not None:

@@ -29,7 +29,7 @@ from vision_rs.sampling.views import WholeImage
 from vision_rs.smoothing import ModelOptions, describe_smoothed, place, place_denoiser, prepare_model, seeded_generator
 from vision_rs.wording import Wording
 
-from .certificates import certify_pixels, certify_pixels_at_threshold
+from .certificates import certify_pixels, certify_pixels_at_threshold, check_tau
 from .localized import Localized, cell_slices, check_grid_fits, sigma_map
 from .models import SegmentationModel
 from .results import ABSTAIN, SegmentationCertificate
@@ -39,9 +39,11 @@ CORRECTIONS = ("bonferroni", "holm", "bonferroni-threshold")
 step-down or with Bonferroni."""
 
 
-def check_correction(correction: str, localized: Localized | None) -> str:
+def check_correction(correction: str, localized: Localized | None, tau: float = 0.75) -> str:
     """``correction``, refused unless it is one of :data:`CORRECTIONS` that fits the smoothing (localized smoothing needs
-    per-pixel bounds)."""
+    per-pixel bounds), and the threshold ``tau`` of the tests."""
+    if correction != "bonferroni":
+        check_tau(tau)
     if correction not in CORRECTIONS:
         raise InvalidParameterError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
     if correction != "bonferroni" and localized is not None:
@@ -164,7 +166,7 @@ class SmoothedSegmenter:
         spends n0 + n draws per output cell.
         """
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
-        check_correction(correction, self.localized)
+        check_correction(correction, self.localized, tau)
         config = self.config.with_overrides(batch_size, progress)
         pixels = to_unit_tensor(image, self.spec.channels).to(self.device)
         height, width = pixels.shape[-2:]

@@ -177,6 +177,9 @@ CLI_CASES = [
     CliCase("holm with localized", "certify-seg {scenes}/images --model digits_segnet_localized.grid_3x3_sigma_0.25_1.00 "
             "--grid 3x3 --sigma-min 0.25 --sigma-max 1 --correction holm --masks {scenes}/masks " + FAST
             + " --out {out}/run.tsv", ("--correction holm", "--correction bonferroni")),
+    CliCase("τ outside (1/2, 1)", SEG + " --correction holm --tau 0.3 --out {out}/run.tsv", ("--tau", "0.3")),
+    CliCase("selection probability above 1", CERTIFY + " --hierarchical-p 1.5 --out {out}/run.tsv",
+            ("--hierarchical-p", "1.5")),
     CliCase("mask of another size", SEG + " --masks {masks_small} --out {out}/run.tsv",
             ("{masks_small}/0001.png", "40×30", "{scenes}/images/0001.png", "64×64")),
     CliCase("denoiser of another architecture", "certify {digits} --model digits_cnn.clean --sigma 0.25 --denoiser "

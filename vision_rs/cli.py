@@ -579,7 +579,7 @@ def _certify_seg(args: argparse.Namespace) -> None:
     if args.sigma is None and any(value is None for value in localized_args):
         raise InvalidParameterError("localized smoothing needs all of --grid, --sigma-min and --sigma-max")
     localized = Localized(args.grid, args.sigma_min, args.sigma_max) if args.sigma is None else None
-    check_correction(args.correction, localized)
+    check_correction(args.correction, localized, args.tau)
     if args.masks is not None and not args.masks.is_dir():
         raise InvalidParameterError(f"--masks {args.masks}: no such folder")
     collect_image_files(args.inputs)
