@@ -289,3 +289,15 @@ def test_examples_writes_the_layouts_the_commands_read_and_its_commands_run(tmp_
     for words in commands[:-1]:  # each with fewer draws than printed, to keep the test fast
         assert main([*words, "--n0", "2", "--n", "4", "--no-progress", "--device", "cpu"]) == 0, words
     assert main([*commands[-1], "--no-plot"]) == 0
+
+
+def test_a_closed_output_pipe_ends_the_command_quietly(monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``vision-rs models | head -1``: the reader goes away, and the command stops with 128 + SIGPIPE, no traceback."""
+    import io
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["models"]) == 141

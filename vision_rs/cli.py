@@ -37,6 +37,8 @@ a test checks them against the registry)."""
 VIDEO_MODELS = f"{EMBEDDED_NAMES['video-classification']}, or an image model with --framewise"
 EMBEDDED_DENOISER_NAMES = "digits_denoiser.sigma_0.25, digits_denoiser.sigma_0.50"
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a command whose output pipe was closed."""
 
 UNITS = """\
 Units: sigma (noise std) and every radius are in [0,1] pixel units, i.e. pixel
@@ -962,7 +964,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\n{_name()}: interrupted: {_saved_rows(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`vision-rs models | head -1`): stop quietly, as a killed pipe does
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush into the closed pipe raises nothing."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":
