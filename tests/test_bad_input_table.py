@@ -68,6 +68,7 @@ class Inputs:
     classes_99: Path  # --classes mapping folder 0 to label 99
     classifier_weights: Path  # a classifier checkpoint, given where a denoiser is asked for
     unwritable: Path  # a folder no file can be created in
+    damaged_run: Path  # a results TSV whose JSONL has a damaged line
 
     def words(self, out: Path) -> dict[str, str]:
         return {name: str(value) for name, value in vars(self).items()} | {"out": str(out)}
@@ -115,12 +116,14 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     (root / "bad" / "truncated.png").write_bytes(good[: len(good) // 2])
     Image.fromarray(np.random.default_rng(0).random((8, 8), dtype=np.float32), mode="F").save(root / "bad" / "float.tiff")
     (root / "classes.json").write_text(json.dumps({"0": 99, "8": 8, "9": 9}))
+    (root / "damaged.tsv").write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t0\t0\t0.5\t1\t0.1\n")
+    (root / "damaged.jsonl").write_text('{"run": {}}\n{"idx": 0, "certif\n')
     return Inputs(
         digits=root / "digits", clips=root / "clips", scenes=root / "scenes", masks_small=root / "masks_small",
         masks_99=root / "masks_99", huge=png_header(14_000, 14_000, root / "bad" / "huge.png"), empty=root / "empty",
         text_png=root / "bad" / "text.png", truncated=root / "bad" / "truncated.png", float_tiff=root / "bad" / "float.tiff",
         classes_99=root / "classes.json", classifier_weights=weights_path("digits_cnn.sigma_0.25"),
-        unwritable=unwritable_folder(root),
+        unwritable=unwritable_folder(root), damaged_run=root / "damaged.tsv",
     )
 
 
@@ -209,6 +212,8 @@ CLI_CASES = [
     CliCase("α above 1", CERTIFY + " --alpha 1.5 --out {out}/run.tsv", ("--alpha", "1.5")),
     CliCase("unknown method", CERTIFY + " --patch-size 8 --patch-stride 4 --mode median --out {out}/run.tsv",
             ("--mode", "median")),
+    CliCase("damaged results file", "report {damaged_run} --no-plot", ("damaged.jsonl:2", "damaged")),
+    CliCase("resume from a damaged run", CERTIFY + " --out {damaged_run}", ("damaged.jsonl:2", "damaged")),
     CliCase("output not a .tsv", CERTIFY + " --out {out}/run.txt", ("{out}/run.txt", ".tsv")),
 ]
 

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from ..errors import OutputPathError
 from ..sampling.results import Certificate
-from ..wording import plural
+from ..wording import Wording, plural
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,6 +38,8 @@ TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 
 RECORD_KEY = "run"
 """Key of the run record, the JSONL's first line."""
+
+WRITE_ELSEWHERE = Wording("write to another out file", "write to another --out")
 
 ENVIRONMENT_FIELDS = (
     "classifier.device", "classifier.batch_size", "classifier.channels_last", "classifier.streams",
@@ -115,11 +117,35 @@ def read_jsonl(path: str | os.PathLike) -> tuple[dict[str, Any] | None, list[dic
     path = Path(path)
     if not path.is_file():
         raise OutputPathError(f"no such results file: {path}")
-    lines = _complete_lines(path.read_text())
-    records = [json.loads(line) for line in lines]
+    records = json_lines(path, _complete_lines(path.read_text()))
     if records and RECORD_KEY in records[0]:
         return records[0][RECORD_KEY], records[1:]
     return None, records
+
+
+def json_lines(path: Path, lines: Sequence[str]) -> list[dict[str, Any]]:
+    """The JSON objects of a run's JSONL lines; a line that is not one (a damaged file) raises OutputPathError naming
+    the file and line."""
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            record = exc
+        if not isinstance(record, dict):
+            raise OutputPathError(f"{path}:{number}: not a line of a vision-rs run: the file is damaged; restore it from a "
+                                  "copy, or remove the run's files and certify again")
+        records.append(record)
+    return records
+
+
+def _row_indices(path: Path, lines: Sequence[str]) -> set[int]:
+    """The ``idx`` of every row of a run's TSV lines (header excluded); a damaged row raises OutputPathError."""
+    try:
+        return {int(line.split("\t", 1)[0]) for line in lines if line.strip()}
+    except ValueError:
+        raise OutputPathError(f"{path} has a row without an index: the file is damaged; restore it from a copy, or "
+                              "remove the run's files and certify again") from None
 
 
 def _complete_lines(text: str) -> list[str]:
@@ -263,32 +289,30 @@ class RunFiles:
         jsonl_lines = _keep_complete_lines(self.jsonl)
         if not tsv_lines and not jsonl_lines:
             return set()
-        if not jsonl_lines or RECORD_KEY not in json.loads(jsonl_lines[0]):
+        records = json_lines(self.jsonl, jsonl_lines)
+        if not records or RECORD_KEY not in records[0]:
             raise OutputPathError(
                 f"{self.tsv} exists without a run record in {self.jsonl} (written by an older vision-rs, or the "
-                ".jsonl is missing): its settings cannot be checked. Write to another --out."
-            )
-        earlier = json.loads(jsonl_lines[0])[RECORD_KEY]
+                ".jsonl is missing): its settings cannot be checked; {write_elsewhere}.", write_elsewhere=WRITE_ELSEWHERE)
+        earlier = records[0][RECORD_KEY]
         changed, environment = record_differences(earlier, self.record)
         if changed:
             details = "; ".join(_describe_difference(field, earlier, self.record) for field in changed[:5])
             raise OutputPathError(
-                f"{self.tsv} holds a run with other settings ({details}). Use another --out, or the same "
-                "settings to resume."
-            )
+                f"{self.tsv} holds a run with other settings ({details}). Use the same settings to resume, or "
+                "{write_elsewhere}.", write_elsewhere=WRITE_ELSEWHERE)
         if per_rank:
             environment = [field for field in environment if not _other_gpu_index(field, earlier, self.record)]
         if environment and warn:
             log.warning("resuming %s with another %s: certificates stay valid; the rows after the resume point "
                         "may draw other random numbers than an uninterrupted run", self.tsv,
                         ", ".join(_describe_difference(field, earlier, self.record) for field in environment))
-        done = {int(line.split("\t", 1)[0]) for line in tsv_lines[1:] if line.strip()}
-        results = [json.loads(line) for line in jsonl_lines[1:]]
-        kept = [result for result in results if result["idx"] in done]
+        done = _row_indices(self.tsv, tsv_lines[1:])
+        results = records[1:]
+        kept = [result for result in results if result.get("idx") in done]
         if {result["idx"] for result in kept} != done:
-            raise OutputPathError(
-                f"{self.jsonl} lacks the results of rows in {self.tsv}; restore the .jsonl or write to another --out"
-            )
+            raise OutputPathError(f"{self.jsonl} lacks the results of rows in {self.tsv}; restore the .jsonl, or "
+                                  "{write_elsewhere}", write_elsewhere=WRITE_ELSEWHERE)
         if len(kept) != len(results):  # killed between the JSONL and the TSV write
             atomic_write(self.jsonl, "".join(json.dumps(item) + "\n" for item in [{RECORD_KEY: earlier}, *kept]))
         for result in kept:
@@ -419,8 +443,12 @@ def read_certificates(path: str | os.PathLike) -> list[tuple[int, Certificate]]:
     """(true label, certificate) of every row of a run's JSONL file."""
     _, results = read_jsonl(path)
     pairs = []
-    for result in results:
-        fields = dict(result["certificate"])
-        fields["counts"] = {int(k): v for k, v in fields["counts"].items()}
-        pairs.append((int(result["label"]), Certificate(**fields)))
+    for number, result in enumerate(results, start=2):
+        try:
+            fields = dict(result["certificate"])
+            fields["counts"] = {int(k): v for k, v in fields["counts"].items()}
+            pairs.append((int(result["label"]), Certificate(**fields)))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise OutputPathError(f"{path}:{number}: not the certificate of a classification row (the file is "
+                                  "damaged, or of another kind of run)") from None
     return pairs
