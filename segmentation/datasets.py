@@ -96,7 +96,7 @@ def read_segmentation_rows(path: str | os.PathLike) -> list[SegmentationRow]:
 
 def is_segmentation_run(path: str | os.PathLike) -> bool:
     """Whether a results TSV is a segmentation run (by its header)."""
-    with open(path) as handle:
+    with open(path, errors="replace") as handle:
         return handle.readline().startswith("\t".join(BASE_COLUMNS))
 
 

@@ -213,6 +213,8 @@ CLI_CASES = [
     CliCase("unknown method", CERTIFY + " --patch-size 8 --patch-stride 4 --mode median --out {out}/run.tsv",
             ("--mode", "median")),
     CliCase("damaged results file", "report {damaged_run} --no-plot", ("damaged.jsonl:2", "damaged")),
+    CliCase("report of a picture", "report {huge}", ("{huge}", "is not a certification TSV")),
+    CliCase("classes file not text", CERTIFY + " --classes {huge} --out {out}/run.tsv", ("{huge}", "not a text file")),
     CliCase("resume from a damaged run", CERTIFY + " --out {damaged_run}", ("damaged.jsonl:2", "damaged")),
     CliCase("output not a .tsv", CERTIFY + " --out {out}/run.txt", ("{out}/run.txt", ".tsv")),
 ]

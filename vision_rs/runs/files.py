@@ -74,7 +74,7 @@ def read_table(path: str | os.PathLike, columns: Sequence[str], what: str, parse
     path = Path(path)
     if not path.is_file():
         raise OutputPathError(f"no such results file: {path}")
-    lines = path.read_text().splitlines()
+    lines = path.read_text(errors="replace").splitlines()  # not text at all: its header says it is no such table
     header = lines[0].split("\t") if lines else []
     if tuple(header[: len(columns)]) != tuple(columns):
         raise OutputPathError(f"{path} is not {what}: its header must start with {' '.join(columns)}")
@@ -117,7 +117,7 @@ def read_jsonl(path: str | os.PathLike) -> tuple[dict[str, Any] | None, list[dic
     path = Path(path)
     if not path.is_file():
         raise OutputPathError(f"no such results file: {path}")
-    records = json_lines(path, _complete_lines(path.read_text()))
+    records = json_lines(path, _complete_lines(path.read_text(errors="replace")))
     if records and RECORD_KEY in records[0]:
         return records[0][RECORD_KEY], records[1:]
     return None, records

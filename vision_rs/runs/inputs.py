@@ -72,7 +72,10 @@ def read_class_file(path: str | os.PathLike) -> dict[str, int]:
     path = Path(path)
     if not path.is_file():
         raise InvalidParameterError(f"classes file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise InvalidParameterError(f"{path} is not a text file: give class names one per line, or a JSON mapping") from None
     if path.suffix.lower() == ".json":
         try:
             mapping = json.loads(text)
