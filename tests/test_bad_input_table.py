@@ -216,6 +216,8 @@ CLI_CASES = [
     CliCase("report of a picture", "report {huge}", ("{huge}", "is not a certification TSV")),
     CliCase("classes file not text", CERTIFY + " --classes {huge} --out {out}/run.tsv", ("{huge}", "not a text file")),
     CliCase("resume from a damaged run", CERTIFY + " --out {damaged_run}", ("damaged.jsonl:2", "damaged")),
+    CliCase("crop fraction not positive", CERTIFY + " --crop-pct 0 --out {out}/run.tsv", ("--crop-pct", "0.0")),
+    CliCase("one mean for three channels", CERTIFY + " --mean 0.5 --out {out}/run.tsv", ("--mean and --std", "(0.5,)")),
     CliCase("output not a .tsv", CERTIFY + " --out {out}/run.txt", ("{out}/run.txt", ".tsv")),
 ]
 

@@ -45,11 +45,13 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         if len(self.mean) != len(self.std) or not self.mean:
-            raise InvalidParameterError(f"mean and std need one value per channel, got {self.mean} and {self.std}")
+            raise InvalidParameterError(f"{{mean_std}} need one value per channel each, got {self.mean} and {self.std}",
+                                        mean_std=Wording("mean and std", "--mean and --std"))
         if any(s <= 0 for s in self.std):
-            raise InvalidParameterError(f"std values must be > 0, got {self.std}")
+            raise InvalidParameterError(f"{{std}} values must be > 0, got {self.std}", std=Wording("std", "--std"))
         if self.input_size is not None and (len(self.input_size) != 3 or min(self.input_size) < 1):
-            raise InvalidParameterError(f"input_size must be (C, H, W) with positive entries, got {self.input_size}")
+            raise InvalidParameterError(f"{{size}} must be (C, H, W) with positive entries, got {self.input_size}",
+                                        size=Wording("input_size", "--input-size"))
         self.transform  # validates crop_pct, crop_mode, interpolation and sizes
 
     @property
