@@ -22,7 +22,7 @@ import numpy as np
 from vision_rs.errors import InvalidImageError, InvalidParameterError, OutputPathError
 from vision_rs.images import IMAGE_SUFFIXES, open_image_file
 from vision_rs.params import check_alpha, check_count, check_seed
-from vision_rs.runs.datasets import as_sources, run_dataset, run_record
+from vision_rs.runs.datasets import about_file, as_sources, run_dataset, run_record
 from vision_rs.runs.distributed import place_on_rank_device, resolve_ranks
 from vision_rs.runs.files import RunFiles, read_jsonl, read_table
 from vision_rs.runs.inputs import collect_files, warn_if_inside_inputs
@@ -113,8 +113,9 @@ def _items(data: object, masks: str | os.PathLike | None, smoothed: SmoothedSegm
         classes = None
         items = []
         for path, _ in files:
-            pixels = smoothed.inputs(path, smoothed.spec.channels)
-            smoothed.check_fits(tuple(pixels.shape))
+            with about_file(path):
+                pixels = smoothed.inputs(path, smoothed.spec.channels)
+                smoothed.check_fits(tuple(pixels.shape))
             label_map = None
             if masks is not None:
                 classes = classes or smoothed.count_classes(path)

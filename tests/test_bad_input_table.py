@@ -160,6 +160,10 @@ CLI_CASES = [
     CliCase("clip too short", VIDEO + " --frames 40 --out {out}/run.tsv", ("clip_0000.mp4", "16 frames", "--pad loop")),
     CliCase("uniform without frames", VIDEO + " --uniform --out {out}/run.tsv", ("--uniform", "--frames")),
     CliCase("uniform with a stride", VIDEO + " --uniform --frames 8 --stride 2 --out {out}/run.tsv", ("--stride 2",)),
+    CliCase("sub-clips longer than the clip", VIDEO + " --subclip 40 --out {out}/run.tsv",
+            ("clip_0000.mp4", "40 frames", "16 frames")),
+    CliCase("chunks of a frame-wise model", VIDEO.replace("digits_c3d", "digits_cnn") + " --framewise --chunk 4 "
+            "--out {out}/run.tsv", ("--chunk", "--framewise")),
     CliCase("image model on clips", "certify-video {clips} --model digits_cnn.sigma_0.25 --sigma 0.25 --out {out}/run.tsv",
             ("digits_cnn.sigma_0.25", "--framewise")),
     CliCase("patches without a grid", CERTIFY + " --patch-size 24 --patch-stride 4 --patch-count 3 --out {out}/run.tsv",

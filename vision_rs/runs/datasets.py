@@ -8,10 +8,11 @@ classification run on top of it, writing Cohen et al.'s TSV (``idx label predict
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import InvalidParameterError, OutputPathError
+from ..errors import InvalidParameterError, OutputPathError, VisionRSError
 from ..images import IMAGE_SUFFIXES, ImageInput, to_unit_tensor
 from ..models.provenance import software_versions
 from ..params import check_alpha, check_count, check_seed
@@ -188,15 +189,27 @@ def _as_files(data: object, kind: FileKind, class_to_idx: Mapping[str, int] | No
     return None
 
 
+@contextlib.contextmanager
+def about_file(path: Path) -> Iterator[None]:
+    """Our errors raised while reading or checking the file ``path`` name it (those that do not already)."""
+    try:
+        yield
+    except VisionRSError as exc:
+        if str(path) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {{reason}}", reason=Wording.of(exc)) from exc
+
+
 def _check_files_up_front(files: LabelledFiles, kind: FileKind, smoothed: object) -> None:
     """Read every file once, and check that it fits the memory budget, before any output is written."""
     channels = getattr(getattr(smoothed, "spec", None), "channels", None)
     inputs = getattr(smoothed, "inputs", to_unit_tensor)
     check_fits = getattr(smoothed, "check_fits", None)
     for path, _ in files.files:
-        pixels = inputs(kind.read(path)[0], channels)
-        if check_fits is not None:
-            check_fits(tuple(pixels.shape))
+        with about_file(path):
+            pixels = inputs(kind.read(path)[0], channels)
+            if check_fits is not None:
+                check_fits(tuple(pixels.shape))
 
 
 def describe_certifier(smoothed: object) -> dict[str, Any]:
