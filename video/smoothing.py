@@ -8,9 +8,9 @@ from torch import nn
 from typing_extensions import Unpack
 
 from vision_rs.errors import InvalidParameterError
-from vision_rs.wording import Wording
 from vision_rs.models.adapters import NormalizedClassifier
 from vision_rs.smoothing import ModelOptions, SmoothedClassifier, method_for, place, prepare_model
+from vision_rs.wording import Wording
 
 from .models import ClipLayout, FramesAsImages, check_chunk
 from .tensors import to_unit_clip
