@@ -183,7 +183,8 @@ def as_sources(data: object) -> list[str | os.PathLike]:
 
 
 def _as_files(data: object, kind: FileKind, class_to_idx: Mapping[str, int] | None) -> LabelledFiles | None:
-    data = as_sources(data) if isinstance(data, (str, os.PathLike)) else data
+    if isinstance(data, (str, os.PathLike)):
+        data = [data]
     if isinstance(data, (list, tuple)) and data and all(isinstance(item, (str, os.PathLike)) for item in data):
         return collect_files(data, kind.suffixes, class_to_idx, kind=kind.name)
     return None
@@ -287,9 +288,10 @@ class LabelCheck:
     def _message(self, idx: int, label: int) -> str:
         where = self.sources[idx] or f"input {idx} of the data set"
         folders = [name for name, index in (self.mapping or {}).items() if index == label]
-        origin = f" (from its class folder {folders[0]!r}{' through {mapping}' if self.mapping_given else ''})" if folders else ""
-        classes = "" if self.classes is None else f"; the model has {plural(self.classes, 'class', 'classes')}, 0..{self.classes - 1}"
-        return f"{where}: label {label}{origin} is not a class of the model{classes} (-1 marks an unknown label)"
+        through = " through {mapping}" if self.mapping_given else ""
+        origin = f" (from its class folder {folders[0]!r}{through})" if folders else ""
+        count = "" if self.classes is None else f"; the model has {plural(self.classes, 'class', 'classes')}, 0..{self.classes - 1}"
+        return f"{where}: label {label}{origin} is not a class of the model{count} (-1 marks an unknown label)"
 
 
 def certify_classification_dataset(
