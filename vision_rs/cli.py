@@ -502,14 +502,10 @@ def rank_device_option(args: argparse.Namespace) -> str | torch.device | None:
 
 
 def model_options(args: argparse.Namespace) -> dict[str, object]:
-    """The :class:`~vision_rs.smoothing.ModelOptions` the model, preprocessing and speed options give, checked with the
-    device and the output (``--out``) before anything is loaded."""
+    """The :class:`~vision_rs.smoothing.ModelOptions` the model, preprocessing and speed options give (the device is
+    checked here, before anything is loaded)."""
     import torch
 
-    from .runs.files import check_output_file
-
-    if args.out is not None:
-        check_output_file(args.out)
     options: dict[str, object] = dict(
         pretrained=not args.no_pretrained, mean=args.mean, std=args.std, input_size=args.input_size,
         crop_pct=args.crop_pct, interpolation=args.interpolation, use_test_size=args.test_size,
@@ -521,6 +517,14 @@ def model_options(args: argparse.Namespace) -> dict[str, object]:
     if args.memory_budget is not None:
         options["memory_budget"] = args.memory_budget
     return options
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """A certify command's ``--out``: a .tsv in a folder files can be written in, checked before anything is loaded."""
+    from .runs.files import check_output_file
+
+    if args.out is not None:
+        check_output_file(args.out)
 
 
 def _print_run(out: Path, summary: object) -> None:
@@ -538,6 +542,7 @@ def _certify_video(args: argparse.Namespace) -> None:
 
     if args.subclip is None and args.subclip_stride is not None:
         raise InvalidParameterError("--subclip-stride needs --subclip")
+    _check_output(args)
     stopping = _sequential_settings(args)
     reading = ClipReading(args.frames, args.stride, args.start, args.uniform, tuple(args.size) if args.size else None,
                           args.pad, args.backend)
@@ -582,12 +587,12 @@ def _certify_seg(args: argparse.Namespace) -> None:
         raise InvalidParameterError("localized smoothing needs all of --grid, --sigma-min and --sigma-max")
     localized = Localized(args.grid, args.sigma_min, args.sigma_max) if args.sigma is None else None
     check_correction(args.correction, localized, args.tau)
+    _check_output(args)
     if args.masks is not None and not args.masks.is_dir():
         raise InvalidParameterError(f"--masks {args.masks}: no such folder")
     collect_image_files(args.inputs)
-    options = model_options(args)  # every argument is checked before the model loads
     out = args.out
-    smoothed = smooth(args.model, args.sigma, localized=localized, **options)
+    smoothed = smooth(args.model, args.sigma, localized=localized, **model_options(args))
     certify_segmentation_dataset(
         smoothed, args.inputs, out, masks=args.masks, eps=args.eps, n0=args.n0, n=args.n, alpha=args.alpha,
         seed=args.seed, correction=args.correction, tau=args.tau, exact=args.exact, bins=args.bins,
@@ -611,6 +616,7 @@ def _certify(args: argparse.Namespace) -> None:
         raise InvalidParameterError("--indicator needs --hierarchical-p")
     if args.patch_size is None and (args.patch_stride is not None or args.patch_count is not None):
         raise InvalidParameterError("--patch-stride and --patch-count need --patch-size")
+    _check_output(args)
     stopping = _sequential_settings(args)
     classes = read_class_file(args.classes) if args.classes is not None else None
     files = collect_image_files(args.inputs, classes)
