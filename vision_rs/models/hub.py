@@ -92,7 +92,7 @@ def _embedded_names() -> str:
 def _unknown_name(name: str, where: str) -> InvalidParameterError:
     return InvalidParameterError(
         f"unknown {where} model {name!r}. Embedded models: {_embedded_names()}; timm names{{timm_list}}; "
-        "torchvision:NAME{torchvision_list}; or a checkpoint file with its architecture ({arch}).{listed}",
+        "torchvision:NAME{torchvision_list}; or a checkpoint file with {arch}.{listed}",
         timm_list=Wording(" (timm.list_models())", ""), torchvision_list=Wording(" (torchvision.models.list_models())", ""),
         arch=ARCH, listed=Wording("", " `vision-rs models` lists them."),
     )
