@@ -6,6 +6,7 @@
 >>> cert = smoothed.certify(image, n0=100, n=1000, alpha=0.01)
 >>> cert.labels, cert.abstained, cert.radii                                              # per-pixel maps [H, W]
 >>> cert.collective([0.25, 0.5, 1.0], labels=truth)   # pixels certified correct under ONE shared perturbation
+>>> seg.certify_segmentation_dataset(smoothed, "./scenes/", "seg.tsv", masks="./masks/")   # a resumable run
 
 Per-pixel certificates (Fischer et al., ICML 2021; Bonferroni bounds or the τ test with Holm's step-down),
 localized smoothing and its collective certificate (Schuchardt et al., ICLR 2023), solved with scipy's HiGHS.
@@ -25,6 +26,7 @@ from .certificates import (
     naive_certified_count,
     simultaneous_lower_bounds,
 )
+from .datasets import SegmentationRow, SegmentationSummary, certify_segmentation_dataset, summarize_segmentation
 from .localized import Localized, cell_map, cell_slices, sigma_map, sigma_table
 from .models import SegmentationModel
 from .results import ABSTAIN, IGNORE_INDEX, SegmentationCertificate, check_label_map
@@ -38,12 +40,15 @@ __all__ = [
     "Localized",
     "SegmentationCertificate",
     "SegmentationModel",
+    "SegmentationRow",
+    "SegmentationSummary",
     "SmoothedSegmenter",
     "anisotropic_robust",
     "cell_map",
     "cell_slices",
     "certify_pixels",
     "certify_pixels_at_threshold",
+    "certify_segmentation_dataset",
     "check_label_map",
     "collective_certificate",
     "grid_collective_certificate",
@@ -53,4 +58,5 @@ __all__ = [
     "sigma_table",
     "simultaneous_lower_bounds",
     "smooth",
+    "summarize_segmentation",
 ]

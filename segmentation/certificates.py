@@ -26,6 +26,7 @@ from scipy.stats import beta, binom
 
 from vision_rs.errors import InvalidParameterError, VisionRSError
 from vision_rs.params import check_alpha, check_sigma
+from vision_rs.wording import Wording
 
 from .localized import Localized, cell_map, sigma_table
 
@@ -147,13 +148,15 @@ def certify_pixels(counts: object, n: object, sigma: float, alpha: float) -> Pix
 def threshold_pvalues(counts: object, n: object, tau: float) -> np.ndarray:
     """p-values of H0: p ≤ τ per pixel, P(Binomial(n, τ) ≥ k): valid for every p ≤ τ. float64."""
     counts_array, trials = _as_counts(counts, n)
-    tau = _check_tau(tau)
+    tau = check_tau(tau)
     return binom.sf(counts_array - 1, trials, tau)
 
 
-def _check_tau(tau: object) -> float:
+def check_tau(tau: object) -> float:
+    """Return τ, the probability the threshold test certifies pixels above: strictly between 1/2 and 1."""
     if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0.5 < tau < 1.0:
-        raise InvalidParameterError(f"tau must lie strictly between 0.5 and 1 (e.g. 0.75), got {tau!r}")
+        raise InvalidParameterError(f"{{tau}} must lie strictly between 0.5 and 1 (e.g. 0.75), got {tau!r}",
+                                    tau=Wording("tau", "--tau"))
     return float(tau)
 
 

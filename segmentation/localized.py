@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vision_rs.errors import InvalidParameterError
+from vision_rs.wording import Wording, plural
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -56,7 +57,10 @@ class Localized:
         low = _check_std("sigma_min", self.sigma_min)
         high = _check_std("sigma_max", self.sigma_max)
         if low > high:
-            raise InvalidParameterError(f"need sigma_min <= sigma_max, got sigma_min={low} > sigma_max={high}")
+            raise InvalidParameterError("need {order}, got {low} > {high}",
+                                        order=Wording("sigma_min <= sigma_max", "--sigma-min <= --sigma-max"),
+                                        low=Wording(f"sigma_min={low}", f"--sigma-min {low}"),
+                                        high=Wording(f"sigma_max={high}", f"--sigma-max {high}"))
         object.__setattr__(self, "grid", (rows, cols))
         object.__setattr__(self, "sigma_min", low)
         object.__setattr__(self, "sigma_max", high)
@@ -75,7 +79,7 @@ def cell_borders(size: int, parts: int) -> np.ndarray:
     size, parts = _check_positive_int("image size", size), _check_positive_int("number of cells", parts)
     if parts > size:
         raise InvalidParameterError(
-            f"a grid of {parts} cells does not fit an axis of {size} pixels: every cell needs a pixel; use a coarser grid"
+            f"a grid of {parts} cells does not fit an axis of {plural(size, 'pixel')}: every cell needs a pixel; use a coarser grid"
         )
     return np.floor(np.linspace(0, size, parts + 1)).astype(np.int64)
 
@@ -121,13 +125,15 @@ def sigma_table(localized: Localized) -> np.ndarray:
 
 
 def sigma_map(localized: Localized, height: int, width: int, output_cell: int) -> np.ndarray:
-    """Per-pixel noise std [H, W] (float32, [0,1] pixel units) for certifying ``output_cell``.
+    """Per-pixel noise std [H, W] (float64, [0,1] pixel units) for certifying ``output_cell``.
 
-    Broadcasts over channels: ``noise = randn(C, H, W) * sigma_map``.
+    Broadcasts over channels: ``noise = randn(C, H, W) * sigma_map``. The certificates are computed from these
+    float64 values (:class:`~vision_rs.sampling.noise.SigmaMapNoise` draws float32 noise with each std rounded up,
+    which only makes them conservative).
     """
     cells = cell_map(localized, height, width)
     row = sigma_table(localized)[_check_cell(localized, output_cell)]
-    return row[cells].astype(np.float32)
+    return row[cells]
 
 
 def cell_squared_norms(delta: np.ndarray, localized: Localized) -> np.ndarray:

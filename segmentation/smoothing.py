@@ -27,8 +27,9 @@ from vision_rs.sampling.engine import EngineConfig, PixelVoteTally, max_draws_pe
 from vision_rs.sampling.noise import GaussianNoise, Noise, SigmaMapNoise
 from vision_rs.sampling.views import View, WholeImage
 from vision_rs.smoothing import ModelOptions, describe_smoothed, place, place_denoiser, prepare_model, seeded_generator
+from vision_rs.wording import Wording
 
-from .certificates import certify_pixels, certify_pixels_at_threshold
+from .certificates import certify_pixels, certify_pixels_at_threshold, check_tau
 from .localized import Localized, cell_slices, check_grid_fits, sigma_map
 from .models import SegmentationModel
 from .results import ABSTAIN, SegmentationCertificate
@@ -36,6 +37,21 @@ from .results import ABSTAIN, SegmentationCertificate
 CORRECTIONS = ("bonferroni", "holm", "bonferroni-threshold")
 """Per-pixel Clopper–Pearson bounds made simultaneous by Bonferroni; or Fischer et al.'s test of p > τ with Holm's
 step-down or with Bonferroni."""
+
+
+def check_correction(correction: str, localized: Localized | None, tau: float = 0.75) -> str:
+    """``correction``, refused unless it is one of :data:`CORRECTIONS` that fits the smoothing (localized smoothing needs
+    per-pixel bounds), and the threshold ``tau`` of the tests."""
+    if correction != "bonferroni":
+        check_tau(tau)
+    if correction not in CORRECTIONS:
+        raise InvalidParameterError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+    if correction != "bonferroni" and localized is not None:
+        raise InvalidParameterError(
+            "the threshold test ({test}) certifies isotropic smoothing; localized smoothing needs per-pixel bounds: "
+            "{bonferroni}", test=Wording(f"correction={correction!r}", f"--correction {correction}"),
+            bonferroni=Wording("correction='bonferroni'", "--correction bonferroni"))
+    return correction
 
 
 def _no_check(model: nn.Module) -> None:
@@ -104,7 +120,7 @@ class SmoothedSegmenter:
         check_grid_fits(self.localized, height, width)
         return [
             (cell_slices(self.localized, height, width, cell),
-             SigmaMapNoise(torch.from_numpy(sigma_map(self.localized, height, width, cell)).to(self.device)))
+             SigmaMapNoise(torch.from_numpy(sigma_map(self.localized, height, width, cell))))
             for cell in range(self.localized.cells)
         ]
 
@@ -119,6 +135,11 @@ class SmoothedSegmenter:
         classes = classes or self.num_classes or 1
         max_draws_per_batch(shape, GaussianNoise(1.0), WholeImage(), self.config, streams,
                             self._output_bytes(shape[-2], shape[-1], classes))
+
+    def count_classes(self, image: ImageInput) -> int:
+        """How many classes the model scores, from one forward pass on the clean image (checked against ``num_classes``)."""
+        with evaluating(self.base, self.denoiser):
+            return self._probe_classes(to_unit_tensor(image, self.spec.channels).to(self.device))
 
     def _probe_classes(self, pixels: torch.Tensor) -> int:
         """Run the model once on the clean image: its output is checked, and its class count sizes the batches."""
@@ -150,11 +171,7 @@ class SmoothedSegmenter:
         spends n0 + n draws per output cell.
         """
         n0, n, alpha = check_count("n0", n0), check_count("n", n), check_alpha(alpha)
-        if correction not in CORRECTIONS:
-            raise InvalidParameterError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
-        if correction != "bonferroni" and self.localized is not None:
-            raise InvalidParameterError("the threshold test (holm) certifies isotropic smoothing; localized smoothing "
-                                        "needs per-pixel bounds: correction='bonferroni'")
+        check_correction(correction, self.localized, tau)
         config = self.config.with_overrides(batch_size, progress)
         pixels = to_unit_tensor(image, self.spec.channels).to(self.device)
         height, width = pixels.shape[-2:]

@@ -9,17 +9,12 @@ from scipy.stats import binom, chi2, norm
 from torch import nn
 
 
-def write_digit_folder(root, count: int, name: str = "{idx}.png"):
-    """The first ``count`` held-out embedded digits as PNGs in integer-named class folders under ``root``."""
-    from PIL import Image
+def write_digit_folder(root, count: int):
+    """The first ``count`` held-out embedded digits as PNGs in integer-named class folders under ``root``
+    (``root/<label>/<index>.png``, as ``vision-rs examples`` writes them)."""
+    from vision_rs.models.embedded.examples import write_digits
 
-    from vision_rs.models.embedded import DigitsDataset
-
-    dataset = DigitsDataset("test")
-    for idx in range(count):
-        image, label = dataset[idx]
-        (root / str(label)).mkdir(exist_ok=True)
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / str(label) / name.format(idx=idx))
+    write_digits(root, limit=count)
     return root
 
 
@@ -91,6 +86,23 @@ def options_torchrun_refuses(commands: tuple[str, ...]) -> set[tuple[str, str]]:
 
     return {(command, option) for command in commands for action in parsers[command]._actions
             for option in action.option_strings if option.startswith("--") and not torchrun_takes(command, option)}
+
+
+@pytest.fixture(scope="module")
+def digits() -> list:
+    """The first five held-out embedded digits, as (uint8 image, label) pairs."""
+    from vision_rs.models.embedded import DigitsDataset
+
+    dataset = DigitsDataset("test")
+    return [dataset[i] for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def quarter():
+    """The embedded digits CNN trained with σ = 0.25, smoothed at σ = 0.25 on the CPU, without progress bars."""
+    import vision_rs
+
+    return vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", progress=False)
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 Layers, bottom to top (the README's "Architecture"):
 
-0. foundation: ``errors``, ``params``, ``images`` (and clip reading, ``video.io`` / ``video.tensors``)
+0. foundation: ``errors``, ``params``, ``wording``, ``images`` (and clip reading, ``video.io`` / ``video.tensors``)
 1. ``sampling/``: noise, views, engine, statistics, certificates (and segmentation's pure certificates)
 2. ``models/``: hub, adapters, checkpoints, denoisers, embedded defaults
 3. ``smoothing``: the one-line ``smooth`` for images, clips and masks
@@ -28,7 +28,8 @@ PACKAGE_DIRS = {"vision_rs": ROOT / "vision_rs", "vision_rs.video": ROOT / "vide
 
 FOUNDATION, SAMPLING, MODELS, SMOOTHING, RUNS, TRAINING, ENTRY = range(7)
 LAYER_OF_PREFIX = {  # the longest matching prefix decides
-    "vision_rs.errors": FOUNDATION, "vision_rs.params": FOUNDATION, "vision_rs.images": FOUNDATION,
+    "vision_rs.errors": FOUNDATION, "vision_rs.params": FOUNDATION, "vision_rs.wording": FOUNDATION,
+    "vision_rs.images": FOUNDATION,
     "vision_rs.video.io": FOUNDATION, "vision_rs.video.tensors": FOUNDATION,
     "vision_rs.sampling": SAMPLING, "vision_rs.video.views": SAMPLING,
     "vision_rs.segmentation.localized": SAMPLING, "vision_rs.segmentation.certificates": SAMPLING,

@@ -312,7 +312,7 @@ def test_model_name_whose_weights_are_not_local(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelUnavailableError, match=r"checkpoint=\.\.\., or set pretrained=False") as caught:
+    with pytest.raises(ModelUnavailableError, match=r"checkpoint=PATH, or pretrained=False") as caught:
         vision_rs.smooth("resnet18", SIGMA, progress=False)
     assert "--checkpoint" in caught.value.cli_message and "--no-pretrained" in caught.value.cli_message
 
@@ -341,13 +341,17 @@ def _files_under(path: Path) -> set[Path]:
     return {p for p in path.rglob("*") if p.is_file()}
 
 
-def test_output_in_a_missing_directory(smoothed, image_folder, tmp_path) -> None:
-    before = _files_under(tmp_path)
-    out = tmp_path / "missing" / "run.tsv"
-    with pytest.raises(OutputPathError, match="does not exist"):
+def test_a_missing_output_folder_appears_with_the_first_row_only(smoothed, image_folder, tmp_path) -> None:
+    """The folder is created to probe it before any input is read, and removed again: a run that fails before its
+    first row leaves nothing; a run that writes a row creates it for good."""
+    out = tmp_path / "missing" / "deeper" / "run.tsv"
+    bad = image_folder / "1" / "z_bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(InvalidImageError, match="z_bad.png"):
         _run(smoothed, image_folder, out)
-    assert not out.parent.exists()
-    assert _files_under(tmp_path) == before
+    assert not (tmp_path / "missing").exists()
+    bad.unlink()
+    assert _run(smoothed, image_folder, out).images == 4 and out.is_file()
 
 
 @pytest.mark.parametrize("name", ["run.csv", "run.jsonl", "run"])

@@ -174,11 +174,14 @@ def test_checkpoint_that_does_not_fit_the_arch(tmp_path) -> None:
     save_file(digits_state(num_classes=7), str(path))
     with pytest.raises(CheckpointError) as info:
         vision_rs.smooth(str(path), sigma=0.25, arch=EMBEDDED, progress=False)
-    assert "--arch" in str(info.value) and "--num-classes" in str(info.value)
+    assert f"{path} holds another architecture than {EMBEDDED}: 2 tensors of both differ in shape" in str(info.value)
+    assert "arch= and num_classes=" in str(info.value) and "--arch and --num-classes" in info.value.cli_message
+    assert "head.3.weight" not in str(info.value)  # the keys only in the debug log (--verbose)
     timm_path = tmp_path / "resnet18-10.safetensors"
-    save_file(resnet18_state(0.0, num_classes=10), str(timm_path))
-    with pytest.raises(CheckpointError, match="--num-classes"):
-        vision_rs.smooth(str(timm_path), sigma=0.25, arch="resnet18", progress=False)  # 1000 classes by default
+    save_file(resnet18_state(0.0, num_classes=10), str(timm_path), metadata={"vision_rs": '{"architecture": {"name": "resnet18"}}'})
+    with pytest.raises(CheckpointError, match=r"than resnet34 \(its record says it holds resnet18\)") as info:
+        vision_rs.smooth(str(timm_path), sigma=0.25, arch="resnet34", progress=False)
+    assert "num_classes=" in str(info.value) and "--num-classes" in info.value.cli_message
 
 
 @pytest.mark.parametrize(

@@ -71,10 +71,18 @@ def test_certify_single_files_prints_a_row_each(image_folder: Path, capsys: pyte
 def test_errors_exit_2_with_a_message(tmp_path: Path, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "-1"])
     assert code == 2 and "sigma must be finite and > 0" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("not a folder")
     code = main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25",
-                 "--out", str(tmp_path / "missing" / "run.tsv"), "--n", "10", "--n0", "5"])
-    assert code == 2 and "does not exist" in capsys.readouterr().err
-    assert not (tmp_path / "missing").exists()
+                 "--out", str(tmp_path / "a_file" / "runs" / "run.tsv"), "--n", "10", "--n0", "5"])
+    assert code == 2 and f"cannot create the output folder {tmp_path / 'a_file' / 'runs'}" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_a_missing_output_folder_is_created_with_the_first_row(tmp_path: Path, image_folder: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "run.tsv"
+    assert main(["certify", str(image_folder), "--model", "digits_cnn.sigma_0.25", "--sigma", "0.25", "--out", str(out),
+                 "--n", "10", "--n0", "5", "--device", "cpu", "--no-progress"]) == 0
+    assert len(read_rows(out)) == 8
 
 
 def test_cli_keeps_freed_memory_so_batches_do_not_page_fault() -> None:
@@ -286,7 +294,7 @@ def test_an_image_too_large_for_the_memory_budget_exits_2_before_writing(tmp_pat
     out.parent.mkdir()
     assert main(certify_args(folder, out, "digits_cnn.sigma_0.25", "--memory-budget", "32MiB")) == 2
     err = capsys.readouterr().err
-    assert "memory budget of 32.0 MiB" in err and "--memory-budget" in err and "memory_budget=" not in err
+    assert "memory budget of 32 MiB" in err and "--memory-budget" in err and "memory_budget=" not in err
     assert list(out.parent.iterdir()) == []
 
 

@@ -44,17 +44,6 @@ class StopAfter:
         return self.inner.certify(*args, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def digits() -> list:
-    dataset = DigitsDataset("test")
-    return [dataset[i] for i in range(5)]
-
-
-@pytest.fixture(scope="module")
-def quarter() -> vision_rs.SmoothedClassifier:
-    return vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", progress=False)
-
-
 def interrupted_run(out: Path, smoothed, items, calls: int = 2, **settings) -> None:
     with pytest.raises(KeyboardInterrupt):
         vision_rs.certify_dataset(StopAfter(smoothed, calls), items, out, **{**SETTINGS, **settings})
@@ -170,7 +159,7 @@ def test_an_image_too_large_for_one_draw_is_refused_before_any_output(tmp_path: 
     Image.fromarray(np.zeros((1200, 1500, 3), dtype=np.uint8)).save(folder / "huge.png")
     small = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", memory_budget=32 << 20, progress=False)
     out = tmp_path / "run.tsv"
-    with pytest.raises(InvalidImageError, match=r"\(3, 1200, 1500\).*memory budget of 32\.0 MiB.*memory_budget=") as caught:
+    with pytest.raises(InvalidImageError, match=r"\(3, 1200, 1500\).*memory budget of 32 MiB.*memory_budget=") as caught:
         vision_rs.certify_dataset(small, folder, out, **SETTINGS)
     assert "--memory-budget" in caught.value.cli_message
     assert not out.exists() and not out.with_suffix(".jsonl").exists()

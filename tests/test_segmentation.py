@@ -102,6 +102,41 @@ def test_localized_draws_use_the_cells_sigma_map_and_count_only_the_cell() -> No
         assert float(noise[:, rows, cols].std()) == pytest.approx(std, rel=0.03)
 
 
+def reference_sigma(localized: seg.Localized, height: int, width: int, output_cell: int) -> np.ndarray:
+    """σ of every pixel from the definition alone, in Python floats (float64): cell borders ⌊iS/P⌋ in exact integer
+    arithmetic, the Chebyshev distance of the pixel's cell to the output cell, σ_min + (σ_max − σ_min)·d/d_max."""
+    rows, cols = localized.grid
+    row_of = [max(i for i in range(rows) if i * height // rows <= y) for y in range(height)]
+    col_of = [max(j for j in range(cols) if j * width // cols <= x) for x in range(width)]
+    k, l = divmod(output_cell, cols)
+    farthest = max(rows, cols) - 1
+    spread = localized.sigma_max - localized.sigma_min
+    return np.array([[localized.sigma_min + (spread * max(abs(row_of[y] - k), abs(col_of[x] - l)) / farthest if farthest else 0.0)
+                      for x in range(width)] for y in range(height)])
+
+
+def test_sigma_maps_and_radii_are_float64_end_to_end_against_a_float64_reference() -> None:
+    """The σ maps the certificates use, and the radii, equal a float64 computation from the definitions to 1e-12; the
+    noise is drawn in float32 with every σ rounded up (conservative), and the method's σ is σ_min exactly."""
+    from scipy.stats import beta, norm
+
+    localized = seg.Localized((3, 5), 0.15, 1.0 / 3.0)  # 1/3 and the steps between are not float32 numbers
+    for cell in range(localized.cells):
+        sigmas = seg.sigma_map(localized, 20, 23, cell)
+        assert sigmas.dtype == np.float64
+        np.testing.assert_allclose(sigmas, reference_sigma(localized, 20, 23, cell), rtol=0, atol=1e-12)
+        noise = SigmaMapNoise(torch.from_numpy(sigmas))
+        drawn = noise.scale(torch.device("cpu"), torch.float32).double().numpy()
+        assert noise.sigma == localized.sigma_min and (drawn >= sigmas).all() and (drawn - sigmas <= 2.0**-23 * sigmas).all()  # one float32 step
+    model, image, _ = threshold_setup(size=8)
+    cert = smooth_threshold(model, localized=seg.Localized((2, 2), 0.1, 0.3)).certify(image, n0=10, n=60, alpha=ALPHA, seed=0)
+    counts, n, pixels = cert.counts.astype(float), cert.n, cert.counts.size
+    p_lower = np.where(counts > 0, beta.ppf(ALPHA / pixels, np.maximum(counts, 1), n - counts + 1), 0.0)
+    expected = np.where(p_lower > 0.5, 0.1 * norm.ppf(np.maximum(p_lower, 0.5)), 0.0)
+    assert cert.radii.dtype == np.float64 and (cert.radii > 0).any()
+    np.testing.assert_allclose(cert.radii, expected, rtol=0, atol=1e-12)
+
+
 def test_a_one_cell_grid_is_isotropic_smoothing() -> None:
     model, image, _ = threshold_setup()
     isotropic = smooth_threshold(model, sigma=0.25).certify(image, n0=20, n=300, alpha=0.01, seed=3)

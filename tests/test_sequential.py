@@ -403,7 +403,7 @@ def test_cli_sequential_certify_then_report_prints_samples_spent(tmp_path: Path,
     assert main([*common, "--radius", "0.25"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].endswith("\tn_used") and all(int(line.split("\t")[-1]) < 2000 for line in lines[1:])
-    for bad, message in ((["--radius", "0.25", "--sequential"], "choose one of --radius R"),
+    for bad, message in ((["--radius", "0.25", "--sequential"], "choose one sequential mode: --radius R"),
                          (["--tolerance", "0.1"], "--tolerance needs --sequential"),
                          (["--radius", "0"], "--radius must be a finite number > 0")):
         assert main([*common, *bad]) == 2

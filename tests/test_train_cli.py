@@ -179,7 +179,7 @@ BAD = {  # name: (arguments after `train DATA --out OUT`, what the message must 
     "unknown loss": (["--model", "digits_cnn.clean", "--sigma", "0.5", "--loss", "smooth"], "invalid choice: 'smooth'"),
     "output is a file": (["--model", "digits_cnn.clean", "--sigma", "0.5"], "is a file; training writes a folder"),
     "checkpoint of another architecture": (["--model", "resnet10t", "--no-pretrained", "--checkpoint", "{ckpt}",
-                                            "--sigma", "0.5"], "does not fit the model"),
+                                            "--sigma", "0.5"], "holds another architecture than resnet10t"),
     "no sigma": (["--model", "digits_cnn.clean"], "give --sigma"),
     "indicator alone": (["--model", "digits_cnn.clean", "--sigma", "0.5", "--indicator"], "--indicator needs --hierarchical-p"),
     "masks for images": (["--model", "digits_cnn.clean", "--sigma", "0.5", "--masks", "{flat}"], "--masks is for --task segmentation"),

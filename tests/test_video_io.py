@@ -136,7 +136,7 @@ def test_start_beyond_the_end_is_refused_even_with_pad() -> None:
         (dict(frames=True), "frames must be"),
         (dict(stride=0), "stride must be"),
         (dict(start=-1), "start must be"),
-        (dict(uniform=True), "pass frames=N"),
+        (dict(uniform=True), "give frames=N"),
         (dict(frames=4, uniform=True, stride=2), "drop stride=2"),
         (dict(pad="zeros"), "pad must be"),
         (dict(size=(0, 32)), "size must be"),

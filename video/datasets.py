@@ -62,6 +62,7 @@ def certify_video_dataset(
     radius: float | None = None,
     sequential: bool = False,
     tolerance: float | None = None,
+    desc: str = "certify",
 ) -> Summary:
     """Certify every clip of ``data`` and write ``out`` (Cohen's TSV) and its ``.jsonl`` (run record + certificates).
 
@@ -70,11 +71,12 @@ def certify_video_dataset(
     before anything is written; clip ``idx`` is certified with seed ``seed + idx``; rerunning resumes.
     Each row records which backend read the clip and which frames. Under torchrun the clips are shared out
     over the processes as for images (``distributed``: see :func:`vision_rs.certify_dataset`). ``radius=r`` or
-    ``sequential=True, tolerance=τ``: sequential certification, as for :func:`vision_rs.certify_dataset`.
+    ``sequential=True, tolerance=τ``: sequential certification, as for :func:`vision_rs.certify_dataset`. ``desc``
+    labels the progress bar.
     """
     kind = FileKind("video", VIDEO_SUFFIXES, reading.read)
     return certify_classification_dataset(
         smoothed, data, out, task="video-classification", kind=kind, settings={"reading": reading.describe()},
         n0=n0, n=n, alpha=alpha, seed=seed, radii=radii, class_to_idx=class_to_idx, progress=progress,
-        distributed=distributed, radius=radius, sequential=sequential, tolerance=tolerance,
+        distributed=distributed, radius=radius, sequential=sequential, tolerance=tolerance, desc=desc,
     )

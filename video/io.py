@@ -24,6 +24,9 @@ import importlib
 import importlib.metadata
 import logging
 import os
+import re
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,7 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vision_rs.errors import InvalidParameterError, InvalidVideoError
+from vision_rs.errors import InvalidParameterError, InvalidVideoError, VisionRSError
+from vision_rs.wording import Wording, plural
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ BACKENDS = ("decord", "pyav")
 PAD_MODES = ("loop", "repeat")
 """How a video too short for the request is extended: ``loop`` wraps around to frame 0, ``repeat`` repeats the last frame."""
 
+UNIFORM = Wording("uniform=True", "--uniform")
 RESIZE_INTERPOLATION = "bilinear, antialiased (torch.nn.functional.interpolate, align_corners=False)"
 
 
@@ -115,9 +120,11 @@ def check_request(
     if not _is_int(start) or start < 0:
         raise InvalidParameterError(f"start must be a frame index >= 0, got {start!r}")
     if uniform and frames is None:
-        raise InvalidParameterError("uniform=True spreads a fixed number of frames over the video: pass frames=N")
+        raise InvalidParameterError("{uniform} spreads a fixed number of frames over the video: give {frames}",
+                                    uniform=UNIFORM, frames=Wording("frames=N", "--frames N"))
     if uniform and stride != 1:
-        raise InvalidParameterError(f"uniform=True chooses its own spacing; drop stride={stride} or uniform")
+        raise InvalidParameterError("{uniform} chooses its own spacing; drop {stride} or {uniform}", uniform=UNIFORM,
+                                    stride=Wording(f"stride={stride}", f"--stride {stride}"))
     if pad is not None and pad not in PAD_MODES:
         raise InvalidParameterError(f"pad must be None, 'loop' or 'repeat', got {pad!r}")
     if size is not None:
@@ -153,7 +160,7 @@ def frame_indices(
         raise InvalidVideoError("the video has no frames; check that the file holds a video stream")
     if start >= total_frames:
         raise InvalidVideoError(
-            f"start frame {start} is beyond the end: the video has {total_frames} frames (0..{total_frames - 1})"
+            f"start frame {start} is beyond the end: the video has {plural(total_frames, 'frame')} (0..{total_frames - 1})"
         )
     available = total_frames - start
     if frames is None:
@@ -167,10 +174,11 @@ def frame_indices(
     if pad is None:
         spacing = "spread uniformly" if uniform else f"at stride {stride}"
         raise InvalidVideoError(
-            f"the video is too short: it has {total_frames} frames, and {frames} frames {spacing} from frame {start} "
-            f"need frame {wanted[-1]}. Ask for fewer frames or a smaller stride, or pass pad='loop' "
-            "(wrap around to the first frame) or pad='repeat' (repeat the last frame)."
-        )
+            f"the video is too short: it has {plural(total_frames, 'frame')}, and {frames} frames {spacing} from frame "
+            f"{start} need frame {wanted[-1]}. Ask for fewer frames ({{frames}}) or a smaller {{stride}}, or pad the clip: "
+            "{loop} wraps around to the first frame, {repeat} repeats the last one.",
+            frames=Wording("frames=", "--frames"), stride=Wording("stride=", "--stride"),
+            loop=Wording("pad='loop'", "--pad loop"), repeat=Wording("pad='repeat'", "--pad repeat"))
     if pad == "loop":
         return [index % total_frames for index in wanted]
     return [min(index, total_frames - 1) for index in wanted]
@@ -191,7 +199,7 @@ class _Source(Protocol):
         ...
 
 
-class _BackendCannotRead(Exception):
+class _BackendCannotRead(VisionRSError):
     """This decoder fails on a file another decoder may read (internal: ``auto`` moves on)."""
 
 
@@ -239,14 +247,15 @@ def _pyav_packet_table(container: object, stream: object, path: Path) -> _Packet
             raise InvalidVideoError(f"{path} is truncated or damaged: a packet is incomplete. Re-encode or re-download it.")
         if packet.pts is None:
             raise _BackendCannotRead(
-                f"{path} has frames without timestamps (a raw stream?); remux it into a container "
-                "such as mp4 (ffmpeg -i in -c copy out.mp4) or read it with decord"
-            )
+                f"{path} has frames without timestamps (a raw stream?); remux it into a container such as mp4 "
+                "(ffmpeg -i in -c copy out.mp4) or read it with {decord}",
+                decord=Wording("backend='decord'", "--backend decord"))
         stamps.append((int(packet.pts), bool(packet.is_keyframe)))
     announced = int(stream.frames or 0)  # type: ignore[attr-defined]
     if announced > len(stamps):
         raise InvalidVideoError(
-            f"{path} is truncated: its header announces {announced} frames but only {len(stamps)} are present"
+            f"{path} is truncated: its header announces {announced} frames but only {plural(len(stamps), 'frame')} "
+            f"{'is' if len(stamps) == 1 else 'are'} present"
         )
     stamps.sort()
     return _PacketTable(pts=[p for p, _ in stamps], keyframes=[i for i, (_, key) in enumerate(stamps) if key])
@@ -343,7 +352,8 @@ class _DecordSource:
             except _BackendCannotRead as exc:  # a file only decord reads: no check, decord decides
                 log.debug("no truncation check for %s: %s", path, exc)
         try:
-            self.reader = decord.VideoReader(str(path))
+            with _native_stderr_to_log("decord"):
+                self.reader = decord.VideoReader(str(path))
             self.total_frames = len(self.reader)
             rate = self.reader.get_avg_fps()
         except (decord.DECORDError, RuntimeError) as exc:
@@ -359,12 +369,13 @@ class _DecordSource:
         import decord
 
         try:
-            batch = self.reader.get_batch(list(indices)).asnumpy()
+            with _native_stderr_to_log("decord"):
+                batch = self.reader.get_batch(list(indices)).asnumpy()
         except decord.DECORDError as exc:
             if "DECORDArrayCopyFromTo" in str(exc):
                 raise _BackendCannotRead(
-                    f"decord cannot copy frames of this width out of {self.path} (a known decord bug, "
-                    "dmlc/decord issue 336); read it with backend='pyav' or 'auto'"
+                    f"decord cannot copy frames of this width out of {self.path} (a known decord bug, dmlc/decord "
+                    "issue 336); read it with {pyav}", pyav=Wording("backend='pyav' or 'auto'", "--backend pyav or auto")
                 ) from exc
             raise InvalidVideoError(f"{self.path} cannot be decoded: {str(exc).splitlines()[0]}") from exc
         if batch.ndim != 4 or batch.shape[0] != len(indices) or batch.shape[-1] != 3:
@@ -373,6 +384,36 @@ class _DecordSource:
 
 
 _SOURCES = {"decord": _DecordSource, "pyav": _PyAVSource}
+
+NATIVE_LOG_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+\.(cc|cpp|h):\d+: ")
+"""A line of decord's C++ log (``[02:16:54] /project/src/video/video_reader.cc:86: ERROR opening: ...``)."""
+
+
+@contextmanager
+def _native_stderr_to_log(library: str) -> Iterator[None]:
+    """Catch what native code writes to the process's stderr meanwhile: ``library``'s own log lines go to the debug
+    log (our error says what failed, in our words), anything else is written back to stderr afterwards. The file
+    descriptor is the process's, so output of other threads in that window comes a little late, never lost."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:  # also when the library raised: its line is what our error replaces
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                if NATIVE_LOG_LINE.match(line):
+                    log.debug("%s: %s", library, line)
+                else:
+                    sys.stderr.write(line + "\n")
 
 
 @contextmanager
@@ -394,7 +435,8 @@ def _backends_to_try(backend: str) -> list[str]:
         return installed
     if backend not in installed:
         package = "decord2 (or decord)" if backend == "decord" else "av"
-        raise InvalidVideoError(f"backend {backend!r} is not installed: pip install {package}, or use backend='auto'")
+        raise InvalidVideoError(f"backend {backend!r} is not installed: pip install {package}, or use {{auto}}",
+                                auto=Wording("backend='auto'", "--backend auto"))
     return [backend]
 
 
@@ -452,17 +494,17 @@ def read_clip_info(
     check_request(frames, stride, start, uniform, size, pad, backend)
     file = _existing_file(path)
     names = _backends_to_try(backend)
-    failures: list[str] = []
+    failures: list[Wording] = []
     for name in names:
         try:
             with _open(name, file) as source:
-                order = frame_indices(source.total_frames, frames, stride, start, uniform, pad)
+                order = _frames_of(file, source.total_frames, frames, stride, start, uniform, pad)
                 distinct = sorted(set(order))
                 decoded = source.read(distinct)
                 position = {index: i for i, index in enumerate(distinct)}
                 pixels = _to_unit_clip(decoded, [position[i] for i in order], size)
                 if failures:
-                    _warn_once(f"read {file} with {name} after: " + "; ".join(failures), key=name)
+                    _warn_once(f"read {file} with {name} after: " + "; ".join(failure.cli for failure in failures), key=name)
                 return Clip(
                     pixels=pixels,
                     path=str(file),
@@ -474,12 +516,20 @@ def read_clip_info(
                     source_size=(int(decoded.shape[1]), int(decoded.shape[2])),
                     resized_to=tuple(int(v) for v in size) if size is not None else None,  # type: ignore[arg-type]
                     integrity_checked=source.integrity_checked,
-                    note="; ".join(failures),
+                    note="; ".join(failure.python for failure in failures),
                 )
         except _BackendCannotRead as exc:
             log.debug("%s", exc)
-            failures.append(str(exc))
-    raise InvalidVideoError(f"cannot read {file}: " + "; ".join(failures))
+            failures.append(Wording.of(exc))
+    raise InvalidVideoError(f"cannot read {file}: {{failures}}", failures=Wording.joined("; ", failures))
+
+
+def _frames_of(file: Path, total_frames: int, *request: object) -> list[int]:
+    """:func:`frame_indices` of one file, whose errors (too short, start beyond the end) name the file."""
+    try:
+        return frame_indices(total_frames, *request)  # type: ignore[arg-type]
+    except InvalidVideoError as exc:
+        raise InvalidVideoError(f"{file}: {{reason}}", reason=Wording.of(exc)) from None
 
 
 def read_clip(

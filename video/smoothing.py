@@ -10,6 +10,7 @@ from typing_extensions import Unpack
 from vision_rs.errors import InvalidParameterError
 from vision_rs.models.adapters import NormalizedClassifier
 from vision_rs.smoothing import ModelOptions, SmoothedClassifier, method_for, place, prepare_model
+from vision_rs.wording import Wording
 
 from .models import ClipLayout, FramesAsImages, check_chunk
 from .tensors import to_unit_clip
@@ -44,7 +45,9 @@ def smooth(
     video file (all of its frames; use :func:`vision_rs.video.read_clip` to choose them).
     """
     if framewise and chunk is not None:
-        raise InvalidParameterError("chunk splits clips for a clip model; a frame-wise model sees one frame at a time")
+        raise InvalidParameterError("{chunk} splits clips for a clip model; a frame-wise model ({framewise}) sees one frame "
+                                    "at a time", chunk=Wording("chunk", "--chunk"),
+                                    framewise=Wording("framewise=True", "--framewise"))
     check_chunk(chunk)
     smoothing = method_for(None, subclips, reduce, mode)
     noise = smoothing.make_noise(sigma)

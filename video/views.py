@@ -18,6 +18,7 @@ from einops import rearrange
 from vision_rs.errors import InvalidImageError, InvalidParameterError
 from vision_rs.sampling.patches import grid_starts
 from vision_rs.sampling.preprocess import EvalTransform
+from vision_rs.wording import plural
 
 
 def _positive(value: object, name: str) -> int:
@@ -55,7 +56,7 @@ class SubClips:
             raise InvalidImageError(f"sub-clips need a clip [T, C, H, W], got an input of shape {tuple(shape)}")
         frames = shape[0]
         if self.length > frames:
-            raise InvalidImageError(f"sub-clips of {self.length} frames do not fit a clip of {frames} frames")
+            raise InvalidImageError(f"sub-clips of {plural(self.length, 'frame')} do not fit a clip of {plural(frames, 'frame')}")
         starts = tuple(grid_starts(frames, self.length, self.stride))  # type: ignore[arg-type]
         return SubClipView(starts, self.length, frames, (shape[-2], shape[-1]), transform)
 

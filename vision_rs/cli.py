@@ -1,4 +1,5 @@
-"""The ``vision-rs`` command line: ``certify``, ``report``, ``demo``, ``app``, ``models``.
+"""The ``vision-rs`` command line: ``certify``, ``certify-video``, ``certify-seg``, ``report``, ``demo``, ``app``,
+``examples``, ``models``.
 
 Importing this module does not import torch: ``vision-rs --help`` and ``--version`` answer at once.
 """
@@ -6,26 +7,40 @@ Importing this module does not import torch: ``vision-rs --help`` and ``--versio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import logging
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import InvalidParameterError, MissingDependencyError, VisionRSError
 from .params import check_alpha, check_sigma
+from .wording import duration, fixed, plural, significant
 
 if TYPE_CHECKING:
     import torch
 
-EMBEDDED_NAMES = "digits_cnn.sigma_0.25, digits_cnn.sigma_0.50, digits_cnn_hier.p_0.85_sigma_0.25, digits_cnn.clean"
+EMBEDDED_NAMES = {
+    "image-classification": "digits_cnn.sigma_0.25, digits_cnn.sigma_0.50, digits_cnn_hier.p_0.85_sigma_0.25, digits_cnn.clean",
+    "video-classification": "digits_c3d.sigma_0.25",
+    "segmentation": "digits_segnet.sigma_0.25, digits_segnet_localized.grid_3x3_sigma_0.25_1.00",
+}
+"""The embedded models of each task, as each command's help lists them (written out: --help does not import torch;
+a test checks them against the registry)."""
+VIDEO_MODELS = f"{EMBEDDED_NAMES['video-classification']}, or an image model with --framewise"
+TRAINABLE_EMBEDDED = ", ".join(EMBEDDED_NAMES.values())
+"""vision-rs train takes the embedded models of every task (--task says which)."""
 EMBEDDED_DENOISER_NAMES = "digits_denoiser.sigma_0.25, digits_denoiser.sigma_0.50"
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a command whose output pipe was closed."""
 
 UNITS = """\
 Units: sigma (noise std) and every radius are in [0,1] pixel units, i.e. pixel
@@ -51,16 +66,19 @@ A killed or interrupted run resumes where it stopped when the same command is
 run again; it refuses to mix runs whose settings differ.
 """
 
+def models_help(embedded: str) -> str:
+    """The --model and --denoiser forms, with the embedded models a command takes."""
+    return MODELS_HELP.format(embedded=embedded)
+
+
 MODELS_HELP = f"""\
 Models (--model):
-  embedded    {EMBEDDED_NAMES} (offline, shipped)
+  embedded    {{embedded}} (offline, shipped)
   timm        any timm name, e.g. resnet50 or resnet50.a1_in1k (weights from the
               local Hugging Face / torch hub cache; --no-pretrained for random)
   torchvision torchvision:NAME, e.g. torchvision:resnet18
   checkpoint  a .safetensors / .pt file, with --arch NAME (and --num-classes); one written by
               `vision-rs train` carries its architecture and preprocessing: nothing else
-  embedded architectures: digits_cnn, digits_c3d, digits_segnet, the networks without weights
-              (vision-rs train --model NAME --no-pretrained)
 
 Denoisers (--denoiser; denoised smoothing, in front of a model trained without noise):
   embedded    {EMBEDDED_DENOISER_NAMES} (offline, shipped)
@@ -165,7 +183,7 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
     speed = parser.add_argument_group("speed and memory (never change the guarantee)")
     speed.add_argument("--channels-last", action="store_true", help="run the model on channels_last tensors")
     speed.add_argument("--autocast", choices=sorted(AUTOCAST_DTYPES),
-                       help="run the model under torch.autocast with this dtype (default: fp32)")
+                       help="run the model under torch.autocast with bf16 (bfloat16) or fp16 (float16) (default: fp32)")
     speed.add_argument("--streams", type=POSITIVE, default=2,
                        help="CUDA streams that consecutive batches alternate between; 1 saves GPU memory (default: 2)")
     speed.add_argument("--memory-budget", type=parse_bytes, default=None, metavar="SIZE",
@@ -173,9 +191,9 @@ def _add_speed_options(parser: argparse.ArgumentParser) -> None:
                             "an input that cannot fit one draw is refused before anything is written")
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="timm name, torchvision:NAME, embedded name "
-                        f"({EMBEDDED_NAMES}), or a checkpoint file with --arch; see `vision-rs models`")
+def _add_model_options(parser: argparse.ArgumentParser, embedded: str) -> None:
+    parser.add_argument("--model", required=True, help=f"timm name, torchvision:NAME, embedded name ({embedded}), or a "
+                        "checkpoint file with --arch; see `vision-rs models`")
     parser.add_argument("--arch", help="architecture of a checkpoint given as --model (timm name or torchvision:NAME)")
     parser.add_argument("--checkpoint", help="weights to load into --model (safetensors or weights-only torch file)")
     parser.add_argument("--num-classes", type=POSITIVE, help="classes of the model's head (for checkpoints)")
@@ -186,7 +204,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     preprocessing.add_argument("--std", type=float, nargs="+", help="input std per channel")
     preprocessing.add_argument("--input-size", type=POSITIVE, nargs=2, metavar=("H", "W"), help="model input size")
     preprocessing.add_argument("--crop-pct", type=float, help="resize to size/crop_pct, then crop the centre (timm)")
-    preprocessing.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"], help="resize interpolation")
+    preprocessing.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"],
+                               help="resize interpolation: bilinear, bicubic or nearest")
     preprocessing.add_argument("--test-size", action="store_true", help="use timm's test_input_size and test_crop_pct")
 
 
@@ -207,6 +226,36 @@ def _eps_list(text: str) -> list[float]:
     return values
 
 
+PILLOW_PIXEL_LIMIT = 2 * 89_478_485
+"""The most pixels Pillow decodes by default (twice ``PIL.Image.MAX_IMAGE_PIXELS``; it warns above half of it)."""
+
+
+def _add_image_limit_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-image-pixels", type=POSITIVE, default=PILLOW_PIXEL_LIMIT, metavar="N",
+                        help="decode image files of at most N pixels, a guard against decompression bombs "
+                             f"(default: {PILLOW_PIXEL_LIMIT:,}, Pillow's own limit)")
+
+
+@contextlib.contextmanager
+def _image_pixel_limit(args: argparse.Namespace) -> Iterator[None]:
+    """While a command runs, Pillow decodes images of at most ``--max-image-pixels`` (exactly: its warning above the
+    limit becomes a refusal, which :func:`vision_rs.images.open_image_file` words); restored afterwards."""
+    limit = getattr(args, "max_image_pixels", None)
+    if limit is None:
+        yield
+        return
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = limit
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
 def _add_denoiser_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--denoiser", metavar="PATH_OR_NAME",
                         help="denoised smoothing: a denoiser run on every noisy draw before the model (video: on every "
@@ -221,9 +270,11 @@ def _add_clip_reading_options(parser: argparse.ArgumentParser) -> None:
     reading.add_argument("--start", "--start-frame", dest="start", type=NON_NEGATIVE, default=0,
                          help="first frame (default: 0); --start-frame under torchrun")
     reading.add_argument("--uniform", action="store_true", help="spread --frames evenly over the video instead")
-    reading.add_argument("--pad", choices=["loop", "repeat"], help="extend a video too short for the request")
+    reading.add_argument("--pad", choices=["loop", "repeat"], help="extend a video too short for the request: loop wraps "
+                         "around to the first frame, repeat repeats the last one (default: refuse it)")
     reading.add_argument("--size", type=POSITIVE, nargs=2, metavar=("H", "W"), help="resize frames when reading")
-    reading.add_argument("--backend", choices=["auto", "decord", "pyav"], default="auto", help="decoder (default: auto)")
+    reading.add_argument("--backend", choices=["auto", "decord", "pyav"], default="auto",
+                         help="decoder: decord, pyav (PyAV), or auto (decord, else PyAV; default)")
 
 
 def _clip_reading(args: argparse.Namespace) -> object:
@@ -276,7 +327,8 @@ def _add_optimisation_options(parser: argparse.ArgumentParser, epochs: int, lr: 
     group.add_argument("--warmup-epochs", type=NON_NEGATIVE, default=0, help="linear warm-up epochs (default: 0)")
     group.add_argument("--min-lr", type=_non_negative_float, default=0.0, help="learning rate at the end of the schedule (default: 0)")
     group.add_argument("--grad-clip", type=_positive_float, help="clip the gradients' L2 norm to this (default: off)")
-    group.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (fp16 on a GPU, with a gradient scaler)")
+    group.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision: bf16 (bfloat16 autocast, CPU or GPU) or fp16 (float16 "
+                       "autocast with a gradient scaler, meant for GPUs) (default: float32)")
     group.add_argument("--workers", type=NON_NEGATIVE, default=0, help="data-loading processes (default: 0)")
     parser.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the data order, augmentation and noise (default: 0)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
@@ -334,12 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Certify each image with randomized smoothing: Gaussian (Cohen et al. 2019) by default, "
         "hierarchical (--hierarchical-p) or Smooth-Reduce over patches (--patch-size). The smoothed classifier "
         "abstains when its vote is not clear enough to certify.",
-        epilog=UNITS + "\n" + COLUMNS + "\n" + MODELS_HELP,
+        epilog=UNITS + "\n" + COLUMNS + "\n" + models_help(EMBEDDED_NAMES["image-classification"]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     certify.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    _add_model_options(certify)
+    _add_model_options(certify, EMBEDDED_NAMES["image-classification"])
     _add_denoiser_option(certify)
     certify.add_argument("--sigma", type=SIGMA, required=True, help="noise std in [0,1] pixel units, e.g. 0.25")
     certify.add_argument(
@@ -352,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     patches.add_argument("--patch-size", type=POSITIVE, help="patch side in pixels of the input image")
     patches.add_argument("--patch-stride", type=POSITIVE, help="grid of patches with this stride")
     patches.add_argument("--patch-count", type=POSITIVE, help="this many patches at random positions (drawn from --seed)")
-    patches.add_argument("--reduce", choices=["mean", "max"], default="mean", help="reduction across patches (default: mean)")
+    patches.add_argument("--reduce", choices=["mean", "max"], default="mean",
+                         help="reduction across patches: mean or max of the per-patch probabilities (default: mean)")
     patches.add_argument("--mode", choices=["vote", "smoothed", "probit-mean"], default="vote",
                          help="vote: reduce softmax per draw; smoothed: reduce smoothed probabilities; "
                               "probit-mean: mean of per-patch probits (default: vote)")
@@ -363,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     certify.add_argument("--classes", type=Path, metavar="FILE",
                          help="class names → labels: one name per line (line i is label i) or a JSON mapping")
     certify.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_image_limit_option(certify)
 
     video = commands.add_parser(
         "certify-video",
@@ -370,12 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Certify each clip with Gaussian noise on the whole clip (every frame, pixel and channel), "
         "optionally reduced over sub-clips along time (temporal Smooth-Reduce, --subclip).",
         epilog=UNITS.replace("image at its own resolution", "clip (all frames) at its own resolution") + "\n" + COLUMNS
-        + "\n" + MODELS_HELP.replace(EMBEDDED_NAMES, "digits_c3d.sigma_0.25 (or an image model with --framewise)"),
+        + "\n" + models_help(VIDEO_MODELS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     video.add_argument("inputs", nargs="+", help="video files and/or folders (searched recursively)")
-    _add_model_options(video)
+    _add_model_options(video, VIDEO_MODELS)
     _add_denoiser_option(video)
     video.add_argument("--sigma", type=SIGMA, required=True, help="noise std in [0,1] pixel units, e.g. 0.25")
     video.add_argument("--framewise", action="store_true", help="--model is an image classifier: run it on every frame, "
@@ -386,8 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     temporal = video.add_argument_group("temporal Smooth-Reduce (sub-clips cut after the noise)")
     temporal.add_argument("--subclip", type=POSITIVE, metavar="LENGTH", help="sub-clips of LENGTH frames")
     temporal.add_argument("--subclip-stride", type=POSITIVE, help="a sub-clip every STRIDE frames (default: LENGTH)")
-    temporal.add_argument("--reduce", choices=["mean", "max"], default="mean", help="reduction across sub-clips (default: mean)")
-    temporal.add_argument("--mode", choices=["vote", "smoothed", "probit-mean"], default="vote", help="as for patches (default: vote)")
+    temporal.add_argument("--reduce", choices=["mean", "max"], default="mean",
+                          help="reduction across sub-clips: mean or max (default: mean)")
+    temporal.add_argument("--mode", choices=["vote", "smoothed", "probit-mean"], default="vote",
+                          help="vote, smoothed or probit-mean, as for patches in `vision-rs certify` (default: vote)")
     _add_sampling_options(video, n_default=100_000)
     _add_sequential_options(video)
     _add_speed_options(video)
@@ -403,12 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
         "perturbation of norm <= eps (the collective certificate, solved with scipy's HiGHS).",
         epilog=UNITS + "\nOutput (--out run.tsv): one row per image, idx labelled correct abstained miou time, then the "
         "pixels certified correct at each eps (pixel@eps; naive@eps and collective@eps for localized smoothing); "
-        "run.jsonl holds the run record and each image's summary. Resumable; read by `vision-rs report`.",
+        "run.jsonl holds the run record and each image's summary. Resumable; read by `vision-rs report`.\n\n"
+        + models_help(EMBEDDED_NAMES["segmentation"]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     seg.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    _add_model_options(seg)
+    _add_model_options(seg, EMBEDDED_NAMES["segmentation"])
     _add_denoiser_option(seg)
     noise = seg.add_argument_group("smoothing: --sigma (isotropic) or --grid with --sigma-min/--sigma-max (localized)")
     noise.add_argument("--sigma", type=SIGMA, help="isotropic noise std in [0,1] pixel units")
@@ -419,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--eps", type=_eps_list, default=[0.1, 0.25, 0.5, 1.0], metavar="E1,E2,...",
                        help="L2 budgets to count certified pixels at (default: 0.1,0.25,0.5,1)")
     certs.add_argument("--correction", choices=["bonferroni", "holm", "bonferroni-threshold"], default="bonferroni",
-                       help="bonferroni: per-pixel bounds and radii; holm: Fischer et al.'s test of p > tau (isotropic)")
+                       help="bonferroni: per-pixel bounds and radii; holm: Fischer et al.'s test of p > tau with Holm's "
+                            "step-down, one radius for the certified pixels (isotropic only); bonferroni-threshold: the "
+                            "same test with Bonferroni (default: bonferroni)")
     certs.add_argument("--tau", type=float, default=0.75, help="threshold of the holm test (default: 0.75)")
     certs.add_argument("--exact", action="store_true", help="solve the collective program exactly (MILP; slower than the LP)")
     certs.add_argument("--bins", type=POSITIVE, help="merge each cell's bounds into this many bins (conservative, faster)")
@@ -427,8 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_options(seg, n_default=1000)
     seg.set_defaults(alpha=0.01)
     _add_speed_options(seg)
-    seg.add_argument("--out", type=Path, help="write results to this .tsv (and .jsonl beside it); resumes if it exists")
+    seg.add_argument("--out", type=Path, required=True,
+                     help="write results to this .tsv (and .jsonl beside it); resumes if it exists")
     seg.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_image_limit_option(seg)
 
     train = commands.add_parser(
         "train",
@@ -441,14 +502,17 @@ def build_parser() -> argparse.ArgumentParser:
         "runs under torchrun (DDP). At the end it certifies held-out data and prints the table.",
         epilog=UNITS + "\nData: DATA/<class>/<image> (as torchvision's ImageFolder); --task video: DATA/<class>/<video>; "
         "--task segmentation: images under DATA with label maps --masks DIR/<image stem>.png (255 = not scored).\n\n"
-        + MODELS_HELP,
+        + models_help(TRAINABLE_EMBEDDED)
+        + "Embedded architectures (the networks without weights): digits_cnn, digits_c3d, digits_segnet\n"
+        "  (vision-rs train DATA --model NAME --no-pretrained)\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     train.add_argument("data", type=Path, help="training data folder (see Data below)")
     train.add_argument("--task", choices=["image", "video", "segmentation"], default="image",
-                       help="what the model does (default: image classification)")
-    _add_model_options(train)
+                       help="what the model does: image (classification of images, default), video (classification "
+                            "of clips) or segmentation (a class for each pixel)")
+    _add_model_options(train, TRAINABLE_EMBEDDED)
     noise = train.add_argument_group("noise (the smoothing the model will be certified with)")
     noise.add_argument("--sigma", type=SIGMA, help="noise std in [0,1] pixel units, e.g. 0.25")
     noise.add_argument("--hierarchical-p", type=float, metavar="P",
@@ -481,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
         "objective through --classifier, kept frozen. Writes DIR/model.safetensors after every epoch (use it with "
         "--denoiser), resumes, runs under torchrun. At the end it reports the held-out PSNR and, with --classifier, "
         "certifies held-out data through the new denoiser.",
-        epilog=UNITS + "\nData: DATA/<class>/<image> (labels are not used by the denoiser).\n\n" + MODELS_HELP,
+        epilog=UNITS + "\nData: DATA/<class>/<image> (labels are not used by the denoiser).\n\n"
+        + models_help(EMBEDDED_NAMES["image-classification"]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
@@ -516,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="certify the embedded digits test split with the three embedded models (offline)",
         description="Certify the 360 held-out embedded digits with the embedded models "
-        f"({EMBEDDED_NAMES}), print the tables and write the plot. Runs offline.",
+        f"({EMBEDDED_NAMES['image-classification']}), print the tables and write the plot. Runs offline.",
         epilog=UNITS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
@@ -563,6 +628,19 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--queue-size", type=POSITIVE, default=16, help="requests that may wait in the queue (default: 16)")
     app.add_argument("--concurrency", type=POSITIVE, default=1, help="certifications that run at once (default: 1)")
 
+    examples = commands.add_parser(
+        "examples",
+        help="write the embedded digits, scenes (with label maps) and clips as files, to try the commands on",
+        description="Write the held-out embedded data as files, in the layouts the certify commands read: "
+        "OUT/digits/<label>/<index>.png (class folders), OUT/scenes/images/<index>.png with label maps in "
+        "OUT/scenes/masks/<index>.png (one class index per pixel: 0-9 digits, 10 background), and "
+        "OUT/clips/<label>/clip_<index>.mp4 (needs OpenCV, the [video] extra). It then prints commands to run on them.",
+        allow_abbrev=False,
+    )
+    examples.add_argument("out", type=Path, metavar="OUT", help="folder to write into (created if missing)")
+    examples.add_argument("--limit", type=POSITIVE, help="write only the first LIMIT of each kind (default: all: 360 "
+                          "digits, 100 scenes, 360 clips)")
+
     commands.add_parser(
         "models", help="list the embedded models and how to name any timm / torchvision model or checkpoint",
         description="List the embedded models (offline) and how other models are named.", allow_abbrev=False,
@@ -580,8 +658,10 @@ def rank_device_option(args: argparse.Namespace) -> str | torch.device | None:
     """
     import torch
 
+    from .models.devices import check_device
     from .runs.distributed import rank_device, ranks_from_environment
 
+    check_device(args.device)
     ranks = ranks_from_environment()
     if ranks is None:
         return args.device
@@ -592,7 +672,8 @@ def rank_device_option(args: argparse.Namespace) -> str | torch.device | None:
 
 
 def model_options(args: argparse.Namespace) -> dict[str, object]:
-    """The :class:`~vision_rs.smoothing.ModelOptions` the model, preprocessing and speed options give."""
+    """The :class:`~vision_rs.smoothing.ModelOptions` the model, preprocessing and speed options give (the device is
+    checked here, before anything is loaded)."""
     import torch
 
     options = model_loading_options(args) | dict(
@@ -614,6 +695,14 @@ def model_loading_options(args: argparse.Namespace) -> dict[str, object]:
     )
 
 
+def _check_output(args: argparse.Namespace) -> None:
+    """A certify command's ``--out``: a .tsv in a folder files can be written in, checked before anything is loaded."""
+    from .runs.files import check_output_file
+
+    if args.out is not None:
+        check_output_file(args.out)
+
+
 def _print_run(out: Path, summary: object) -> None:
     from .runs.summaries import format_summaries
 
@@ -629,6 +718,7 @@ def _certify_video(args: argparse.Namespace) -> None:
 
     if args.subclip is None and args.subclip_stride is not None:
         raise InvalidParameterError("--subclip-stride needs --subclip")
+    _check_output(args)
     stopping = _sequential_settings(args)
     reading = ClipReading(args.frames, args.stride, args.start, args.uniform, tuple(args.size) if args.size else None,
                           args.pad, args.backend)
@@ -652,17 +742,19 @@ def _certify_video(args: argparse.Namespace) -> None:
     for idx, (path, clip, backend) in enumerate(clips):
         cert = smoothed.certify(clip, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx, **stopping)
         predict = -1 if cert.label is None else cert.label
-        print(f"{path}\t{predict}\t{cert.radius:.4f}\t{cert.p_lower:.4f}\t{cert.seconds:.2f}\t{backend}"
+        print(f"{path}\t{predict}\t{fixed(cert.radius, 4)}\t{fixed(cert.p_lower, 4)}\t{significant(cert.seconds)}\t{backend}"
               + _n_used_column(args, cert.n_used), flush=True)
 
 
 def _certify_seg(args: argparse.Namespace) -> None:
+    from .runs.datasets import collect_image_files
     from .segmentation import Localized, smooth
     from .segmentation.datasets import (
         certify_segmentation_dataset,
         format_segmentation_summaries,
         summarize_segmentation,
     )
+    from .segmentation.smoothing import check_correction
 
     localized_args = (args.grid, args.sigma_min, args.sigma_max)
     if (args.sigma is None) == all(value is None for value in localized_args):
@@ -670,10 +762,13 @@ def _certify_seg(args: argparse.Namespace) -> None:
     if args.sigma is None and any(value is None for value in localized_args):
         raise InvalidParameterError("localized smoothing needs all of --grid, --sigma-min and --sigma-max")
     localized = Localized(args.grid, args.sigma_min, args.sigma_max) if args.sigma is None else None
-    smoothed = smooth(args.model, args.sigma, localized=localized, **model_options(args))
+    check_correction(args.correction, localized, args.tau)
+    _check_output(args)
+    if args.masks is not None and not args.masks.is_dir():
+        raise InvalidParameterError(f"--masks {args.masks}: no such folder")
+    collect_image_files(args.inputs)
     out = args.out
-    if out is None:
-        raise InvalidParameterError("certify-seg writes a table per image: give --out run.tsv")
+    smoothed = smooth(args.model, args.sigma, localized=localized, **model_options(args))
     certify_segmentation_dataset(
         smoothed, args.inputs, out, masks=args.masks, eps=args.eps, n0=args.n0, n=args.n, alpha=args.alpha,
         seed=args.seed, correction=args.correction, tau=args.tau, exact=args.exact, bins=args.bins,
@@ -697,6 +792,7 @@ def _certify(args: argparse.Namespace) -> None:
         raise InvalidParameterError("--indicator needs --hierarchical-p")
     if args.patch_size is None and (args.patch_stride is not None or args.patch_count is not None):
         raise InvalidParameterError("--patch-stride and --patch-count need --patch-size")
+    _check_output(args)
     stopping = _sequential_settings(args)
     classes = read_class_file(args.classes) if args.classes is not None else None
     files = collect_image_files(args.inputs, classes)
@@ -718,7 +814,8 @@ def _certify(args: argparse.Namespace) -> None:
     for idx, (path, _) in enumerate(files.files):
         cert = smoothed.certify(path, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx, **stopping)
         predict = -1 if cert.label is None else cert.label
-        print(f"{path}\t{predict}\t{cert.radius:.4f}\t{cert.p_lower:.4f}\t{cert.seconds:.2f}" + _n_used_column(args, cert.n_used),
+        print(f"{path}\t{predict}\t{fixed(cert.radius, 4)}\t{fixed(cert.p_lower, 4)}\t{significant(cert.seconds)}"
+              + _n_used_column(args, cert.n_used),
               flush=True)
 
 
@@ -1013,8 +1110,7 @@ def _plot_title(tables: Sequence[Path]) -> str:
         classifier = record.get("classifier", {})
         model = classifier.get("model", {}).get("name", "?") if isinstance(classifier.get("model"), dict) else "?"
         settings.append(f"σ={classifier.get('sigma')}, n={record.get('n')}, α={record.get('alpha')}, model={model}")
-    unique = list(dict.fromkeys(settings))
-    return "; ".join(unique)[:160]
+    return "; ".join(dict.fromkeys(settings))
 
 
 def _write_plot(target: Path, draw: Callable[[Path], Path]) -> None:
@@ -1044,10 +1140,9 @@ def _report_classification(runs_by_label: dict[str, Path], args: argparse.Namesp
     print(format_summaries({label: summarize(rows, args.radii) for label, rows in runs.items()}))
     certificates = {label: read_certificates(jsonl_path(path)) if jsonl_path(path).is_file() else []
                     for label, path in runs_by_label.items()}
-    spent = [format_sample_use(label, use) for label, pairs in certificates.items()
-             if (use := sample_use([cert for _, cert in pairs])) is not None]
-    if spent:
-        print("\nSamples spent:\n" + "\n".join(spent))
+    uses = {label: use for label, pairs in certificates.items() if (use := sample_use([cert for _, cert in pairs]))}
+    if any(use.sequential for use in uses.values()):  # a fixed-n run alone has nothing to say: it drew n
+        print("\nSamples spent:\n" + "\n".join(format_sample_use(label, use) for label, use in uses.items()))
     for label, pairs in certificates.items():  # hierarchical runs: certified accuracy over changed pixels r and ε
         if pairs and pairs[0][1].method == "hierarchical" and any(lab >= 0 for lab, _ in pairs):
             pixels = sorted(pairs[0][1].radii) or [1]
@@ -1068,9 +1163,13 @@ def _report_segmentation(runs_by_label: dict[str, Path], plot_target: Path | Non
     from .segmentation.datasets import format_segmentation_summaries, segmentation_curves, summarize_segmentation
 
     summaries = {label: summarize_segmentation(path) for label, path in runs_by_label.items()}
-    print("Segmentation: certified pixel accuracy (certified correct pixels / labelled pixels) against the L2 budget ε")
+    if any(summary.labelled for summary in summaries.values()):
+        print("Segmentation: certified pixel accuracy (certified correct pixels / labelled pixels) against the L2 budget ε")
     print(format_segmentation_summaries(summaries))
-    if plot_target is None or all(summary.pixel_accuracy != summary.pixel_accuracy for summary in summaries.values()):
+    if plot_target is None:
+        return
+    if not any(summary.labelled for summary in summaries.values()):
+        print("no plot: no run has label maps (--masks), and certified pixel accuracy needs them")
         return
     curves = segmentation_curves(summaries)
     _write_plot(plot_target, lambda target: plot_curves(
@@ -1102,14 +1201,16 @@ def _report(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo, run_denoised_demo, run_video_demo
+    from .models.devices import check_device
     from .runs.summaries import format_pixel_budget_table, format_summaries
 
     started = time.perf_counter()
     if args.video + args.segmentation + args.denoised > 1:
         raise InvalidParameterError("choose one of --video, --segmentation and --denoised")
+    check_device(args.device)
     if args.segmentation:
         _segmentation_demo(args)
-        print(f"done in {time.perf_counter() - started:.1f} s")
+        print(f"done in {duration(time.perf_counter() - started)}")
         return
     if args.denoised:
         n0, n = args.n0 or 100, args.n or 1000
@@ -1134,7 +1235,7 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"wrote {written}" + (f" and {result.plot}" if result.plot else ""))
     if result.plot_skipped:
         print(f"plots skipped: {result.plot_skipped}")
-    print(f"done in {time.perf_counter() - started:.1f} s")
+    print(f"done in {duration(time.perf_counter() - started)}")
 
 
 def _segmentation_demo(args: argparse.Namespace) -> None:
@@ -1158,13 +1259,38 @@ def _app(args: argparse.Namespace) -> None:
 
     from .app.certify import AppLimits
     from .app.ui import AppConfig, launch_app
+    from .models.devices import check_device
 
     if args.models is not None and not args.models.is_dir():
         raise InvalidParameterError(f"--models {args.models}: no such folder")
+    check_device(args.device)
     config = AppConfig(host=args.host, port=args.port, models_dir=str(args.models) if args.models else None,
                        share=args.share, device=args.device, queue_size=args.queue_size, concurrency=args.concurrency,
                        limits=replace(AppLimits(), max_file_size=args.max_file_size))
     launch_app(config)
+
+
+def _examples(args: argparse.Namespace) -> None:
+    from .models.embedded.examples import write_examples
+    from .runs.files import check_writable
+
+    check_writable(args.out)
+    written = write_examples(args.out, args.limit)
+    counts = written.counts
+    print(f"wrote {plural(counts['digits'], 'digit')} to {written.digits} (class folders 0-9), "
+          f"{plural(counts['scenes'], 'scene')} to {written.scenes / 'images'} with their label maps in "
+          f"{written.scenes / 'masks'}" + (f", {plural(counts['clips'], 'clip')} to {written.clips}" if counts["clips"] else ""))
+    if written.clips_skipped:
+        print(f"no clips: {written.clips_skipped}")
+    runs = args.out / "runs"
+    print("Try (outputs in their own folder, outside the inputs):")
+    print(f"  vision-rs certify {written.digits} --model digits_cnn.sigma_0.25 --sigma 0.25 --n 1000 --out {runs / 'digits.tsv'}")
+    print(f"  vision-rs certify-seg {written.scenes / 'images'} --masks {written.scenes / 'masks'} --model "
+          f"digits_segnet.sigma_0.25 --sigma 0.25 --out {runs / 'scenes.tsv'}")
+    if counts["clips"]:
+        print(f"  vision-rs certify-video {written.clips} --model digits_c3d.sigma_0.25 --sigma 0.25 --n 1000 "
+              f"--out {runs / 'clips.tsv'}")
+    print(f"  vision-rs report {runs / 'digits.tsv'}")
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -1182,7 +1308,7 @@ def _models(args: argparse.Namespace) -> None:
     for name, info in EMBEDDED_DENOISERS.items():
         print(f"| {name} | {info['sigma']} |")
     print()
-    print(MODELS_HELP)
+    print(models_help("the names in the tables above"))
 
 
 def keep_freed_memory_in_process() -> bool:
@@ -1239,7 +1365,7 @@ def _saved_rows(args: argparse.Namespace) -> str:
         return "no rows were saved"
     rows = sum(max(0, sum(1 for line in path.read_text().splitlines() if line.strip()) - 1) for path in files)
     where = tables[0] if len(tables) == 1 else f"{len(tables)} files in {tables[0].parent}"
-    return f"{rows} finished rows are saved ({where}); run the same command again to resume"
+    return f"{plural(rows, 'finished row')} {'is' if rows == 1 else 'are'} saved ({where}); run the same command again to resume"
 
 
 def _hand_to_torchrun(error: BaseException) -> None:
@@ -1259,9 +1385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_memory_in_process()
     _configure_logging(args.verbose)
     handlers = {"certify": _certify, "certify-video": _certify_video, "certify-seg": _certify_seg, "report": _report,
-                "demo": _demo, "app": _app, "models": _models, "train": _train, "train-denoiser": _train_denoiser}
+                "demo": _demo, "app": _app, "examples": _examples, "models": _models, "train": _train,
+                "train-denoiser": _train_denoiser}
     try:
-        handlers[args.command](args)
+        with _image_pixel_limit(args):
+            handlers[args.command](args)
     except VisionRSError as exc:
         print(f"{_name()}: error: {exc.cli_message}", file=sys.stderr)
         _hand_to_torchrun(exc)
@@ -1269,7 +1397,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\n{_name()}: interrupted: {_saved_rows(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`vision-rs models | head -1`): stop quietly, as a killed pipe does
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush into the closed pipe raises nothing."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

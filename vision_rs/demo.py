@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MissingDependencyError, OutputPathError
+from .errors import MissingDependencyError
 from .models.embedded import EMBEDDED_MODELS, DigitsDataset
 from .runs.datasets import certify_dataset
-from .runs.files import read_certificates, read_rows
+from .runs.files import check_writable, read_certificates, read_rows
 from .runs.plots import plot_certified_accuracy
 from .runs.summaries import Summary, accuracy_over_pixels_and_budget
 from .sampling.methods import Hierarchical
@@ -68,9 +68,8 @@ def run_demo(
         smoothed = smooth(name, sigma=sigma, hierarchical=hierarchical, device=device, batch_size=batch_size,
                           channels_last=True, progress=False)
         tables[label] = out / f"{name.replace('.', '_')}.tsv"
-        summaries[label] = certify_dataset(
-            smoothed, items, tables[label], n0=n0, n=n, alpha=alpha, seed=seed, radii=DEMO_RADII, progress=progress
-        )
+        summaries[label] = certify_dataset(smoothed, items, tables[label], n0=n0, n=n, alpha=alpha, seed=seed,
+                                           radii=DEMO_RADII, progress=progress, desc=f"certify {label}")
         if p is not None:
             pairs = read_certificates(tables[label].with_suffix(".jsonl"))
             by_pixels = accuracy_over_pixels_and_budget(pairs, HIERARCHICAL_PIXELS, HIERARCHICAL_BUDGETS)
@@ -117,7 +116,7 @@ def run_denoised_demo(
         for label, (stem, smoothed) in runs.items():
             tables[label] = out / (f"{stem}_sigma_{sigma:.2f}".replace(".", "_") + ".tsv")  # the plain demo's names
             summaries[label] = certify_dataset(smoothed, items, tables[label], n0=n0, n=n, alpha=alpha, seed=seed,
-                                               radii=DEMO_RADII, progress=progress)
+                                               radii=DEMO_RADII, progress=progress, desc=f"certify {label}")
     plot, skipped = plot_runs(tables, out / "denoised_certified_accuracy.png",
                               f"denoised smoothing, embedded digits, n0={n0}, n={n}, α={alpha}")
     return DemoResult(summaries=summaries, tables=tables, plot=plot, hierarchical={}, plot_skipped=skipped)
@@ -130,11 +129,9 @@ def held_out_digits(limit: int | None) -> DigitsDataset | list[tuple[object, int
 
 
 def demo_folder(out_dir: str | Path) -> Path:
-    """The demo's output folder, created if its parent exists."""
+    """The demo's output folder, checked for writing (it is created with the first file)."""
     out = Path(out_dir)
-    if not out.parent.is_dir():
-        raise OutputPathError(f"folder {out.parent} does not exist; create it first")
-    out.mkdir(exist_ok=True)
+    check_writable(out)
     return out
 
 
@@ -191,7 +188,7 @@ def run_video_demo(
         tables[label] = out / f"video_{index}.tsv"
         summaries[label] = certify_video_dataset(
             smoothed, clips, tables[label], reading=ClipReading(frames=CLIP_FRAMES), n0=max(1, n0 // per_draw),
-            n=max(1, n // per_draw), alpha=alpha, seed=seed, radii=DEMO_RADII, progress=progress,
+            n=max(1, n // per_draw), alpha=alpha, seed=seed, radii=DEMO_RADII, progress=progress, desc=f"certify {label}",
         )
     plot, skipped = plot_runs(tables, out / "video_certified_accuracy.png",
                               f"moving digits, {n0}+{n} evaluations per clip, α={alpha}")
@@ -250,7 +247,7 @@ def run_segmentation_demo(
     for index, (label, (smoothed, factor)) in enumerate(runs.items()):
         tables[label] = out / f"segmentation_{index}.tsv"
         certify_segmentation_dataset(smoothed, items, tables[label], eps=SEGMENTATION_EPS, n0=n0 * factor, n=n * factor,
-                                     alpha=alpha, seed=seed, progress=progress)
+                                     alpha=alpha, seed=seed, progress=progress, desc=f"certify {label}")
         summaries[label] = summarize_segmentation(tables[label])
     winners = {}
     for eps in SEGMENTATION_EPS:

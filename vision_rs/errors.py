@@ -2,22 +2,43 @@
 
 Every error the library raises on purpose derives from :class:`VisionRSError`,
 so ``except vision_rs.VisionRSError`` catches them all. Messages say what was
-wrong and what to do about it.
+wrong and what to do about it, in the words of whoever called: ``str(error)``
+names Python keywords, ``error.cli_message`` the command-line flags.
 """
 
 from __future__ import annotations
+
+import re
+
+from .wording import Wording
 
 
 class VisionRSError(Exception):
     """Base class of every error vision-rs raises on purpose.
 
-    ``cli`` is the same message for command-line users where the two differ (it names the
-    option, e.g. ``--no-pretrained``, instead of the Python argument ``pretrained=False``).
+    ``message`` is written once; where Python and the command line name a setting differently it names a
+    ``{part}``, given as a :class:`~vision_rs.wording.Wording`: ``str(error)`` fills in the Python wording
+    (``pad='loop'``), :attr:`cli_message` the command-line one (``--pad loop``). The command line prints
+    :attr:`cli_message`; everything else reads ``str(error)``.
     """
 
-    def __init__(self, message: str, *, cli: str | None = None) -> None:
-        super().__init__(message)
-        self.cli_message = cli if cli is not None else message
+    def __init__(self, message: str, **parts: Wording) -> None:
+        super().__init__(_fill(message, {name: part.python for name, part in parts.items()}))
+        self.cli_message = _fill(message, {name: part.cli for name, part in parts.items()})
+        """The message for command-line users (flags instead of keywords)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled with both wordings (errors travel between the ranks of a torchrun run)."""
+        return _rebuild, (type(self), str(self), self.cli_message)
+
+
+def _fill(message: str, words: dict[str, str]) -> str:
+    """``message`` with each ``{name}`` of ``words`` replaced; every other brace stays as it is (paths, values)."""
+    return re.sub(r"\{(\w+)\}", lambda match: words.get(match.group(1), match.group(0)), message) if words else message
+
+
+def _rebuild(kind: type[VisionRSError], python: str, cli: str) -> VisionRSError:
+    return kind("{text}", text=Wording(python, cli))
 
 
 class InvalidParameterError(VisionRSError, ValueError):

@@ -14,6 +14,7 @@ then the space the radius is measured in.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Union
 
@@ -22,6 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InvalidImageError
+from .wording import Wording, plural
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 
@@ -34,17 +36,57 @@ _PIL_MODES_AS_IS = {"L", "LA", "RGB", "RGBA"}
 _PIL_MODES_CONVERTED = {"1": "L", "P": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "PA": "RGBA", "La": "LA", "RGBa": "RGBA"}
 
 
-def read_image_file(path: str | os.PathLike) -> torch.Tensor:
-    """Decode an image file into a uint8 tensor ``[C, H, W]``; truncated or unreadable files raise."""
+def open_image_file(path: str | os.PathLike, what: str = "image") -> Image.Image:
+    """The decoded PIL image of a file (every pixel loaded), or InvalidImageError naming the file: missing, larger
+    than Pillow decodes, truncated or not an image. ``what`` names the file's role in messages ("label map")."""
     path = Path(path)
     if not path.is_file():
-        raise InvalidImageError(f"image file not found: {path}")
+        raise InvalidImageError(f"{what} file not found: {path}")
     try:
         with Image.open(path) as pil:
             pil.load()  # decodes the whole file: truncated data raises here
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_many_pixels(path, what, exc) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidImageError(f"cannot decode image {path}: {exc}. Is the file complete and an image?") from exc
-    return _pil_to_uint8(pil, source=str(path))  # outside the try: its own errors keep their message
+        raise InvalidImageError(f"cannot decode {what} {path}: {exc}. Is the file complete and an image?") from exc
+    return pil
+
+
+def _too_many_pixels(path: Path, what: str, refusal: Exception) -> InvalidImageError:
+    """Pillow's refusal of a huge image (a guard against decompression bombs), with its size, the limit and the way
+    to raise it. Pillow refuses above twice ``PIL.Image.MAX_IMAGE_PIXELS`` and warns above it (the command line makes
+    that warning a refusal: its limit is the number it sets)."""
+    limit = Image.MAX_IMAGE_PIXELS * (2 if isinstance(refusal, Image.DecompressionBombError) else 1)
+    size = declared_size(path)
+    pixels = f"{size[0]}×{size[1]} = {size[0] * size[1]:,} pixels" if size else "larger than that"
+    return InvalidImageError(
+        f"{what} {path} is {pixels}, more than the {limit:,} pixels Pillow decodes (its guard against decompression "
+        "bombs). If you trust the file, raise the limit with {raise_it}; or resize the image first.",
+        raise_it=Wording(f"PIL.Image.MAX_IMAGE_PIXELS = N (Pillow refuses images over twice N; now {Image.MAX_IMAGE_PIXELS:,})",
+                         "--max-image-pixels N"))
+
+
+def declared_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) that an image file's header declares, read without decoding a pixel, and so without Pillow's
+    size limit; None when no Pillow format reads the header."""
+    Image.init()
+    with open(path, "rb") as handle:
+        prefix = handle.read(16)
+        for name in Image.ID:
+            factory, accept = Image.OPEN[name]
+            if accept is not None and not accept(prefix):
+                continue
+            handle.seek(0)
+            try:
+                return tuple(factory(handle, str(path)).size)  # type: ignore[return-value]
+            except (OSError, SyntaxError, ValueError, EOFError, struct.error):  # not this format's header: the next one
+                pass
+    return None
+
+
+def read_image_file(path: str | os.PathLike) -> torch.Tensor:
+    """Decode an image file into a uint8 tensor ``[C, H, W]``; missing, huge, truncated or unreadable files raise."""
+    return _pil_to_uint8(open_image_file(path), source=str(path))
 
 
 def _pil_to_uint8(pil: Image.Image, source: str) -> torch.Tensor:
@@ -135,12 +177,12 @@ def fit_channels(chw: torch.Tensor, channels: int) -> torch.Tensor:
     if have in (2, 4):  # grey + alpha, RGB + alpha
         if bool((chw[..., -1, :, :] < 1.0).any()):
             raise InvalidImageError(
-                f"image has {have} channels with a transparent alpha; the model reads {channels}. "
+                f"image has {plural(have, 'channel')} with a transparent alpha; the model reads {channels}. "
                 "Composite it onto a background of your choice and pass it without alpha."
             )
         return fit_channels(chw[..., :-1, :, :].clone(), channels)
     raise InvalidImageError(
-        f"image has {have} channels but the model reads {channels}; no unambiguous conversion exists. "
+        f"image has {plural(have, 'channel')} but the model reads {channels}; no unambiguous conversion exists. "
         "Convert the image yourself (for RGB → grey, choose the weights)."
     )
 

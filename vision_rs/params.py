@@ -6,6 +6,7 @@ import math
 import numbers
 
 from .errors import InvalidParameterError
+from .wording import Wording
 
 
 def check_sigma(sigma: float) -> float:
@@ -54,5 +55,6 @@ def check_changed_pixels(r: int) -> int:
 def check_selection_probability(p: float) -> float:
     """Return the hierarchical selection probability p, which must lie in (0, 1]."""
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 < p <= 1.0:
-        raise InvalidParameterError(f"selection probability p must lie in (0, 1] (e.g. 0.85), got {p!r}")
+        raise InvalidParameterError(f"the selection probability {{p}} must lie in (0, 1] (e.g. 0.85), got {p!r}",
+                                    p=Wording("p", "--hierarchical-p"))
     return float(p)

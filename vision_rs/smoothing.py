@@ -27,11 +27,12 @@ from .models.adapters import (
     read_input_spec,
 )
 from .models.denoising import Denoiser, DenoiserLike, behind_denoiser, evaluating, load_denoiser
+from .models.devices import check_device
 from .models.hub import create_model_with_source
 from .models.provenance import ModelSource, state_sha256
 from .params import check_alpha, check_count, check_seed
 from .sampling.certificates import Bound
-from .sampling.engine import EngineConfig, StopRule, max_draws_per_batch, sample
+from .sampling.engine import EngineConfig, StopRule, check_logits, max_draws_per_batch, sample
 from .sampling.methods import Gaussian, Hierarchical, Method, SmoothReduce, ViewMaker
 from .sampling.noise import Noise
 from .sampling.patches import Patches
@@ -39,6 +40,7 @@ from .sampling.results import Certificate, Prediction
 from .sampling.sequential import BUDGET, SequentialGoal, Stopped, StoppingRule, check_sequential_method, sequential_goal
 from .sampling.stats import top_two_pvalue
 from .sampling.views import View
+from .wording import Wording, duration, significant
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ UPSCALE_WARNING = 4.0
 DOWNSCALE_WARNING = 16.0
 """Warn when the image is more than this many times larger (per side) than the model's input."""
 SLOW_RUN_SECONDS = 60.0
-"""Log how long a certification will take when it will take longer than this."""
+"""Warn how long a certification will take when it will take longer than this (per input)."""
 
 
 def _nonzero_counts(counts: np.ndarray) -> dict[int, int]:
@@ -86,12 +88,6 @@ def describe_smoothed(smoothed: Any) -> dict[str, Any]:
         "streams": config.streams,
         "memory_budget": config.memory_budget,
     }
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 class SmoothedClassifier:
@@ -152,10 +148,10 @@ class SmoothedClassifier:
         method, σ and the engine settings (the run record of :func:`~vision_rs.certify_dataset`)."""
         return describe_smoothed(self)
 
-    def _warn_once(self, key: str, message: str, *args: object) -> None:
+    def _warn_once(self, key: str, message: str, *args: object, level: int = logging.WARNING) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            log.warning(message, *args)
+            log.log(level, message, *args)
 
     def _pixels(self, image: ImageInput) -> torch.Tensor:
         """The input as float [C, H, W] (or [T, C, H, W]) in [0, 1] in its own channels, checked against the model."""
@@ -189,6 +185,17 @@ class SmoothedClassifier:
         streams = self.config.streams if self.device.type == "cuda" else 1
         max_draws_per_batch(shape, self.noise, view, self.config, streams)
 
+    def count_classes(self, image: ImageInput) -> int:
+        """How many classes the base classifier scores: the width of its output on the clean ``image`` (one forward pass
+        of the method's views, no noise; a hierarchical indicator channel of zeros), checked against ``num_classes``."""
+        pixels = self._pixels(image).to(self.device)
+        view = self.view_for(tuple(pixels.shape), torch.Generator(device=self.device).manual_seed(0))
+        indicator = torch.zeros_like(pixels.narrow(-3, 0, 1)).expand(*pixels.shape[:-3], self.noise.extra_channels,
+                                                                      *pixels.shape[-2:])
+        clean = torch.cat([pixels, indicator], dim=-3)[None]
+        with torch.inference_mode(), evaluating(self.base, self.denoiser):
+            return int(check_logits(self.base(view(clean)), view.count, self.num_classes).shape[1])
+
     def _vote_counter(
         self, image: ImageInput, batch_size: int | None, progress: bool | None, seed: int | None
     ) -> tuple[Callable[..., np.ndarray], View, int]:
@@ -207,14 +214,26 @@ class SmoothedClassifier:
 
         return votes, view, seed
 
-    def _estimate_time(self, draws: int, seconds: float, n: int) -> None:
-        """Log, once, how long ``n`` draws will take at the rate of the first ``draws``."""
+    def _announce_views(self, view: View, n0: int, n: int) -> None:
+        """Say, once, how many model evaluations a draw costs when the method has several views (Smooth-Reduce)."""
+        if view.count > 1:
+            kind = str(self.details.get("subclips") and "sub-clips" or "patches")
+            self._warn_once("views", "%s: every draw runs the model on %s %s (c_max %d), so the n0 + n = %s draws of an "
+                            "input are %s model evaluations", self.method, view.count, kind, view.c_max, f"{n0 + n:,}",
+                            f"{(n0 + n) * view.count:,}", level=logging.INFO)
+
+    def _estimate_time(self, draws: int, seconds: float, n: int, views: int) -> None:
+        """Log, once, how long ``n`` draws will take at the rate of the first ``draws``: a warning above
+        :data:`SLOW_RUN_SECONDS` per input, and for several views (Smooth-Reduce) always."""
         if "time" in self._warned or seconds <= 0:
             return
         rate = draws / seconds
-        if n / rate > SLOW_RUN_SECONDS:
-            self._warn_once("time", "n=%d will take about %s per input at the measured %.0f draws/s on %s; "
-                            "lower n, or use a GPU", n, _duration(n / rate), rate, self.device)
+        slow = n / rate > SLOW_RUN_SECONDS
+        if slow or views > 1:
+            per_view = f" ({significant(rate * views)} model evaluations/s)" if views > 1 else ""
+            self._warn_once("time", "n=%s will take about %s per input at the measured %s draws/s%s on %s%s", f"{n:,}",
+                            duration(n / rate), significant(rate), per_view, self.device,
+                            "; lower n, or use a GPU" if slow else "", level=logging.WARNING if slow else logging.INFO)
 
     def certify(
         self,
@@ -250,11 +269,12 @@ class SmoothedClassifier:
         if goal is not None:
             check_sequential_method(self.smoothing.votes_once_per_draw, self.details)
         votes, view, seed = self._vote_counter(image, batch_size, progress, seed)
+        self._announce_views(view, n0, n)
         start = time.perf_counter()
         with evaluating(self.base, self.denoiser):
             candidate = self.smoothing.select(votes(n0, "select (n0)"))
             if goal is None:
-                self._estimate_time(n0, time.perf_counter() - start, n)
+                self._estimate_time(n0, time.perf_counter() - start, n, view.count)
                 counts = votes(n, "estimate (n)")
                 stopped = Stopped(self.smoothing.bound(candidate, counts, n, alpha, self.sigma, view), n, counts, BUDGET)
             else:
@@ -345,10 +365,10 @@ def _colour_channels(model: nn.Module, noise: Noise, spec: InputSpec, overridden
     if noise.extra_channels == 0 and colours == spec.channels + 1:
         what = (f"the model reads {in_chans} input channels for images of {spec.channels}: it was built for "
                 "hierarchical smoothing with the noise-indicator channel. ")
-        raise InvalidParameterError(what + "Pass hierarchical=Hierarchical(p=..., indicator=True).",
-                                    cli=what + "Add --hierarchical-p P --indicator.")
+        raise InvalidParameterError(what + "{add}.", add=Wording("Pass hierarchical=Hierarchical(p=..., indicator=True)",
+                                                                  "Add --hierarchical-p P --indicator"))
     if noise.extra_channels and (colours < 1 or in_chans == spec.channels):
-        raise InvalidParameterError(f"the model reads {in_chans} input channels, but {noise.input_note(spec.channels)}")
+        raise InvalidParameterError(f"the model reads {in_chans} input channels, but {{note}}", note=noise.input_note(spec.channels))
     return fit_to_channels(spec, colours)
 
 
@@ -436,6 +456,7 @@ def prepare_model(
     if unknown:
         raise InvalidParameterError(f"unknown option(s) {sorted(unknown)}; see vision_rs.smoothing.ModelOptions")
     config = EngineConfig(**{key: options[key] for key in _ENGINE_KEYS if key in options})  # type: ignore[misc]
+    check_device(options.get("device"))
     num_classes = options.get("num_classes")
     if num_classes is not None:
         check_count("num_classes", num_classes)
@@ -482,7 +503,9 @@ def place_denoiser(denoiser: Denoiser, device: torch.device, config: EngineConfi
 def method_for(hierarchical: Hierarchical | None, views: ViewMaker | None, reduce: str, mode: str) -> Method:
     """Gaussian smoothing, hierarchical smoothing, or Smooth-Reduce over ``views``."""
     if hierarchical is not None and views is not None:
-        raise InvalidParameterError("choose hierarchical= or patches=, not both")
+        raise InvalidParameterError("choose {hierarchical} or {patches}, not both",
+                                    hierarchical=Wording("hierarchical=", "--hierarchical-p"),
+                                    patches=Wording("patches=", "--patch-size"))
     if hierarchical is not None and not isinstance(hierarchical, Hierarchical):
         raise InvalidParameterError(f"hierarchical must be a vision_rs.Hierarchical(p=..., indicator=...), got {hierarchical!r}")
     if views is not None:

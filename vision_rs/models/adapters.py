@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import InvalidParameterError, ModelOutputError
 from ..sampling.preprocess import EvalTransform, timm_scale_size
+from ..wording import Wording
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,13 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         if len(self.mean) != len(self.std) or not self.mean:
-            raise InvalidParameterError(f"mean and std need one value per channel, got {self.mean} and {self.std}")
+            raise InvalidParameterError(f"{{mean_std}} need one value per channel each, got {self.mean} and {self.std}",
+                                        mean_std=Wording("mean and std", "--mean and --std"))
         if any(s <= 0 for s in self.std):
-            raise InvalidParameterError(f"std values must be > 0, got {self.std}")
+            raise InvalidParameterError(f"{{std}} values must be > 0, got {self.std}", std=Wording("std", "--std"))
         if self.input_size is not None and (len(self.input_size) != 3 or min(self.input_size) < 1):
-            raise InvalidParameterError(f"input_size must be (C, H, W) with positive entries, got {self.input_size}")
+            raise InvalidParameterError(f"{{size}} must be (C, H, W) with positive entries, got {self.input_size}",
+                                        size=Wording("input_size", "--input-size"))
         self.transform  # validates crop_pct, crop_mode, interpolation and sizes
 
     @property
@@ -198,8 +201,7 @@ def fit_to_channels(spec: InputSpec, channels: int) -> InputSpec:
         return replace(spec, mean=mean, std=std, input_size=size)  # type: ignore[arg-type]
     raise InvalidParameterError(
         f"the model reads {channels} colour channels but its mean/std have {spec.channels} values; "
-        f"pass mean= and std= with {channels} values"
-    )
+        f"give {{mean_std}} with {channels} values each", mean_std=Wording("mean= and std=", "--mean and --std"))
 
 
 def read_input_spec(
@@ -266,15 +268,17 @@ def check_is_classifier(model: nn.Module) -> None:
     inner = unwrap_parallel(model)
     if isinstance(inner, NormalizedClassifier):
         inner = inner.model
-    hint = ("it returns features, not class scores: give it a classification head "
-            "(timm: create_model(name, num_classes=K) or a pretrained tag with a head; torchvision: keep its fc/classifier)")
+    hint = Wording("(timm: create_model(name, num_classes=K) or a pretrained tag with a head; torchvision: keep its "
+                   "fc/classifier)", "(--num-classes K, or a pretrained tag with a head)")
     if getattr(inner, "num_classes", None) == 0:
-        raise ModelOutputError(f"{type(inner).__name__} has num_classes=0: {hint}")
+        raise ModelOutputError(f"{type(inner).__name__} has no classification head (num_classes 0): it returns "
+                               "features, not class scores; give it one {hint}", hint=hint)
     for name in _CLASSIFIER_HEADS:
         head = getattr(inner, name, None)
         last = head[-1] if isinstance(head, nn.Sequential) and len(head) else head
         if isinstance(last, nn.Identity):
-            raise ModelOutputError(f"{type(inner).__name__}.{name} is an nn.Identity: {hint}")
+            raise ModelOutputError(f"{type(inner).__name__}.{name} is an nn.Identity: it returns features, not class "
+                                   "scores; give it a classification head {hint}", hint=hint)
 
 
 def as_normalized_classifier(model: nn.Module, spec: InputSpec, extra_channels: int = 0) -> NormalizedClassifier:

@@ -8,6 +8,7 @@ weights were trained with, so that loading them needs no ``arch=`` or preprocess
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import uuid
@@ -19,9 +20,12 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..wording import Wording, plural
+
+log = logging.getLogger(__name__)
 
 RECORD_KEY = "vision_rs"
-"""Safetensors metadata key of the JSON record a vision-rs checkpoint carries."""
+"""Safetensors metadata key of the JSON record a vision-rs checkpoint carries (its architecture, among others)."""
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -78,17 +82,44 @@ def _is_tensor_dict(state: dict) -> bool:
     return bool(state) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
 
 
-def load_checkpoint_into(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load the weights at ``path`` into ``model`` (strict: every key must match) and return it."""
+CHECK_ARCH = Wording("Check arch= and num_classes= against how it was trained",
+                     "Check --arch and --num-classes against how it was trained")
+"""What to do when a model checkpoint does not fit the architecture asked for."""
+
+
+def load_checkpoint_into(model: nn.Module, path: str | os.PathLike, *, expected: str | None = None,
+                         advice: Wording = CHECK_ARCH) -> nn.Module:
+    """Load the weights at ``path`` into ``model`` (strict: every key must match) and return it.
+
+    A checkpoint that does not fit gets CheckpointError saying which architecture was asked for (``expected``, by
+    default the model's class), which one the checkpoint holds when its record says, how many tensors differ, and
+    ``advice``; the differing keys go to the debug log (the command line's ``--verbose``).
+    """
     state = load_state_dict_file(path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit the model: {exc}\n"
-            "Check --arch and --num-classes (or arch=/num_classes=) against how it was trained."
-        ) from exc
+        raise _does_not_fit(model, Path(path), state, expected or type(model).__name__, advice) from exc
     return model
+
+
+def _does_not_fit(model: nn.Module, path: Path, state: dict[str, torch.Tensor], expected: str,
+                  advice: Wording) -> CheckpointError:
+    own = model.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    reshaped = sorted(key for key in own.keys() & state.keys() if own[key].shape != state[key].shape)
+    log.debug("checkpoint %s against %s: missing %s; unexpected %s; other shapes %s", path, expected, missing,
+              unexpected, [f"{key}: {tuple(state[key].shape)} in the file, {tuple(own[key].shape)} in the model"
+                           for key in reshaped])
+    recorded = recorded_architecture(path)
+    holds = f" (its record says it holds {recorded})" if recorded else ""
+    differences = [f"{len(missing):,} of the model's tensors are not in it" if missing else "",
+                   f"{len(unexpected):,} of its tensors are not in the model" if unexpected else "",
+                   f"{plural(len(reshaped), 'tensor')} of both differ in shape" if reshaped else ""]
+    return CheckpointError(
+        f"checkpoint {path} holds another architecture than {expected}{holds}: "
+        + ", ".join(filter(None, differences)) + ". {advice} ({keys}).", advice=advice,
+        keys=Wording("the debug log lists the keys", "--verbose lists the keys"))
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
@@ -118,19 +149,25 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, torch.Tensor], rec
     return write_atomically(path, lambda handle: handle.write(save(tensors, metadata=metadata)))
 
 
-def read_checkpoint_record(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The record of a checkpoint written by :func:`save_checkpoint`; None for any other file (``.pt``, plain
-    safetensors, safetensors from elsewhere)."""
-    path = Path(path)
+def _safetensors_metadata(path: Path) -> dict[str, str] | None:
+    """The string metadata of a safetensors file; None for a file of another kind or one that does not exist.
+    Raises CheckpointError for a ``.safetensors`` file that cannot be read."""
     if path.suffix != ".safetensors" or not path.is_file():
         return None
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), "pt") as handle:
-            text = (handle.metadata() or {}).get(RECORD_KEY)
+            return handle.metadata() or {}
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"cannot read safetensors checkpoint {path}: {exc}") from exc
+
+
+def read_checkpoint_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The record of a checkpoint written by :func:`save_checkpoint`; None for any other file (``.pt``, plain
+    safetensors, safetensors from elsewhere)."""
+    path = Path(path)
+    text = (_safetensors_metadata(path) or {}).get(RECORD_KEY)
     if text is None:
         return None
     try:
@@ -138,3 +175,15 @@ def read_checkpoint_record(path: str | os.PathLike) -> dict[str, Any] | None:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: its vision-rs record is not valid JSON ({exc}); the file is damaged") from exc
     return record if isinstance(record, dict) else None
+
+
+def recorded_architecture(path: str | os.PathLike) -> str | None:
+    """The architecture a safetensors checkpoint's metadata names (``arch``, ``architecture``, or the ``architecture``
+    of a vision-rs record); None when it names none or the file cannot say."""
+    try:
+        metadata, record = _safetensors_metadata(Path(path)) or {}, read_checkpoint_record(path) or {}
+    except CheckpointError:
+        return None
+    named = record.get("architecture")
+    named = named.get("name") if isinstance(named, dict) else named
+    return str(named or metadata.get("architecture") or metadata.get("arch") or "") or None

@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import InvalidParameterError, ModelOutputError
 from ..sampling.engine import EngineConfig, autocast_context
 from ..sampling.views import View
+from ..wording import Wording
 from .adapters import evaluation_mode, model_input_channels
 from .provenance import ModelSource, file_sha256, state_sha256
 
@@ -54,6 +55,12 @@ class Denoiser:
                 "details": dict(details) if isinstance(details, dict) else {}}
 
 
+DENOISER_CHECKPOINT = Wording(
+    "A denoiser checkpoint must hold vision_rs.models.embedded.DigitsDenoiser; pass any other denoiser as the "
+    "nn.Module itself (denoiser=module)",
+    "--denoiser takes a checkpoint of the embedded DigitsDenoiser, an embedded denoiser name or a diffusers folder")
+
+
 def _embedded_denoiser(name: str) -> Denoiser:
     from .embedded.denoiser import EMBEDDED_DENOISERS, denoiser_weights_path, load_embedded_denoiser
 
@@ -77,7 +84,8 @@ def _named_denoiser(name: str) -> Denoiser:
     if path.is_file():
         from .checkpoints import load_checkpoint_into
 
-        module = load_checkpoint_into(DigitsDenoiser(), path).eval()
+        module = load_checkpoint_into(DigitsDenoiser(), path, expected="the embedded denoiser DigitsDenoiser",
+                                      advice=DENOISER_CHECKPOINT).eval()
         return Denoiser(module, ModelSource("digits_denoiser").with_checkpoint(path))
     raise InvalidParameterError(
         f"unknown denoiser {name!r}: give an embedded denoiser ({', '.join(sorted(EMBEDDED_DENOISERS))}), a checkpoint "

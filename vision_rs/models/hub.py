@@ -23,11 +23,16 @@ from typing import Any
 from torch import nn
 
 from ..errors import CheckpointError, InvalidParameterError, ModelUnavailableError
+from ..wording import Wording
 from .checkpoints import load_checkpoint_into, read_checkpoint_record
 from .provenance import ModelSource, file_sha256
 
 TORCHVISION_PREFIX = "torchvision:"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+ARCH = Wording("arch=... (e.g. arch='resnet18')", "--arch NAME (e.g. --arch resnet18)")
+CHECKPOINT = Wording("checkpoint=PATH", "--checkpoint PATH")
+USE_LOCAL_WEIGHTS = Wording("Pass a local file with checkpoint=PATH, or pretrained=False for random weights.",
+                            "Pass a local file with --checkpoint PATH, or --no-pretrained for random weights.")
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
@@ -70,17 +75,15 @@ def local_timm_weights(name: str) -> Path:
     _, model_name = parse_model_name(name)
     cfg = get_pretrained_cfg(model_name, allow_unregistered=False)
     if cfg is None:
-        raise ModelUnavailableError(f"timm has no pretrained weights registered for {name!r}; use --checkpoint")
+        raise ModelUnavailableError(f"timm has no pretrained weights registered for {name!r}. {{use_local_weights}}",
+                                    use_local_weights=USE_LOCAL_WEIGHTS)
     names = ((cfg.hf_hub_filename,) if cfg.hf_hub_filename else ()) + _HF_WEIGHT_FILES
     found = (_cached_hf_file(cfg.hf_hub_id, names) if cfg.hf_hub_id else None) or _cached_url_file(cfg.url)
     if found is None:
-        where = (f"pretrained weights for timm model {name!r} are not on this machine (looked in the Hugging Face "
-                 f"cache {hf_hub_cache_dir()} for {cfg.hf_hub_id!r} and in {torch_hub_checkpoints_dir()}); vision-rs "
-                 "never downloads. ")
         raise ModelUnavailableError(
-            where + "Pass a local file with checkpoint=..., or set pretrained=False for random weights.",
-            cli=where + "Pass a local file with --checkpoint, or --no-pretrained for random weights.",
-        )
+            f"pretrained weights for timm model {name!r} are not on this machine (looked in the Hugging Face cache "
+            f"{hf_hub_cache_dir()} for {cfg.hf_hub_id!r} and in {torch_hub_checkpoints_dir()}); vision-rs never "
+            "downloads. {use_local_weights}", use_local_weights=USE_LOCAL_WEIGHTS)
     return found
 
 
@@ -92,11 +95,10 @@ def _embedded_names() -> str:
 
 def _unknown_name(name: str, where: str) -> InvalidParameterError:
     return InvalidParameterError(
-        f"unknown {where} model {name!r}. Embedded models: {_embedded_names()}; timm names "
-        "(timm.list_models()); torchvision:NAME (torchvision.models.list_models()); or a checkpoint file with its "
-        "architecture (arch=...).",
-        cli=f"unknown {where} model {name!r}. Embedded models: {_embedded_names()}; timm names; "
-        "torchvision:NAME; or a checkpoint file with --arch. `vision-rs models` lists them.",
+        f"unknown {where} model {name!r}. Embedded models: {_embedded_names()}; timm names{{timm_list}}; "
+        "torchvision:NAME{torchvision_list}; or a checkpoint file with {arch}.{listed}",
+        timm_list=Wording(" (timm.list_models())", ""), torchvision_list=Wording(" (torchvision.models.list_models())", ""),
+        arch=ARCH, listed=Wording("", " `vision-rs models` lists them."),
     )
 
 
@@ -122,7 +124,7 @@ def create_timm_model(name: str, *, pretrained: bool, num_classes: int | None = 
     except Exception as exc:  # a corrupt or mismatched cached file: SafetensorError, RuntimeError, UnpicklingError, ...
         raise CheckpointError(
             f"cannot load the cached pretrained weights {weights} of timm model {name!r}: {exc!r}. "
-            "Replace or delete that file, or pass a local file with --checkpoint (or checkpoint=...)."
+            "Replace or delete that file, or pass a local file with {checkpoint}.", checkpoint=CHECKPOINT,
         ) from exc
 
 
@@ -145,12 +147,10 @@ def create_torchvision_model(name: str, *, pretrained: bool, num_classes: int | 
     if pretrained:
         cached = _cached_url_file(weights.url)
         if cached is None:
-            where = (f"pretrained weights for torchvision model {name!r} are not on this machine (looked for "
-                     f"{os.path.basename(weights.url)} in {torch_hub_checkpoints_dir()}); vision-rs never downloads. ")
             raise ModelUnavailableError(
-                where + "Pass a local file with checkpoint=..., or set pretrained=False for random weights.",
-                cli=where + "Pass a local file with --checkpoint, or --no-pretrained for random weights.",
-            )
+                f"pretrained weights for torchvision model {name!r} are not on this machine (looked for "
+                f"{os.path.basename(weights.url)} in {torch_hub_checkpoints_dir()}); vision-rs never downloads. "
+                "{use_local_weights}", use_local_weights=USE_LOCAL_WEIGHTS)
         load_checkpoint_into(model, cached)
         source = replace(source, weights=f"{weights} ({cached})", weights_sha256=file_sha256(cached))
     model.pretrained_cfg = torchvision_pretrained_cfg(weights)
@@ -202,7 +202,8 @@ def create_model_with_source(
     """
     if is_checkpoint_path(name):
         if checkpoint is not None:
-            raise InvalidParameterError("give the checkpoint either as the model or as checkpoint=, not both")
+            raise InvalidParameterError("give the checkpoint either as the model or as {checkpoint}, not both",
+                                        checkpoint=CHECKPOINT)
         if not Path(name).is_file():
             raise CheckpointError(f"checkpoint not found: {name}")
         record = read_checkpoint_record(name)
@@ -210,16 +211,13 @@ def create_model_with_source(
             if record is None or not isinstance(record.get("architecture"), dict):
                 raise InvalidParameterError(
                     f"{name} is a checkpoint without a vision-rs record: also say which architecture it holds with "
-                    "arch=... (e.g. 'resnet18')",
-                    cli=f"{name} is a checkpoint without a vision-rs record: also say which architecture it holds with "
-                        "--arch (e.g. resnet18)",
-                )
+                    "{arch}", arch=ARCH)
             return create_recorded_model(name, record, num_classes=num_classes, task=task)
         name, checkpoint = arch, name
     model, source = _create_named(name, pretrained=pretrained and checkpoint is None, num_classes=num_classes,
                                   task=task, model_kwargs=model_kwargs)
     if checkpoint is not None:
-        load_checkpoint_into(model, checkpoint)
+        load_checkpoint_into(model, checkpoint, expected=name)
         record = read_checkpoint_record(checkpoint)
         source = source.with_checkpoint(checkpoint, training=record.get("noise") if record else None)
     return model, source
@@ -239,8 +237,8 @@ def _create_named(name: str, *, pretrained: bool, num_classes: int | None, task:
         if pretrained:
             raise ModelUnavailableError(
                 f"{name} is an embedded architecture without weights of its own: train it from scratch with "
-                "pretrained=False, or load a checkpoint into it", cli=f"{name} is an embedded architecture without "
-                "weights of its own: train it from scratch with --no-pretrained, or give a checkpoint")
+                "{no_weights}, or load a checkpoint into it with {checkpoint}",
+                no_weights=Wording("pretrained=False", "--no-pretrained"), checkpoint=CHECKPOINT)
         classes = {} if num_classes is None else {"num_classes": num_classes}
         kwargs = dict(model_kwargs or {})
         return build(**classes, **kwargs).eval(), ModelSource(name, False, kwargs=kwargs or None)
@@ -250,8 +248,10 @@ def _create_named(name: str, *, pretrained: bool, num_classes: int | None, task:
             raise InvalidParameterError(f"{name} is an embedded model: it takes no model_kwargs (got {model_kwargs})")
         if info["task"] != task:
             raise InvalidParameterError(
-                f"{name} is an embedded {info['task']} model: smooth it with {embedded.TASKS[str(info['task'])]}"
-            )
+                f"{name} is an embedded {info['task']} model: {{use}}",
+                use=Wording(f"smooth it with {embedded.TASKS[str(info['task'])]}"
+                            + (" (or vision_rs.video.smooth(..., framewise=True))" if info["task"] == "image-classification" else ""),
+                            f"certify with {embedded.TASK_COMMANDS[str(info['task'])]}"))
         model = embedded.load_embedded(name, pretrained=pretrained)
         weights = embedded.shipped_weights(str(info["file"])) if pretrained else None
         return model, ModelSource(name, pretrained, str(weights) if weights else None, file_sha256(weights) if weights else None)
@@ -280,12 +280,11 @@ def create_recorded_model(path: str | os.PathLike, record: dict[str, Any], *, nu
     architecture = record["architecture"]
     name, recorded_classes = str(architecture.get("name")), architecture.get("num_classes")
     if name.startswith("module:"):
+        kind = name[len("module:"):]
         raise InvalidParameterError(
-            f"{path} was trained from a module of class {name[len('module:'):]}, which vision-rs cannot build by name: "
-            "build that module and pass it with checkpoint=...",
-            cli=f"{path} was trained from a Python module of class {name[len('module:'):]}, which the command line cannot "
-                "build: certify it from Python (vision_rs.smooth(module, checkpoint=...))",
-        )
+            f"{path} was trained from a Python module of class {kind}, which {{build}}", build=Wording(
+                "vision-rs cannot build by name: build that module and pass it with checkpoint=PATH",
+                "the command line cannot build: certify it from Python (vision_rs.smooth(module, checkpoint=PATH))"))
     if record.get("task", task) != task:
         raise InvalidParameterError(f"{path} holds a {record['task']} model (trained by vision-rs); certify it as one")
     if num_classes is not None and recorded_classes is not None and num_classes != recorded_classes:

@@ -8,9 +8,11 @@ classification run on top of it, writing Cohen et al.'s TSV (``idx label predict
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,15 +20,16 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import OutputPathError
+from ..errors import InvalidParameterError, OutputPathError, VisionRSError
 from ..images import IMAGE_SUFFIXES, ImageInput, to_unit_tensor
 from ..models.provenance import software_versions
 from ..params import check_alpha, check_count, check_seed
 from ..sampling.results import ABSTAIN, Certificate
 from ..sampling.sequential import check_sequential_method, sequential_goal
+from ..wording import Wording, duration, plural
 from .distributed import Ranks, gather, host_name, on_rank_zero, place_on_rank_device, process_group, resolve_ranks
 from .files import Row, RunFiles, merge_parts, part_path, read_rows
-from .inputs import UNKNOWN_LABEL, LabelledFiles, check_class_to_idx, collect_files
+from .inputs import UNKNOWN_LABEL, LabelledFiles, check_class_to_idx, collect_files, warn_if_inside_inputs
 from .summaries import DEFAULT_RADII, Summary, summarize
 
 log = logging.getLogger(__name__)
@@ -94,7 +97,7 @@ def _progress_bar(ranks: Ranks | None, total: int, done: int, progress: bool, de
     """One bar over the whole data set, shown by rank 0 only. Rank 0 counts its own rows × the number of ranks
     (their shares differ by at most one input): no messages between ranks while they certify."""
     if ranks is not None:
-        desc = f"{desc} ({ranks.world_size} processes)"
+        desc = f"{desc} ({plural(ranks.world_size, 'process', 'processes')})"
     return tqdm(total=total, initial=done, desc=desc, disable=not progress or (ranks is not None and not ranks.is_main))
 
 
@@ -106,14 +109,18 @@ def _certify_share(
     certify_one: Callable[[int, Any, Any], tuple[str, dict[str, Any]]],
     bar: tqdm,
 ) -> None:
-    """Certify the inputs at ``indices`` in order, appending each row to ``files`` as soon as it is done."""
+    """Certify the inputs at ``indices`` in order, appending each row to ``files`` as soon as it is done; after the
+    first, say how long the rest will take (:func:`estimate_run`)."""
     step = max(1, round((bar.total - bar.n) / len(indices))) if indices else 1
+    started = time.perf_counter()
     try:
-        for idx in indices:
+        for position, idx in enumerate(indices):
             item, label = items[idx]
             line, result = certify_one(idx, item, label)
             files.append(line, {"idx": idx, "source": sources[idx], **result})
             bar.update(min(step, bar.total - bar.n))
+            if position == 0:
+                estimate_run(time.perf_counter() - started, len(indices) - 1)
     finally:
         files.close()
         bar.close()
@@ -131,6 +138,22 @@ def _merge_when_all_done(run: RunFiles, record: dict[str, Any], sources: Sequenc
                 raise OutputPathError(_not_shared(part_path(run.tsv, rank, ranks.world_size), rank, host))
 
     on_rank_zero(ranks, merge)
+
+
+LONG_RUN_SECONDS = 600.0
+"""Warn when the rest of a data-set run is expected to take longer than this (ten minutes)."""
+
+
+def estimate_run(first: float, left: int) -> None:
+    """Log how long the ``left`` inputs after the first will take at the ``first`` input's pace (seconds): a warning
+    above :data:`LONG_RUN_SECONDS`, an info above a minute."""
+    expected = first * left
+    if expected > LONG_RUN_SECONDS:
+        log.warning("the first input took %s: the %s left will take about %s more; lower n (or the number of views), "
+                    "or use a GPU", duration(first), plural(left, "input"), duration(expected))
+    elif expected > 60:
+        log.info("the first input took %s: the %s left will take about %s more", duration(first), plural(left, "input"),
+                 duration(expected))
 
 
 @dataclass(frozen=True)
@@ -154,6 +177,11 @@ def collect_image_files(
     return collect_files(sources, IMAGE_SUFFIXES, class_to_idx, kind="image")
 
 
+def as_sources(data: object) -> list[str | os.PathLike]:
+    """The files and folders a run was given (one path, or a list of them)."""
+    return [data] if isinstance(data, (str, os.PathLike)) else list(data)  # type: ignore[call-overload]
+
+
 def _as_files(data: object, kind: FileKind, class_to_idx: Mapping[str, int] | None) -> LabelledFiles | None:
     if isinstance(data, (str, os.PathLike)):
         data = [data]
@@ -162,15 +190,27 @@ def _as_files(data: object, kind: FileKind, class_to_idx: Mapping[str, int] | No
     return None
 
 
+@contextlib.contextmanager
+def about_file(path: Path) -> Iterator[None]:
+    """Our errors raised while reading or checking the file ``path`` name it (those that do not already)."""
+    try:
+        yield
+    except VisionRSError as exc:
+        if str(path) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {{reason}}", reason=Wording.of(exc)) from exc
+
+
 def _check_files_up_front(files: LabelledFiles, kind: FileKind, smoothed: object) -> None:
     """Read every file once, and check that it fits the memory budget, before any output is written."""
     channels = getattr(getattr(smoothed, "spec", None), "channels", None)
     inputs = getattr(smoothed, "inputs", to_unit_tensor)
     check_fits = getattr(smoothed, "check_fits", None)
     for path, _ in files.files:
-        pixels = inputs(kind.read(path)[0], channels)
-        if check_fits is not None:
-            check_fits(tuple(pixels.shape))
+        with about_file(path):
+            pixels = inputs(kind.read(path)[0], channels)
+            if check_fits is not None:
+                check_fits(tuple(pixels.shape))
 
 
 def describe_certifier(smoothed: object) -> dict[str, Any]:
@@ -201,12 +241,57 @@ def labelled_items(
 
     Files are all read and checked against the memory budget here, before anything is written.
     """
+    if isinstance(data, (list, tuple)) and not data:
+        raise InvalidParameterError(f"the input list is empty: give {kind.name} files or folders, or a data set of "
+                                    f"({kind.name}, label) pairs")
     files = _as_files(data, kind, class_to_idx)
     if files is not None:
         _check_files_up_front(files, kind, smoothed)
         return files.files, list(files.sources), files.class_to_idx, True
+    if len(data) == 0:  # type: ignore[arg-type]
+        raise InvalidParameterError(f"the data set {type(data).__name__} holds no {kind.name}s")
     given = class_to_idx if class_to_idx is not None else getattr(data, "class_to_idx", None)
     return data, [None] * len(data), check_class_to_idx(given) if given is not None else None, False  # type: ignore[arg-type]
+
+
+def known_labels(data: object, items: Sequence[tuple[Any, Any]], are_files: bool) -> list[int] | None:
+    """Every input's label when it is known without loading an input (files, a list, a data set's ``targets``), else
+    None: the labels are then checked one by one as the inputs are certified."""
+    if are_files or isinstance(items, (list, tuple)):
+        return [int(label) for _, label in items]
+    targets = getattr(data, "targets", None)
+    return [int(target) for target in targets] if targets is not None and len(targets) == len(items) else None
+
+
+@dataclass
+class LabelCheck:
+    """Refuses a true label the model cannot predict (another class count, a typo in a class mapping), which would
+    otherwise count as a wrong row. ``classes`` is read from the model on first need (one clean forward pass)."""
+
+    smoothed: object
+    first_input: Callable[[], Any]
+    sources: Sequence[str | None]
+    mapping: Mapping[str, int] | None
+    mapping_given: bool
+    classes: int | None = None
+
+    def check(self, idx: int, label: int) -> None:
+        if label == UNKNOWN_LABEL:
+            return
+        count_classes = getattr(self.smoothed, "count_classes", None)
+        if self.classes is None and count_classes is not None:
+            self.classes = count_classes(self.first_input())
+        if label >= 0 and (self.classes is None or label < self.classes):  # (a duck-typed certifier cannot say)
+            return
+        raise InvalidParameterError(self._message(idx, label), mapping=Wording("class_to_idx", "--classes"))
+
+    def _message(self, idx: int, label: int) -> str:
+        where = self.sources[idx] or f"input {idx} of the data set"
+        folders = [name for name, index in (self.mapping or {}).items() if index == label]
+        through = " through {mapping}" if self.mapping_given else ""
+        origin = f" (from its class folder {folders[0]!r}{through})" if folders else ""
+        count = "" if self.classes is None else f"; the model has {plural(self.classes, 'class', 'classes')}, 0..{self.classes - 1}"
+        return f"{where}: label {label}{origin} is not a class of the model{count} (-1 marks an unknown label)"
 
 
 def certify_classification_dataset(
@@ -228,6 +313,7 @@ def certify_classification_dataset(
     radius: float | None = None,
     sequential: bool = False,
     tolerance: float | None = None,
+    desc: str = "certify",
 ) -> Summary:
     """The classification run of images and clips alike: Cohen's TSV, the run record, one certificate per row.
 
@@ -244,14 +330,21 @@ def certify_classification_dataset(
         if method is not None:
             check_sequential_method(method.votes_once_per_draw, method.details)
         stopping = {"radius": radius, "sequential": sequential, "tolerance": tolerance}
+    run = RunFiles(out)  # the output is checked before any input is read
     items, sources, mapping, are_files = labelled_items(data, kind, smoothed, class_to_idx)
-    run = RunFiles(out)
+    if are_files:
+        warn_if_inside_inputs(out, as_sources(data))
+    labels = LabelCheck(smoothed, lambda: kind.read(items[0][0])[0] if are_files else items[0][0], sources, mapping,
+                        mapping_given=class_to_idx is not None)
+    for idx, label in enumerate(known_labels(data, items, are_files) or []):  # before the first draw
+        labels.check(idx, label)
     settings = {"n0": n0, "n": n, "alpha": alpha, "seed": seed, **settings,
                 "sequential": goal.describe() if goal is not None else None}
     record = run_record(task, smoothed, settings, mapping, len(items))
 
     def certify_one(idx: int, item: Any, label: Any) -> tuple[str, dict[str, Any]]:
         label = int(label)
+        labels.check(idx, label)  # labels not known up front (a data set without targets): before this input's draws
         given, notes = kind.read(item) if are_files else (item, {})
         cert = smoothed.certify(given, n0=n0, n=n, alpha=alpha, seed=seed + idx, progress=False, **stopping)
         predict = ABSTAIN if cert.label is None else cert.label
@@ -260,7 +353,7 @@ def certify_classification_dataset(
         return row.tsv(), {"label": label, "correct": correct, "certificate": cert.to_dict(), **notes}
 
     place_on_rank_device(smoothed, resolve_ranks(distributed))
-    run_dataset(items, sources, run, record, certify_one, progress=progress, distributed=distributed,
+    run_dataset(items, sources, run, record, certify_one, progress=progress, desc=desc, distributed=distributed,
                 device=getattr(smoothed, "device", None))
     return summarize(read_rows(run.tsv), radii)  # from the file: a resumed run summarises like an uninterrupted one
 
@@ -281,6 +374,7 @@ def certify_dataset(
     radius: float | None = None,
     sequential: bool = False,
     tolerance: float | None = None,
+    desc: str = "certify",
 ) -> Summary:
     """Certify every image of ``data`` and write ``out`` (TSV) and ``out`` with ``.jsonl`` (run record + certificates).
 
@@ -297,10 +391,10 @@ def certify_dataset(
     (or the CPU), and rank 0 merges their rows into ``out``: the rows are those of one process, whatever
     their number (see :func:`run_dataset`). ``distributed``: None = auto (torchrun's environment or an
     initialised process group), False = this process certifies everything (under torchrun, give each
-    process its own ``out``), True = insist on ranks.
+    process its own ``out``), True = insist on ranks. ``desc`` labels the progress bar.
     """
     return certify_classification_dataset(
         smoothed, data, out, task="image-classification", kind=IMAGE_FILES, settings={}, n0=n0, n=n, alpha=alpha,
         seed=seed, radii=radii, class_to_idx=class_to_idx, progress=progress, distributed=distributed,
-        radius=radius, sequential=sequential, tolerance=tolerance,
+        radius=radius, sequential=sequential, tolerance=tolerance, desc=desc,
     )

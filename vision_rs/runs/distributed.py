@@ -9,17 +9,21 @@ files. No tensors travel: every rank certifies its own inputs, each with its own
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import platform
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from ..errors import InvalidParameterError, MissingDependencyError, VisionRSError
+from ..wording import plural
 
 T = TypeVar("T")
 
@@ -98,7 +102,7 @@ def rank_device(device: torch.device | str, ranks: Ranks | None) -> torch.device
     count = torch.cuda.device_count()
     if ranks.local_rank >= count:
         raise InvalidParameterError(
-            f"{ranks} has LOCAL_RANK {ranks.local_rank} but sees {count} GPU(s): start at most {count} processes per "
+            f"{ranks} has LOCAL_RANK {ranks.local_rank} but sees {plural(count, 'GPU')}: start at most {count} per "
             "machine (--nproc-per-node), or certify on the CPU (--device cpu)")
     return torch.device("cuda", ranks.local_rank)
 
@@ -119,7 +123,7 @@ def backend_for(device: torch.device | str | None) -> str:
     return "nccl" if device is not None and torch.device(device).type == "cuda" else "gloo"
 
 
-@contextmanager
+@contextlib.contextmanager
 def process_group(ranks: Ranks | None, device: torch.device | str | None) -> Iterator[None]:
     """Join the ranks (``env://`` rendezvous: the variables torchrun sets) for the duration, and leave cleanly.
 
@@ -146,7 +150,7 @@ def process_group(ranks: Ranks | None, device: torch.device | str | None) -> Ite
         dist.destroy_process_group()
 
 
-@contextmanager
+@contextlib.contextmanager
 def _together(ranks: Ranks) -> Iterator[None]:
     """A message between the ranks; when another rank has died (its connection closes), say so in our words."""
     try:
@@ -196,10 +200,12 @@ def host_name() -> str:
 
 
 def record_failure(error: BaseException) -> None:
-    """Under torchrun, hand ``error`` to its agent (the file in ``TORCHELASTIC_ERROR_FILE``), so that the
-    summary torchrun prints when a rank fails names this error, not only an exit code."""
-    if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
+    """Under torchrun, hand ``error`` to its agent: the file in ``TORCHELASTIC_ERROR_FILE`` gets our one paragraph (the
+    command line's wording), in the format torchrun's error handler writes but without a Python traceback, so the
+    summary torchrun prints when a rank fails shows that paragraph under "Root Cause" instead of our call stack."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
         return
-    from torch.distributed.elastic.multiprocessing.errors import get_error_handler
-
-    get_error_handler().record_exception(error)
+    message = f"{type(error).__name__}: {getattr(error, 'cli_message', error)}"
+    with contextlib.suppress(OSError):
+        Path(path).write_text(json.dumps({"message": {"message": message, "extraInfo": {"timestamp": str(int(time.time()))}}}))

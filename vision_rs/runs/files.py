@@ -14,18 +14,21 @@ TSV and JSONL, in index order, whatever number of processes wrote them.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from ..errors import OutputPathError
 from ..sampling.results import Certificate
+from ..wording import Wording, plural
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,6 +38,8 @@ TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 
 RECORD_KEY = "run"
 """Key of the run record, the JSONL's first line."""
+
+WRITE_ELSEWHERE = Wording("write to another out file", "write to another --out")
 
 ENVIRONMENT_FIELDS = (
     "classifier.device", "classifier.batch_size", "classifier.channels_last", "classifier.streams",
@@ -69,7 +74,7 @@ def read_table(path: str | os.PathLike, columns: Sequence[str], what: str, parse
     path = Path(path)
     if not path.is_file():
         raise OutputPathError(f"no such results file: {path}")
-    lines = path.read_text().splitlines()
+    lines = path.read_text(errors="replace").splitlines()  # not text at all: its header says it is no such table
     header = lines[0].split("\t") if lines else []
     if tuple(header[: len(columns)]) != tuple(columns):
         raise OutputPathError(f"{path} is not {what}: its header must start with {' '.join(columns)}")
@@ -112,11 +117,35 @@ def read_jsonl(path: str | os.PathLike) -> tuple[dict[str, Any] | None, list[dic
     path = Path(path)
     if not path.is_file():
         raise OutputPathError(f"no such results file: {path}")
-    lines = _complete_lines(path.read_text())
-    records = [json.loads(line) for line in lines]
+    records = json_lines(path, _complete_lines(path.read_text(errors="replace")))
     if records and RECORD_KEY in records[0]:
         return records[0][RECORD_KEY], records[1:]
     return None, records
+
+
+def json_lines(path: Path, lines: Sequence[str]) -> list[dict[str, Any]]:
+    """The JSON objects of a run's JSONL lines; a line that is not one (a damaged file) raises OutputPathError naming
+    the file and line."""
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            record = exc
+        if not isinstance(record, dict):
+            raise OutputPathError(f"{path}:{number}: not a line of a vision-rs run: the file is damaged; restore it from a "
+                                  "copy, or remove the run's files and certify again")
+        records.append(record)
+    return records
+
+
+def _row_indices(path: Path, lines: Sequence[str]) -> set[int]:
+    """The ``idx`` of every row of a run's TSV lines (header excluded); a damaged row raises OutputPathError."""
+    try:
+        return {int(line.split("\t", 1)[0]) for line in lines if line.strip()}
+    except ValueError:
+        raise OutputPathError(f"{path} has a row without an index: the file is damaged; restore it from a copy, or "
+                              "remove the run's files and certify again") from None
 
 
 def _complete_lines(text: str) -> list[str]:
@@ -135,10 +164,63 @@ def _keep_complete_lines(path: Path) -> list[str]:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` at once (write a temporary file beside it, then rename)."""
+    """Replace ``path`` with ``text`` at once (write a temporary file beside it, then rename); a failed write leaves
+    ``path`` as it was and raises OutputPathError naming it."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}; it is left as it was") from exc
+
+
+PROBE_PREFIX = ".vision-rs-probe-"
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Raise OutputPathError naming the path unless files can be created in ``folder``, before any work is done.
+
+    Missing folders are created for a probe file, which is written and removed; folders created for it are
+    removed again, so that nothing is left before a run writes its first row (which creates them for good).
+    """
+    folder = Path(folder)
+    created = [path for path in (folder, *folder.parents) if not path.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from exc
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=PROBE_PREFIX) as probe:
+            probe.write(b"probe")
+            probe.flush()
+    except OSError as exc:
+        raise OutputPathError(f"cannot write in the output folder {folder} ({exc.strerror or exc}): make it writable, "
+                              "or choose another output path") from exc
+    finally:
+        for path in created:  # the deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+def check_output_file(tsv: str | os.PathLike) -> Path:
+    """The output TSV of a run, checked before any work is done: a ``.tsv`` name, and a folder files can be written in
+    (see :func:`check_writable`)."""
+    tsv = Path(tsv)
+    if tsv.suffix.lower() != ".tsv":
+        raise OutputPathError(f"the output must be a .tsv file (a .jsonl is written next to it), got {tsv}")
+    if tsv.is_dir():
+        raise OutputPathError(f"the output {tsv} is a folder; give a file name ending in .tsv inside it")
+    check_writable(tsv.parent)
+    return tsv
+
+
+def _write_all(handle: BinaryIO, data: bytes) -> None:
+    """Write every byte of ``data`` to an unbuffered file (a raw write may take fewer)."""
+    view = memoryview(data)
+    while view:
+        written = handle.write(view)
+        view = view[written or 0 :]
 
 
 def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -181,15 +263,11 @@ class RunFiles:
     """
 
     def __init__(self, tsv: str | os.PathLike, columns: Sequence[str] = TSV_COLUMNS) -> None:
-        tsv = Path(tsv)
-        if tsv.suffix.lower() != ".tsv":
-            raise OutputPathError(f"the output must be a .tsv file (a .jsonl is written next to it), got {tsv}")
-        if not tsv.parent.is_dir():
-            raise OutputPathError(f"output folder {tsv.parent} does not exist; create it first")
+        tsv = check_output_file(tsv)
         self.tsv, self.jsonl, self.columns = tsv, jsonl_path(tsv), tuple(columns)
         self.record: dict[str, Any] | None = None
-        self._tsv: TextIO | None = None
-        self._jsonl: TextIO | None = None
+        self._tsv: BinaryIO | None = None
+        self._jsonl: BinaryIO | None = None
 
     @classmethod
     def part(cls, tsv: str | os.PathLike, rank: int, world_size: int, columns: Sequence[str] = TSV_COLUMNS) -> RunFiles:
@@ -211,32 +289,30 @@ class RunFiles:
         jsonl_lines = _keep_complete_lines(self.jsonl)
         if not tsv_lines and not jsonl_lines:
             return set()
-        if not jsonl_lines or RECORD_KEY not in json.loads(jsonl_lines[0]):
+        records = json_lines(self.jsonl, jsonl_lines)
+        if not records or RECORD_KEY not in records[0]:
             raise OutputPathError(
                 f"{self.tsv} exists without a run record in {self.jsonl} (written by an older vision-rs, or the "
-                ".jsonl is missing): its settings cannot be checked. Write to another --out."
-            )
-        earlier = json.loads(jsonl_lines[0])[RECORD_KEY]
+                ".jsonl is missing): its settings cannot be checked; {write_elsewhere}.", write_elsewhere=WRITE_ELSEWHERE)
+        earlier = records[0][RECORD_KEY]
         changed, environment = record_differences(earlier, self.record)
         if changed:
             details = "; ".join(_describe_difference(field, earlier, self.record) for field in changed[:5])
             raise OutputPathError(
-                f"{self.tsv} holds a run with other settings ({details}). Use another --out, or the same "
-                "settings to resume."
-            )
+                f"{self.tsv} holds a run with other settings ({details}). Use the same settings to resume, or "
+                "{write_elsewhere}.", write_elsewhere=WRITE_ELSEWHERE)
         if per_rank:
             environment = [field for field in environment if not _other_gpu_index(field, earlier, self.record)]
         if environment and warn:
             log.warning("resuming %s with another %s: certificates stay valid; the rows after the resume point "
                         "may draw other random numbers than an uninterrupted run", self.tsv,
                         ", ".join(_describe_difference(field, earlier, self.record) for field in environment))
-        done = {int(line.split("\t", 1)[0]) for line in tsv_lines[1:] if line.strip()}
-        results = [json.loads(line) for line in jsonl_lines[1:]]
-        kept = [result for result in results if result["idx"] in done]
+        done = _row_indices(self.tsv, tsv_lines[1:])
+        results = records[1:]
+        kept = [result for result in results if result.get("idx") in done]
         if {result["idx"] for result in kept} != done:
-            raise OutputPathError(
-                f"{self.jsonl} lacks the results of rows in {self.tsv}; restore the .jsonl or write to another --out"
-            )
+            raise OutputPathError(f"{self.jsonl} lacks the results of rows in {self.tsv}; restore the .jsonl, or "
+                                  "{write_elsewhere}", write_elsewhere=WRITE_ELSEWHERE)
         if len(kept) != len(results):  # killed between the JSONL and the TSV write
             atomic_write(self.jsonl, "".join(json.dumps(item) + "\n" for item in [{RECORD_KEY: earlier}, *kept]))
         for result in kept:
@@ -246,26 +322,51 @@ class RunFiles:
         return done
 
     def _open(self) -> None:
-        """Create (or reopen) both files; a new run gets the TSV header and the run record first."""
+        """Create (or reopen) both files, unbuffered; a new run gets the run record and the TSV header first."""
         new = not self.tsv.exists() or self.tsv.stat().st_size == 0
         if new and self.record is None:
             raise OutputPathError("call finished(record, sources) before the first append")
-        self._jsonl = self.jsonl.open("w" if new else "a")
-        self._tsv = self.tsv.open("w" if new else "a")
+        try:
+            self.tsv.parent.mkdir(parents=True, exist_ok=True)
+            self._jsonl = self.jsonl.open("wb" if new else "ab", buffering=0)
+            self._tsv = self.tsv.open("wb" if new else "ab", buffering=0)
+        except OSError as exc:
+            self.close()
+            raise OutputPathError(f"cannot open {exc.filename or self.tsv} for writing: {exc.strerror or exc}") from exc
         if new:
-            self._jsonl.write(json.dumps({RECORD_KEY: self.record}) + "\n")
-            self._jsonl.flush()
-            self._tsv.write("\t".join(self.columns) + "\n")
-            self._tsv.flush()
+            try:
+                self._write(json.dumps({RECORD_KEY: self.record}) + "\n", "\t".join(self.columns) + "\n", "the run record")
+            except OutputPathError:
+                self.tsv.unlink(missing_ok=True)  # a new run that could not start leaves nothing behind
+                self.jsonl.unlink(missing_ok=True)
+                raise
 
     def append(self, line: str, result: dict[str, Any]) -> None:
-        """Write one finished input: its full ``result`` to the JSONL first, then its TSV ``line`` (ending in a newline)."""
+        """Write one finished input: its full ``result`` to the JSONL first, then its TSV ``line`` (ending in a newline).
+
+        The JSONL goes first, so the TSV never names a row the JSONL lacks. A failed write (a full disk, a folder
+        that went away) takes back what it wrote of this row, so both files hold only complete rows, and raises
+        OutputPathError; running the same command again resumes after the last complete row.
+        """
         if self._tsv is None:
             self._open()
-        self._jsonl.write(json.dumps(result) + "\n")  # type: ignore[union-attr]  # JSONL first: the TSV never names a row the JSONL lacks
-        self._jsonl.flush()  # type: ignore[union-attr]
-        self._tsv.write(line)  # type: ignore[union-attr]
-        self._tsv.flush()  # type: ignore[union-attr]
+        self._write(json.dumps(result) + "\n", line, f"row {result.get('idx')}")
+
+    def _write(self, jsonl_text: str, tsv_text: str, what: str) -> None:
+        """Append to both files, or to neither: on a failure, cut both back to where they were, then raise."""
+        handles = [(self._jsonl, self.jsonl, jsonl_text), (self._tsv, self.tsv, tsv_text)]
+        sizes = [os.fstat(handle.fileno()).st_size for handle, _, _ in handles]  # type: ignore[union-attr]
+        for handle, path, text in handles:
+            try:
+                _write_all(handle, text.encode())  # type: ignore[arg-type]
+            except OSError as exc:
+                for (other, _, _), size in zip(handles, sizes):
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(other.fileno(), size)  # type: ignore[union-attr]
+                self.close()
+                raise OutputPathError(
+                    f"cannot write {what} to {path}: {exc.strerror or exc}. Every finished row is kept; make room or "
+                    "fix the folder, then run the same command again to resume") from exc
 
     def close(self) -> None:
         for handle in (self._tsv, self._jsonl):
@@ -334,7 +435,7 @@ def merge_parts(run: RunFiles, record: dict[str, Any], sources: Sequence[str | N
     for files in parts:
         files.tsv.unlink(missing_ok=True)
         files.jsonl.unlink(missing_ok=True)
-    log.info("merged %d part file(s) into %s: %d rows", len(parts), run.tsv, len(order))
+    log.info("merged %s into %s: %s", plural(len(parts), "part file"), run.tsv, plural(len(order), "row"))
     return set(order)
 
 
@@ -342,8 +443,12 @@ def read_certificates(path: str | os.PathLike) -> list[tuple[int, Certificate]]:
     """(true label, certificate) of every row of a run's JSONL file."""
     _, results = read_jsonl(path)
     pairs = []
-    for result in results:
-        fields = dict(result["certificate"])
-        fields["counts"] = {int(k): v for k, v in fields["counts"].items()}
-        pairs.append((int(result["label"]), Certificate(**fields)))
+    for number, result in enumerate(results, start=2):
+        try:
+            fields = dict(result["certificate"])
+            fields["counts"] = {int(k): v for k, v in fields["counts"].items()}
+            pairs.append((int(result["label"]), Certificate(**fields)))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise OutputPathError(f"{path}:{number}: not the certificate of a classification row (the file is "
+                                  "damaged, or of another kind of run)") from None
     return pairs

@@ -10,15 +10,48 @@ both. Files given directly, or lying in the top folder itself, have an unknown l
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from ..errors import InvalidImageError, InvalidParameterError
+from ..wording import plural
 
 UNKNOWN_LABEL = -1
 """Label of an input whose true class is not known."""
+
+PLOT_SOFTWARE = "vision-rs plot"
+"""The ``Software`` text of every PNG plot vision-rs writes: no run takes such a file as an input."""
+
+log = logging.getLogger(__name__)
+
+
+def is_vision_rs_plot(path: Path) -> bool:
+    """Whether ``path`` is a PNG plot written by vision-rs (its header's ``Software`` text; nothing is decoded)."""
+    if path.suffix.lower() != ".png":
+        return False
+    try:
+        with Image.open(path) as image:
+            return str(image.info.get("Software", "")).startswith(PLOT_SOFTWARE)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # reported when the file is read as an input
+        return False
+
+
+def warn_if_inside_inputs(out: str | os.PathLike, sources: Sequence[str | os.PathLike]) -> None:
+    """Warn when a run's output lies inside one of its input folders (its own results and plots are never taken as
+    inputs, but other files put there would be)."""
+    folder = Path(out).resolve().parent
+    for source in sources:
+        root = Path(source).resolve()
+        if root.is_dir() and (folder == root or root in folder.parents):
+            log.warning("the output %s lies inside the input folder %s: vision-rs never takes its own results or plots "
+                        "as inputs, but any other image written there would be; keep outputs outside the inputs", out,
+                        source)
+            return
 
 
 @dataclass(frozen=True)
@@ -39,7 +72,10 @@ def read_class_file(path: str | os.PathLike) -> dict[str, int]:
     path = Path(path)
     if not path.is_file():
         raise InvalidParameterError(f"classes file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise InvalidParameterError(f"{path} is not a text file: give class names one per line, or a JSON mapping") from None
     if path.suffix.lower() == ".json":
         try:
             mapping = json.loads(text)
@@ -90,6 +126,10 @@ def collect_files(
         path = Path(source)
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+            plots = [file for file in files if is_vision_rs_plot(file)]
+            if plots:
+                log.debug("left out %s that vision-rs wrote under %s (first: %s)", plural(len(plots), "plot"), path, plots[0])
+                files = [file for file in files if file not in set(plots)]
             if not files:
                 raise InvalidImageError(f"no {kind} files ({', '.join(suffixes)}) under {path}")
             classes = mapping if mapping is not None else folder_classes(path)

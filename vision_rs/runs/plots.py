@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import MissingDependencyError, OutputPathError
-from .files import Row
-from .inputs import UNKNOWN_LABEL
+from .files import Row, check_writable
+from .inputs import PLOT_SOFTWARE, UNKNOWN_LABEL
 from .summaries import certified_fraction
 
 GRID_POINTS = 400
+TITLE_CHARACTERS = 90
+"""Characters of a title line at fontsize 9 that fit the 6.4-inch figure."""
 
 
 def _pyplot():
@@ -40,8 +43,7 @@ def plot_curves(
     """
     plt = _pyplot()
     path = Path(path)
-    if not path.parent.is_dir():
-        raise OutputPathError(f"output folder {path.parent} does not exist; create it first")
+    check_writable(path.parent)
     figure, axes = plt.subplots(figsize=(6.4, 4.2))
     for name, (xs, ys) in curves.items():
         axes.plot(xs, ys, label=name, clip_on=False, marker="o" if markers else None)  # a curve at 1.0 stays visible
@@ -51,13 +53,19 @@ def plot_curves(
     axes.grid(alpha=0.3)
     if curves:
         axes.legend()
-    if title:
-        axes.set_title(title, fontsize=9)
+    if title:  # wrapped to the figure's width: a long title is never clipped
+        axes.set_title("\n".join(textwrap.wrap(title, TITLE_CHARACTERS)), fontsize=9)
     figure.tight_layout()
     temporary = path.with_name(path.stem + ".tmp" + path.suffix)
-    figure.savefig(temporary, dpi=120)
-    plt.close(figure)
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(temporary, dpi=120, metadata={"Software": PLOT_SOFTWARE})
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise OutputPathError(f"cannot write the plot {path}: {exc.strerror or exc}") from exc
+    finally:
+        plt.close(figure)
     return path
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..errors import OutputPathError
 from ..sampling.results import ABSTAIN, Certificate
+from ..wording import fixed, plural, significant
 from .files import Row
 from .inputs import UNKNOWN_LABEL
 
@@ -67,15 +68,15 @@ def format_summaries(summaries: dict[str, Summary]) -> str:
         header = ["run", "inputs", "clean acc"] + [f"cert acc R>{r:g}" for r in radii] + ["ACR", "abstain", "s/input"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for name, summary in labelled.items():
-            cells = [name, str(summary.images), f"{summary.clean_accuracy:.3f}"]
-            cells += [f"{summary.certified_accuracy.get(r, math.nan):.3f}" for r in radii]
-            cells += [f"{summary.acr:.3f}", f"{summary.abstention_rate:.3f}", f"{summary.mean_seconds:.3f}"]
+            cells = [name, str(summary.images), fixed(summary.clean_accuracy)]
+            cells += [fixed(summary.certified_accuracy[r]) if r in summary.certified_accuracy else "" for r in radii]
+            cells += [fixed(summary.acr), fixed(summary.abstention_rate), fixed(summary.mean_seconds)]
             lines.append("| " + " | ".join(cells) + " |")
     for name, summary in summaries.items():
         if not summary.labelled:
             lines.append(
-                f"{name}: {summary.images} inputs without labels (label -1): certified accuracy needs true labels "
-                f"(class folders or --classes); abstained {summary.abstention_rate:.3f}, {summary.mean_seconds:.3f} s/input"
+                f"{name}: {plural(summary.images, 'input')} without labels (label -1): certified accuracy needs true labels "
+                f"(class folders or --classes); abstained {fixed(summary.abstention_rate)}, {fixed(summary.mean_seconds)} s/input"
             )
     return "\n".join(lines)
 
@@ -96,6 +97,8 @@ class SampleUse:
     """Decision-mode runs: the radius r decided (the first one, when rows differ)."""
     certified: int = 0
     """Decision-mode runs: inputs decided certified at r."""
+    sequential: bool = False
+    """Whether the certificates were sequential (they may stop before n); fixed-n certificates always draw n."""
 
 
 def sample_use(certificates: Sequence[Certificate]) -> SampleUse | None:
@@ -111,14 +114,20 @@ def sample_use(certificates: Sequence[Certificate]) -> SampleUse | None:
         n0=max(cert.n0 for cert in used),
         decision_radius=radii[0] if radii else None,
         certified=sum(bool(cert.decision) for cert in used),
+        sequential=any(cert.stopped is not None for cert in used),
     )
 
 
 def format_sample_use(name: str, use: SampleUse) -> str:
-    """One line: mean draws per input, against the budget n, and the decisions of a decision-mode run."""
+    """One line: a sequential run's mean draws per input against its budget n (and its decisions in decision mode);
+    a fixed-n run's n, with nothing to compare."""
+    if not use.sequential:
+        return (f"{name}: n = {use.n:,} estimation draws for each of {plural(use.inputs, 'input')} (fixed n, not "
+                f"sequential), plus n0 = {use.n0:,} selection draws each")
     fewer = use.n / use.mean_n_used if use.mean_n_used else math.inf
-    line = (f"{name}: {use.mean_n_used:,.0f} estimation draws per input on average over {use.inputs} inputs "
-            f"(budget n = {use.n:,}: {fewer:.1f}x fewer), plus n0 = {use.n0:,} selection draws each")
+    line = (f"{name}: {significant(use.mean_n_used)} estimation draws per input on average over "
+            f"{plural(use.inputs, 'input')} (budget n = {use.n:,}: {significant(fewer)}x fewer), plus n0 = {use.n0:,} "
+            "selection draws each")
     if use.decision_radius is not None:
         line += f"; decided certified at r = {use.decision_radius:g}: {use.certified} of {use.inputs}"
     return line
@@ -145,5 +154,5 @@ def format_pixel_budget_table(table: dict[int, dict[float, float]]) -> str:
     """Markdown: one row per number of changed pixels r, one column per L2 budget ε (certified when R_r > ε)."""
     budgets = list(next(iter(table.values())))
     lines = ["| pixels changed r | " + " | ".join(f"R>{eps:g}" for eps in budgets) + " |", "|---|" + "---|" * len(budgets)]
-    lines += [f"| {r} | " + " | ".join(f"{row[eps]:.3f}" for eps in budgets) + " |" for r, row in table.items()]
+    lines += [f"| {r} | " + " | ".join(fixed(row[eps]) for eps in budgets) + " |" for r, row in table.items()]
     return "\n".join(lines)

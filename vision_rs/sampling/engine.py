@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidImageError, ModelOutputError
 from ..params import check_count
+from ..wording import Wording, plural, size_in_bytes
 from .noise import Noise
 from .views import View
 
@@ -115,7 +116,7 @@ class _DeviceCounts:
         summary = torch.cat([self.counts.flatten(), self.non_finite.reshape(1)]).cpu()  # the one host sync
         counts, bad = summary[:-1], int(summary[-1])
         if bad:
-            raise ModelOutputError(f"the model returned NaN or Inf logits for {bad} noisy inputs")
+            raise ModelOutputError(f"the model returned NaN or Inf logits for {plural(bad, 'noisy input')}")
         return counts.numpy().astype(np.int64).reshape(tuple(self.counts.shape))
 
 
@@ -189,11 +190,16 @@ def check_masks(masks: object, batch: int, num_classes: int | None, size: tuple[
     if masks.ndim != 4 or masks.shape[0] != batch or tuple(masks.shape[2:]) != tuple(size):
         raise ModelOutputError(
             f"the segmentation model returned shape {tuple(masks.shape)} for a batch of {batch}; expected "
-            f"[{batch}, classes, {size[0]}, {size[1]}] (is it a classifier? use vision_rs.smooth)"
-        )
+            f"[{batch}, classes, {size[0]}, {size[1]}] (is it a classifier? {{use}})",
+            use=Wording("use vision_rs.smooth", "use vision-rs certify"))
     if num_classes is not None and masks.shape[1] != num_classes:
-        raise ModelOutputError(f"the segmentation model returned {masks.shape[1]} classes, expected num_classes={num_classes}")
+        raise ModelOutputError(f"the segmentation model returned {masks.shape[1]} classes, expected {{classes}}",
+                               classes=_classes_given(num_classes))
     return masks
+
+
+def _classes_given(num_classes: int) -> Wording:
+    return Wording(f"num_classes={num_classes}", f"--num-classes {num_classes}")
 
 
 def check_logits(logits: object, batch: int, num_classes: int | None) -> torch.Tensor:
@@ -209,17 +215,19 @@ def check_logits(logits: object, batch: int, num_classes: int | None) -> torch.T
             f"expected [{batch}, num_classes] logits (is it a classifier, or does it keep spatial dimensions?)"
         )
     if num_classes is not None and logits.shape[1] != num_classes:
-        raise ModelOutputError(f"the model returned {logits.shape[1]} classes, expected num_classes={num_classes}")
+        raise ModelOutputError(f"the model returned {logits.shape[1]} classes, expected {{classes}}",
+                               classes=_classes_given(num_classes))
     return logits
 
 
-def _first_forward(classifier: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, note: str) -> torch.Tensor:
+def _first_forward(classifier: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, note: Wording) -> torch.Tensor:
     """The first batch's forward pass, turning a shape/channel failure of the model into our error."""
     try:
         return classifier(inputs)
     except RuntimeError as exc:
-        hint = f"; {note}" if note else ""
-        raise ModelOutputError(f"the model failed on a first batch of inputs shaped {tuple(inputs.shape)}: {exc}{hint}") from exc
+        hint = Wording(f"; {note.python}", f"; {note.cli}") if note.python else Wording("", "")
+        raise ModelOutputError(f"the model failed on a first batch of inputs shaped {tuple(inputs.shape)}: {exc}{{hint}}",
+                               hint=hint) from exc
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -243,7 +251,7 @@ def _memory_format(inputs: torch.Tensor, channels_last: bool) -> torch.memory_fo
 
 
 def _forward(
-    classifier: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, config: EngineConfig, note: str | None,
+    classifier: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, config: EngineConfig, note: Wording | None,
     check: Callable[[object, int], torch.Tensor],
 ) -> torch.Tensor:
     """Outputs [N, ...] of N model inputs, in chunks of at most ``config.batch_size`` (views of one draw may be more),
@@ -287,10 +295,6 @@ def look_schedule(num: int, per_batch: int, first: int = FIRST_LOOK, ratio: floa
     return looks
 
 
-def _format_bytes(count: int) -> str:
-    return f"{count / GIB:.2f} GiB" if count >= GIB else f"{count / (1 << 20):.1f} MiB"
-
-
 def draw_bytes(image_shape: tuple[int, ...], noise: Noise, view: View, dtype: torch.dtype = torch.float32) -> int:
     """Bytes one noisy draw takes with its model inputs (shapes worked out on the meta device, nothing computed)."""
     noisy = torch.empty((1, image_shape[0] + noise.extra_channels, *image_shape[1:]), device="meta", dtype=dtype)
@@ -309,11 +313,11 @@ def max_draws_per_batch(
     per_draw = draw_bytes(image_shape, noise, view) + output_bytes
     most = config.memory_budget // (per_draw * streams) - 1  # one draw's worth for the image itself
     if most < 1:
-        what = (f"an input of shape {tuple(image_shape)} takes {_format_bytes(per_draw)} per noisy draw with its "
-                f"model inputs, more than the memory budget of {_format_bytes(config.memory_budget)} allows (x{streams} "
+        what = (f"an input of shape {tuple(image_shape)} takes {size_in_bytes(per_draw)} per noisy draw with its "
+                f"model inputs, more than the memory budget of {size_in_bytes(config.memory_budget)} allows (x{streams} "
                 "streams, plus the input itself): pass a smaller input (resize it to the model's input size first), "
                 "or raise ")
-        raise InvalidImageError(what + "memory_budget=...", cli=what + "--memory-budget")
+        raise InvalidImageError(what + "{budget}", budget=Wording("memory_budget=BYTES", "--memory-budget SIZE"))
     return most
 
 

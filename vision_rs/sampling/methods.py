@@ -15,6 +15,7 @@ import torch
 
 from ..errors import InvalidParameterError
 from ..params import check_selection_probability
+from ..wording import Wording
 from .certificates import (
     Bound,
     cohen_certify,
@@ -157,7 +158,9 @@ class SmoothReduce:
         if self.mode not in MODES:
             raise InvalidParameterError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "probit-mean" and self.reduce != "mean":
-            raise InvalidParameterError("mode='probit-mean' averages per-view probits: use reduce='mean'")
+            raise InvalidParameterError("{probit} averages per-view probits: use {mean}",
+                                        probit=Wording("mode='probit-mean'", "--mode probit-mean"),
+                                        mean=Wording("reduce='mean'", "--reduce mean"))
 
     @property
     def details(self) -> dict[str, Any]:

@@ -9,6 +9,10 @@ import torch
 
 from ..errors import InvalidParameterError
 from ..params import check_selection_probability, check_sigma
+from ..wording import Wording
+
+NO_NOTE = Wording("", "")
+"""What a noise says about the model's inputs when it needs nothing special."""
 
 
 class Noise(Protocol):
@@ -21,8 +25,8 @@ class Noise(Protocol):
         """Channels a noisy copy has beyond the image's own (the hierarchical indicator)."""
         ...
 
-    def input_note(self, channels: int) -> str:
-        """What the model must accept, said when it fails on the first batch ('' if nothing special)."""
+    def input_note(self, channels: int) -> Wording:
+        """What the model must accept, said when it fails on the first batch (empty if nothing special)."""
         ...
 
     def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -46,8 +50,8 @@ class GaussianNoise:
 
     extra_channels = 0
 
-    def input_note(self, channels: int) -> str:
-        return ""
+    def input_note(self, channels: int) -> Wording:
+        return NO_NOTE
 
     def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         buffer.normal_(0.0, self.sigma, generator=generator)
@@ -60,6 +64,9 @@ class SigmaMapNoise:
     pixel units (localized smoothing gives one map per output cell). ``sigma`` is its smallest std.
 
     A map [B, 1, H, W] gives each input of a batch its own map (training draws one output cell per input).
+    The map is kept in float64, as the certificates use it; the noise is drawn in the buffer's dtype with every std
+    rounded *up* to that dtype (:func:`rounded_up`): noise a hair stronger than the certificate assumes can only
+    shrink what the certificate claims relative to what holds (a larger σ certifies more), never the reverse.
     """
 
     sigma_map: torch.Tensor
@@ -68,6 +75,8 @@ class SigmaMapNoise:
         if self.sigma_map.ndim not in (2, 4) or not bool(torch.isfinite(self.sigma_map).all()) or not bool((self.sigma_map > 0).all()):
             raise InvalidParameterError("sigma_map must be a finite [H, W] (or per input [B, 1, H, W]) tensor of noise "
                                         "stds > 0 ([0, 1] pixel units)")
+        object.__setattr__(self, "sigma_map", self.sigma_map.detach().to("cpu", torch.float64))
+        object.__setattr__(self, "_scales", {})
 
     extra_channels = 0
 
@@ -75,12 +84,26 @@ class SigmaMapNoise:
     def sigma(self) -> float:
         return float(self.sigma_map.min())
 
-    def input_note(self, channels: int) -> str:
-        return ""
+    def input_note(self, channels: int) -> Wording:
+        return NO_NOTE
+
+    def scale(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The stds the noise is multiplied by: the map rounded up to ``dtype``, on ``device`` (made once for each)."""
+        key = (device, dtype)
+        if key not in self._scales:  # type: ignore[attr-defined]
+            self._scales[key] = rounded_up(self.sigma_map, dtype).to(device)  # type: ignore[attr-defined]
+        return self._scales[key]  # type: ignore[attr-defined]
 
     def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         buffer.normal_(0.0, 1.0, generator=generator)
-        return buffer.mul_(self.sigma_map.to(buffer.device)).add_(image)
+        return buffer.mul_(self.scale(buffer.device, buffer.dtype)).add_(image)
+
+
+def rounded_up(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float64 ``values`` in ``dtype``, each the smallest value of that dtype at or above it (never below)."""
+    rounded = values.to(dtype)
+    below = rounded.to(torch.float64) < values
+    return torch.where(below, torch.nextafter(rounded, torch.full_like(rounded, float("inf"))), rounded)
 
 
 @dataclass(frozen=True)
@@ -104,11 +127,13 @@ class HierarchicalNoise:
     def extra_channels(self) -> int:
         return int(self.indicator)
 
-    def input_note(self, channels: int) -> str:
+    def input_note(self, channels: int) -> Wording:
         if not self.indicator:
-            return ""
-        return (f"hierarchical smoothing with indicator=True feeds {channels + 1} channels "
-                f"({channels} colour + 1 indicator): build the model for them (timm: in_chans={channels + 1})")
+            return NO_NOTE
+        fed = f"feeds {channels + 1} channels ({channels} colour + 1 indicator): build the model for them"
+        return Wording(f"hierarchical smoothing with indicator=True {fed} (timm: in_chans={channels + 1})",
+                       f"hierarchical smoothing with --indicator {fed} (a checkpoint of a model made with "
+                       f"{channels + 1} input channels)")
 
     def perturb_(self, buffer: torch.Tensor, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         channels = image.shape[-3]

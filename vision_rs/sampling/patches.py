@@ -16,6 +16,7 @@ import torch
 from einops import rearrange
 
 from ..errors import InvalidImageError, InvalidParameterError
+from ..wording import Wording
 from .preprocess import EvalTransform
 
 
@@ -57,14 +58,15 @@ class Patches:
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", _pair(self.size, "patch size"))
         if (self.stride is None) == (self.count is None):
-            raise InvalidParameterError("give Patches either stride= (a regular grid) or count= (random positions)")
+            raise InvalidParameterError("give patches either {stride} (a regular grid) or {count} (random positions)",
+                                        stride=Wording("stride=", "--patch-stride"), count=Wording("count=", "--patch-count"))
         if self.stride is not None:
             stride = _pair(self.stride, "patch stride")
             if stride[0] > self.size[0] or stride[1] > self.size[1]:  # type: ignore[index]
                 raise InvalidParameterError(
-                    f"stride {stride} is larger than the patch {self.size}: the gaps between patches would leave "
-                    "pixels uncovered; use stride <= size"
-                )
+                    f"the patch stride {stride} is larger than the patch {self.size}: the gaps between patches would leave "
+                    "pixels uncovered; use {stride} <= {size}", stride=Wording("stride", "--patch-stride"),
+                    size=Wording("size", "--patch-size"))
             object.__setattr__(self, "stride", stride)
         elif isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
             raise InvalidParameterError(f"patch count must be an integer >= 1, got {self.count!r}")

@@ -17,6 +17,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from ..errors import InvalidParameterError
+from ..wording import Wording
 
 INTERPOLATIONS = {
     "bilinear": InterpolationMode.BILINEAR,
@@ -40,7 +41,8 @@ def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int
 def timm_scale_size(size: tuple[int, int], crop_pct: float) -> tuple[int, int]:
     """timm's resize target before the crop: floor(size / crop_pct) per side."""
     if not (isinstance(crop_pct, (int, float)) and math.isfinite(crop_pct) and crop_pct > 0):
-        raise InvalidParameterError(f"crop_pct must be a number > 0 (e.g. 0.875; 1.0 = no border cropped), got {crop_pct!r}")
+        raise InvalidParameterError(f"{{crop}} must be a number > 0 (e.g. 0.875; 1.0 = no border cropped), got {crop_pct!r}",
+                                    crop=Wording("crop_pct", "--crop-pct"))
     return math.floor(size[0] / crop_pct), math.floor(size[1] / crop_pct)
 
 

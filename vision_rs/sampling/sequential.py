@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError
+from ..wording import Wording
 from .certificates import Bound
 from .engine import FIRST_LOOK, LOOK_RATIO
 from .stats import FINAL_SHARE, SPENDING_SCALE, alpha_spent, clopper_pearson_upper, look_alpha
@@ -88,10 +89,14 @@ class SequentialGoal:
         return None
 
 
-def _positive_finite(value: object, name: str, cli: str) -> float:
+RADIUS = Wording("radius=r", "--radius R")
+SEQUENTIAL = Wording("sequential=True, tolerance=τ", "--sequential --tolerance T")
+
+
+def _positive_radius(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        what = f"must be a finite number > 0 ([0, 1] pixel units, L2), got {value!r}"
-        raise InvalidParameterError(f"{name} {what}", cli=f"{cli} {what}")
+        raise InvalidParameterError(f"{{radius}} must be a finite number > 0 ([0, 1] pixel units, L2), got {value!r}",
+                                    radius=Wording("radius", "--radius"))
     return float(value)
 
 
@@ -100,30 +105,31 @@ def sequential_goal(radius: float | None, sequential: bool, tolerance: float | N
     if not isinstance(sequential, bool):
         raise InvalidParameterError(f"sequential must be True or False, got {sequential!r}")
     if radius is not None and (sequential or tolerance is not None):
-        raise InvalidParameterError(
-            "choose one sequential mode: radius=r (decide whether r is certified) or sequential=True, tolerance=τ "
-            "(the radius, to within τ), not both",
-            cli="choose one of --radius R (decide r) and --sequential --tolerance T (the radius), not both",
-        )
+        raise InvalidParameterError("choose one sequential mode: {radius} (decide whether r is certified) or {sequential} "
+                                    "(the radius, to within τ), not both", radius=RADIUS, sequential=SEQUENTIAL)
     if tolerance is not None and not sequential:
-        raise InvalidParameterError("tolerance= needs sequential=True", cli="--tolerance needs --sequential")
+        raise InvalidParameterError("{tolerance} needs {sequential}", tolerance=Wording("tolerance=", "--tolerance"),
+                                    sequential=Wording("sequential=True", "--sequential"))
     if radius is not None:
-        return SequentialGoal(radius=_positive_finite(radius, "radius", "--radius"))
+        return SequentialGoal(radius=_positive_radius(radius))
     if not sequential:
         return None
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not 0.0 < tolerance < 1.0:
-        what = f"must lie strictly between 0 and 1 (a relative radius loss, e.g. 0.02), got {tolerance!r}"
-        raise InvalidParameterError(f"tolerance {what}", cli=f"--tolerance {what}")
+        raise InvalidParameterError(
+            f"{{tolerance}} must lie strictly between 0 and 1 (a relative radius loss, e.g. 0.02), got {tolerance!r}",
+            tolerance=Wording("tolerance", "--tolerance"))
     return SequentialGoal(tolerance=float(tolerance))
 
 
 def check_sequential_method(votes_once_per_draw: bool, details: dict[str, Any]) -> None:
     """Refuse sequential certification for methods that do not count one vote per draw (per-view modes)."""
     if not votes_once_per_draw:
-        what = (f"sequential certification needs one vote per draw; mode={details.get('mode')!r} bounds every view "
-                "separately. Use mode 'vote', or certify with a fixed n (no ")
-        raise InvalidParameterError(what + "radius= / sequential=)", cli=what + "--radius / --sequential)")
+        mode = details.get("mode")
+        raise InvalidParameterError(
+            "sequential certification needs one vote per draw; {mode} bounds every view separately. Use {vote}, or "
+            "certify with a fixed n (no {radius} / {sequential})", mode=Wording(f"mode={mode!r}", f"--mode {mode}"),
+            vote=Wording("mode='vote'", "--mode vote"), radius=RADIUS, sequential=SEQUENTIAL)
 
 
 def project_counts(counts: np.ndarray, candidate: int, remaining: int, rate: float) -> np.ndarray:

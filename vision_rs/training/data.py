@@ -248,10 +248,10 @@ class SegmentationFolderData(Dataset):
                 "fingerprint": fingerprint(names)}
 
 
-def held_out_split(count: int, held_out: int | float, seed: int) -> tuple[list[int], list[int]]:
+def held_out_split(count: int, held_out: float, seed: int) -> tuple[list[int], list[int]]:
     """(train indices, held-out indices) of ``count`` items: ``held_out`` items (or that share of them) drawn by a
     permutation seeded with ``seed``, both lists sorted."""
-    size = int(round(held_out * count)) if isinstance(held_out, float) else int(held_out)
+    size = round(held_out * count) if isinstance(held_out, float) else int(held_out)
     if not 0 <= size < count:
         raise InvalidParameterError(f"cannot hold out {held_out} of {count} items: leave at least one to train on")
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()

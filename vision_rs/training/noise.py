@@ -29,6 +29,7 @@ from ..segmentation.results import IGNORE_INDEX
 from ..segmentation.smoothing import SmoothedSegmenter
 from ..smoothing import SmoothedClassifier
 from ..video.models import ClipLayout, FramesAsImages
+from ..wording import Wording
 
 Smoothed = SmoothedClassifier | SmoothedSegmenter
 
@@ -61,9 +62,8 @@ def _check_trainable(smoothed: object) -> None:
     if isinstance(smoothed, SmoothedClassifier) and smoothed.method == "smooth-reduce":
         raise InvalidParameterError(
             "train a base model through Gaussian or hierarchical smoothing of the whole input; a Smooth-Reduce patch "
-            "model is trained as Joshi et al. train it: Gaussian noise on random crops of the patch size",
-            cli="train a base model with Gaussian or hierarchical noise on the whole input; a Smooth-Reduce patch model "
-                "is trained with Gaussian noise on random crops of the patch size (--train-crop SIZE)")
+            "model is trained as Joshi et al. train it: Gaussian noise on random crops of the patch size{crop}",
+            crop=Wording(" (train_crop=SIZE)", " (--train-crop SIZE)"))
 
 
 class NoisyBaseClassifier(nn.Module):

@@ -32,6 +32,7 @@ from ..segmentation.localized import Localized
 from ..segmentation.smoothing import SmoothedSegmenter
 from ..smoothing import SmoothedClassifier, smooth
 from ..video.models import ClipLayout
+from ..wording import Wording
 from .data import SegmentationFolderData
 from .losses import DenoiserMSE, GaussianAugmentation, NoiseLoss, Stability
 from .noise import NoisyBaseClassifier, NoisyDenoiser, Smoothed, network_of
@@ -163,7 +164,7 @@ def train_denoiser(
     if isinstance(loss, Stability):
         if classifier is None:
             raise InvalidParameterError("the stability loss trains the denoiser through a frozen classifier: give "
-                                        "classifier=...", cli="--loss stability needs --classifier MODEL")
+                                        "{classifier}", classifier=Wording("classifier=...", "--classifier MODEL"))
         smoothed = smooth(classifier, sigma, denoiser=denoiser, device=device, progress=False, **classifier_options)
         objective: DenoiserObjective | StabilityObjective = StabilityObjective(
             NoisyBaseClassifier(smoothed, seed=config.seed, frozen_base=True), loss)

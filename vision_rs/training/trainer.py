@@ -45,6 +45,7 @@ from ..models.provenance import software_versions
 from ..params import check_count, check_seed
 from ..runs.distributed import Ranks, process_group, resolve_ranks
 from ..runs.files import flatten, record_differences
+from ..wording import Wording
 from .losses import LossTerms
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ class Trainer:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a damaged file: RuntimeError, EOFError, UnpicklingError, ... by its bytes
             raise OutputPathError(f"cannot read the training state {state_path} ({exc!r}); train into another folder") from exc
-        changed, environment = record_differences({**state["record"], "epoch": None}, {**self.record, "epoch": None})
+        changed, _ = record_differences({**state["record"], "epoch": None}, {**self.record, "epoch": None})
         changed = [field for field in changed if not any(field == name or field.startswith(name + ".")
                                                          for name in ENVIRONMENT_FIELDS)]
         if changed:
@@ -275,11 +276,12 @@ class Trainer:
             if not _is_out_of_memory(exc):
                 raise
             smaller = max(1, self.config.batch_size // 2)
+            batch_size = self.config.batch_size
             raise TrainingError(
-                f"out of memory at step {step} with batch size {self.config.batch_size} on {self.objective.device}: "
-                f"try batch_size={smaller} (the last finished epoch's checkpoint is kept)",
-                cli=f"out of memory at step {step} with --batch-size {self.config.batch_size} on "
-                    f"{self.objective.device}: try --batch-size {smaller} (the last finished epoch's checkpoint is kept)",
+                f"out of memory at step {step} with {{now}} on {self.objective.device}: try {{smaller}} (the last "
+                "finished epoch's checkpoint is kept)",
+                now=Wording(f"batch size {batch_size}", f"--batch-size {batch_size}"),
+                smaller=Wording(f"batch_size={smaller}", f"--batch-size {smaller}"),
             ) from exc
 
     # ------------------------------------------------------------------ the loop
@@ -393,8 +395,6 @@ class Trainer:
         if step >= 0:
             kept = f"the checkpoint of epoch {epoch} in {self.out} is kept" if epoch else "no checkpoint was written yet"
             raise TrainingError(
-                f"the loss became NaN or infinite at step {step} (epoch {epoch + 1}); {kept}. Lower the learning rate "
-                "(lr=...), clip gradients (grad_clip=...) or check the data for NaN pixels",
-                cli=f"the loss became NaN or infinite at step {step} (epoch {epoch + 1}); {kept}. Lower --lr, clip "
-                    "gradients (--grad-clip) or check the data for NaN pixels",
-            )
+                f"the loss became NaN or infinite at step {step} (epoch {epoch + 1}); {kept}. Lower {{lr}}, clip "
+                "gradients ({grad_clip}) or check the data for NaN pixels",
+                lr=Wording("the learning rate (lr=...)", "--lr"), grad_clip=Wording("grad_clip=...", "--grad-clip"))

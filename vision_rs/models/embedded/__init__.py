@@ -23,6 +23,13 @@ TASKS = {
 }
 """What each task's embedded models are smoothed with."""
 
+TASK_COMMANDS = {
+    "image-classification": "vision-rs certify (or certify-video --framewise)",
+    "video-classification": "vision-rs certify-video",
+    "segmentation": "vision-rs certify-seg",
+}
+"""The command that certifies each task's embedded models."""
+
 
 def architectures() -> dict[str, tuple[str, type[nn.Module]]]:
     """Embedded architectures by name (the ``architecture`` of their ``pretrained_cfg``) → (task, class): built
