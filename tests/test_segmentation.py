@@ -102,6 +102,15 @@ def test_localized_draws_use_the_cells_sigma_map_and_count_only_the_cell() -> No
         assert float(noise[:, rows, cols].std()) == pytest.approx(std, rel=0.03)
 
 
+def test_localized_progress_names_each_cell_of_the_grid() -> None:
+    model, image, _ = threshold_setup(size=8)
+    phases: list[str] = []
+    report = lambda phase, done, total: phases.append(phase) if done == 0 else None  # noqa: E731
+    smooth_threshold(model, localized=seg.Localized((1, 2), 0.1, 0.5)).certify(image, n0=2, n=4, seed=0, progress=report)
+    assert phases == ["select (n0), cell 1 of 2", "estimate (n), cell 1 of 2",
+                      "select (n0), cell 2 of 2", "estimate (n), cell 2 of 2"]
+
+
 def test_a_one_cell_grid_is_isotropic_smoothing() -> None:
     model, image, _ = threshold_setup()
     isotropic = smooth_threshold(model, sigma=0.25).certify(image, n0=20, n=300, alpha=0.01, seed=3)
