@@ -88,7 +88,8 @@ def describe_smoothed(smoothed: Any) -> dict[str, Any]:
     }
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """'40 s', '8 min 07 s', '1 h 02 min' (rounded to whole seconds)."""
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
@@ -214,7 +215,7 @@ class SmoothedClassifier:
         rate = draws / seconds
         if n / rate > SLOW_RUN_SECONDS:
             self._warn_once("time", "n=%d will take about %s per input at the measured %.0f draws/s on %s; "
-                            "lower n, or use a GPU", n, _duration(n / rate), rate, self.device)
+                            "lower n, or use a GPU", n, duration(n / rate), rate, self.device)
 
     def certify(
         self,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from einops import rearrange
 from tqdm.auto import tqdm
+from typing_extensions import Self
 
 from ..errors import InvalidImageError, ModelOutputError
 from ..params import check_count
@@ -291,7 +292,8 @@ def look_schedule(num: int, per_batch: int, first: int = FIRST_LOOK, ratio: floa
     return looks
 
 
-def _format_bytes(count: int) -> str:
+def format_bytes(count: int) -> str:
+    """'1.50 GiB', '20.0 MiB', '0.2 MiB' (binary units)."""
     return f"{count / GIB:.2f} GiB" if count >= GIB else f"{count / (1 << 20):.1f} MiB"
 
 
@@ -313,8 +315,8 @@ def max_draws_per_batch(
     per_draw = draw_bytes(image_shape, noise, view) + output_bytes
     most = config.memory_budget // (per_draw * streams) - 1  # one draw's worth for the image itself
     if most < 1:
-        what = (f"an input of shape {tuple(image_shape)} takes {_format_bytes(per_draw)} per noisy draw with its "
-                f"model inputs, more than the memory budget of {_format_bytes(config.memory_budget)} allows (x{streams} "
+        what = (f"an input of shape {tuple(image_shape)} takes {format_bytes(per_draw)} per noisy draw with its "
+                f"model inputs, more than the memory budget of {format_bytes(config.memory_budget)} allows (x{streams} "
                 "streams, plus the input itself): pass a smaller input (resize it to the model's input size first), "
                 "or raise ")
         raise InvalidImageError(what + "memory_budget=...", cli=what + "--memory-budget")
@@ -332,7 +334,7 @@ class _ReportedProgress:
         self.done += draws
         self.report(self.desc, self.done, self.total)
 
-    def __enter__(self) -> _ReportedProgress:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
