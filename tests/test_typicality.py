@@ -14,13 +14,7 @@ from vision_rs.models.embedded import digits_split
 from vision_rs.models.embedded.typicality import STATISTICS, TrainingStatistics, image_statistics, training_statistics
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many small checks: one thread each is faster than two fighting over a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small checks
 
 
 def _photo(name: str) -> torch.Tensor:
