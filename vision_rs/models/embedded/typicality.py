@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 STATISTICS = ("border spread", "ink", "ink off centre", "fine detail", "border brightness")
 """What :func:`image_statistics` measures, in its column order."""
+CHUNK = 256
+"""Images (or clips) measured at a time."""
 CLIP_FRAMES = 4
 """Frames a clip's statistics are the mean of (evenly spaced, first and last included)."""
 FIT_SHARE = 2 / 3
@@ -92,7 +94,7 @@ class TrainingStatistics:
     @classmethod
     def fit(cls, images: torch.Tensor) -> TrainingStatistics:
         """From uint8 training images [N, 3, H, W] or clips [N, T, 3, H, W] (a clip's statistics: some frames' mean)."""
-        statistics = _statistics(images.float() / 255.0)
+        statistics = _statistics(images)
         fitted = int(len(statistics) * FIT_SHARE)
         reference, held_back = statistics[:fitted], statistics[fitted:]
         mean, precision = reference.mean(dim=0), torch.linalg.inv(torch.cov(reference.T))
@@ -111,12 +113,17 @@ class TrainingStatistics:
 
 def _statistics(images: torch.Tensor) -> torch.Tensor:
     """[N, 5] of images [N, 3, H, W], or of clips [N, T, 3, H, W] averaged over :data:`CLIP_FRAMES` evenly spaced
-    frames of each."""
-    if images.ndim == 4:
-        return image_statistics(images)
-    clips, frames = images.shape[:2]
-    chosen = torch.linspace(0, frames - 1, min(CLIP_FRAMES, frames)).round().long()
-    return image_statistics(images[:, chosen].flatten(0, 1)).reshape(clips, len(chosen), -1).mean(dim=1)
+    frames of each; uint8 or float in [0, 1]. Measured :data:`CHUNK` at a time: no float copy of a whole training
+    set is ever made."""
+    rows = []
+    for chunk in images.split(CHUNK):
+        if chunk.ndim == 5:
+            chosen = torch.linspace(0, chunk.shape[1] - 1, min(CLIP_FRAMES, chunk.shape[1])).round().long()
+            chunk = chunk[:, chosen]
+        pixels = chunk.float() / 255.0 if chunk.dtype == torch.uint8 else chunk.float()
+        measured = image_statistics(pixels.flatten(0, -4))
+        rows.append(measured.reshape(len(chunk), -1, len(STATISTICS)).mean(dim=1))
+    return torch.cat(rows)
 
 
 def _mahalanobis(statistics: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
