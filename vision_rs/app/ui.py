@@ -359,7 +359,7 @@ def _connect(gr: Any, handlers: Handlers, kind: str, run: Any, cancel: Any, meth
     asked = run.click(_with_session(gr, begin), None, [*outputs, results], **quick)
     event = asked.then(_certify_handler(gr, handlers, kind, method), inputs, outputs, api_name=name,
                        concurrency_id=CONCURRENCY_ID, show_progress_on=[summary])
-    event.success(lambda text: gr.update(visible=text != CANCELLED), summary, results, **quick)
+    event.success(lambda text: gr.update(visible=text not in (WAITING, CANCELLED)), summary, results, **quick)
     event.failure(_with_session(gr, failed), None, summary, **quick)
     cancel.click(_with_session(gr, stop), None, outputs, cancels=[event], **quick)
 
