@@ -387,6 +387,18 @@ def test_bad_and_large_uploads_show_our_message(handlers: Handlers, tmp_path: Pa
     assert "True class" not in summary and ("Certified" in summary or "Abstained" in summary)
 
 
+def test_a_photo_gets_its_certificate_with_a_warning_that_it_is_unlike_the_training_data(handlers: Handlers,
+                                                                                          tmp_path: Path) -> None:
+    from sklearn.datasets import load_sample_image
+
+    photo = tmp_path / "temple.jpg"
+    Image.fromarray(load_sample_image("china.jpg")).save(photo)
+    summary, *_ = handlers.certify_image(*_image_args(source="Upload", upload=str(photo)))
+    assert "This input is unlike the data the model was trained on" in summary
+    assert "says nothing about what this input shows" in summary
+    assert summary.index("unlike the data") < summary.index("| certificate |"), "under the verdict, not below the table"
+
+
 def test_video_limits_show_our_message(catalog: ModelCatalog, tmp_path: Path) -> None:
     from vision_rs.models.embedded.clips import write_clips
 
