@@ -581,7 +581,7 @@ def test_http_certify_an_embedded_example(server) -> None:
     client = Client(url, verbose=False)
     summary, shares, patches, ball, ball_text, budgets, plot = client.predict(*_image_args(example=5),
                                                                                api_name="/certify_image")
-    image, truth = digit_example(5)
+    truth = digit_example(5)[1]
     assert f"True class: digit {truth}" in summary and "### Certified: digit" in summary
     assert shares["confidences"] and patches is None and not budgets["data"], "Gaussian: no patches, no budgets"
     assert Image.open(ball).size[0] == 3 * 256 + 2 * 12 and "inside the certified ball" in ball_text

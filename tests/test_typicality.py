@@ -13,7 +13,6 @@ from PIL import Image
 from vision_rs.models.embedded import digits_split
 from vision_rs.models.embedded.typicality import STATISTICS, TrainingStatistics, image_statistics, training_statistics
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small checks
 
 

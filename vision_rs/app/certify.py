@@ -1,10 +1,12 @@
 """What the app's three tabs compute, without gradio: inputs checked against the app's limits, the smoothed model
-built from a catalog choice, the certificate, and the pictures and tables the page shows of it.
+built from a catalog choice, the certificate, what the page says of it (advice after an abstention, a warning for
+inputs unlike the training data, one perturbation inside the certified ball), and its pictures and tables.
 
 Every error raised on purpose is a :class:`~vision_rs.errors.VisionRSError` (the page shows its message). A run
 given a ``stop`` event ends at its next forward pass once the event is set (:class:`CertificationCancelled`): a
 forward pre-hook on the smoothed model, removed afterwards; the model's train/eval flags are restored by the
-engine's ``evaluation_mode`` on the way out, as after any error.
+engine's ``evaluation_mode`` on the way out, as after any error. A run given a ``progress`` function shows it a
+:class:`~vision_rs.app.progress.ProgressLine` (draws done of the run's planned total) after every batch.
 """
 
 from __future__ import annotations
