@@ -476,9 +476,9 @@ def test_run_progress_adds_up_phases_and_estimates_the_time_left() -> None:
     assert [(line.done, line.total) for line in lines] == [(0, 300), (100, 300), (100, 300), (200, 300)]
     assert lines[0].seconds_left is None and lines[1].seconds_left == pytest.approx(2.0)
     assert lines[-1].text == "estimate (n) · about 2 s left"
-    progress.plan(100)
-    progress("check", 0, 100)
-    assert (lines[-1].done, lines[-1].total) == (300, 400)
+    progress.plan(100, "the perturbed input")
+    progress("select (n0)", 0, 100)
+    assert (lines[-1].done, lines[-1].total, lines[-1].phase) == (300, 400, "the perturbed input: select (n0)")
 
 
 def test_session_runs_stop_what_cancel_and_a_closed_page_ask_for() -> None:

@@ -578,7 +578,7 @@ class AppCertifier:
                             cert.radius, one_pixel=hierarchical)
         n0, n = min(cert.n0, 100), min(cert.n, self.limits.ball_draws)
         if tracker is not None:
-            tracker.plan(n0 + n)
+            tracker.plan(n0 + n, "the perturbed input")
         there = smoothed.certify(point.perturbed, n0=n0, n=n, alpha=cert.alpha, seed=cert.seed)
         said = (f"abstains there ({abstain_reason(there)})" if there.abstained else
                 f"gives {names(int(there.label))} there (certified with radius {there.radius:.4f}, n0 = {n0:,}, "  # type: ignore[arg-type]

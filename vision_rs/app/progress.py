@@ -43,14 +43,17 @@ class RunProgress:
         """Draws of the phases already over."""
         self._phase, self._done, self._phase_total = "", 0, 0
         self._started: float | None = None
+        self._step = ""
 
     @property
     def done(self) -> int:
         return min(self.total, self._finished + self._done)
 
-    def plan(self, draws: int) -> None:
-        """The run will take ``draws`` more draws than planned (a step that depends on what came before)."""
+    def plan(self, draws: int, step: str) -> None:
+        """The run takes ``draws`` more draws than planned, for ``step`` (one that depends on what came before), whose
+        name comes before the phases' from now on."""
         self.total += draws
+        self._step = step
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if phase != self._phase or done < self._done:
@@ -62,4 +65,4 @@ class RunProgress:
             self._started = now
         drawn, elapsed = self.done, now - self._started
         left = (self.total - drawn) * elapsed / drawn if drawn and elapsed > 0 else None
-        self.show(ProgressLine(drawn, self.total, phase, left))
+        self.show(ProgressLine(drawn, self.total, f"{self._step}: {phase}" if self._step else phase, left))
