@@ -23,7 +23,7 @@ from vision_rs.images import ImageInput, to_unit_tensor
 from vision_rs.models.denoising import Denoiser, behind_denoiser, evaluating
 from vision_rs.models.provenance import ModelSource
 from vision_rs.params import check_alpha, check_count, check_sigma
-from vision_rs.sampling.engine import EngineConfig, PixelVoteTally, max_draws_per_batch, sample
+from vision_rs.sampling.engine import EngineConfig, PixelVoteTally, ProgressReport, max_draws_per_batch, sample
 from vision_rs.sampling.noise import GaussianNoise, Noise, SigmaMapNoise
 from vision_rs.sampling.views import View, WholeImage
 from vision_rs.smoothing import ModelOptions, describe_smoothed, place, place_denoiser, prepare_model, seeded_generator
@@ -159,7 +159,7 @@ class SmoothedSegmenter:
         tau: float = 0.75,
         batch_size: int | None = None,
         seed: int | None = None,
-        progress: bool | None = None,
+        progress: bool | ProgressReport | None = None,
     ) -> SegmentationCertificate:
         """Certify every pixel: choose its class on ``n0`` draws, bound its probability on ``n`` fresh ones.
 
@@ -183,13 +183,15 @@ class SmoothedSegmenter:
         with evaluating(self.base, self.denoiser):
             classes = self._probe_classes(pixels)
             output_bytes = self._output_bytes(height, width, classes)
-            for index, (region, noise) in enumerate(self.regions(height, width)):
+            regions = self.regions(height, width)
+            for index, (region, noise) in enumerate(regions):
                 def votes(num: int, desc: str) -> np.ndarray:
                     tally = PixelVoteTally((height, width), region, classes)
                     return sample(self.base, pixels, noise, view, tally, num, generator, config, desc, output_bytes)
 
-                chosen = votes(n0, f"select (n0), cell {index}").argmax(axis=-1)
-                estimated = votes(n, f"estimate (n), cell {index}")
+                cell = f", cell {index + 1} of {len(regions)}" if len(regions) > 1 else ""
+                chosen = votes(n0, f"select (n0){cell}").argmax(axis=-1)
+                estimated = votes(n, f"estimate (n){cell}")
                 candidates[region] = chosen
                 counts[region] = np.take_along_axis(estimated, chosen[..., None], axis=-1)[..., 0]
         return self._certificate(candidates, counts, n0, n, alpha, correction, tau, classes, seed, time.perf_counter() - start)

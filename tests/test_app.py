@@ -1,12 +1,15 @@
-"""The Gradio app: its functions called directly, the running server over HTTP (gradio_client), and one end-to-end
-run in a real headless browser (Debian's chromium + chromium-driver, driven by Selenium; skipped, with the reason,
-only when no browser is installed)."""
+"""The Gradio app: its functions called directly, the running server over HTTP (gradio_client) and as a process
+(SIGTERM), and end-to-end runs in one real headless browser (Debian's chromium + chromium-driver, driven by Selenium;
+skipped, with the reason, only when no browser is installed)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,8 +22,16 @@ from torch import nn
 
 gr = pytest.importorskip("gradio")
 
-from vision_rs.app.catalog import IMAGE, SEGMENTATION, VIDEO, ModelCatalog, ModelChoice  # noqa: E402
+from vision_rs.app.catalog import (  # noqa: E402
+    IMAGE,
+    VIDEO,
+    ModelCatalog,
+    ModelChoice,
+    after_method_choice,
+    after_model_choice,
+)
 from vision_rs.app.certify import (  # noqa: E402
+    METHODS,
     AppCertifier,
     AppLimits,
     CertificationCancelled,
@@ -32,7 +43,9 @@ from vision_rs.app.certify import (  # noqa: E402
     parse_eps,
     scene_example,
 )
-from vision_rs.app.pictures import ABSTAIN_COLOUR, AGREE, DISAGREE  # noqa: E402
+from vision_rs.app.pictures import ABSTAIN_COLOUR, AGREE, DISAGREE, LEGEND_FONT, TILE_SIDE, TITLE_FONT  # noqa: E402
+from vision_rs.app.progress import ProgressLine, RunProgress  # noqa: E402
+from vision_rs.app.sessions import SessionRuns  # noqa: E402
 from vision_rs.app.ui import AppConfig, Handlers, launch_app  # noqa: E402
 from vision_rs.errors import InvalidParameterError, ModelOutputError  # noqa: E402
 from vision_rs.models.embedded import DigitsCNN, load_embedded_model  # noqa: E402
@@ -51,7 +64,7 @@ def catalog() -> ModelCatalog:
 @pytest.fixture(scope="module")
 def certifier(catalog: ModelCatalog) -> AppCertifier:
     torch.set_num_threads(1)
-    return AppCertifier(catalog, device="cpu", progress=False)
+    return AppCertifier(catalog, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -64,26 +77,45 @@ def _png(path: Path, pixels: torch.Tensor) -> Path:
     return path
 
 
+def _mp4(path: Path, clip: torch.Tensor) -> Path:
+    """uint8 [T, 3, H, W] written with OpenCV (mp4v), as a user's camera or editor would."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 16.0, (clip.shape[-1], clip.shape[-2]))
+    for frame in clip.numpy():
+        writer.write(np.ascontiguousarray(frame.transpose(1, 2, 0)[:, :, ::-1]))
+    writer.release()
+    return path
+
+
 # ------------------------------------------------------------------------------------------------ direct: image
 
 
-def test_image_gaussian_certificate_picture_and_projection(certifier: AppCertifier) -> None:
+def test_image_gaussian_certificate_projection_and_a_point_inside_the_ball(certifier: AppCertifier) -> None:
     image, truth = digit_example(3)
     result = certifier.certify_image(image, ImageRequest(**FAST), truth=truth)
     cert = result.certificate
-    assert cert.method == "gaussian" and cert.n == 40
-    heading = f"Certified: digit {cert.label}, radius {cert.radius:.4f}" if not cert.abstained else "Abstained"
-    assert heading in result.summary and f"True class: digit {truth}" in result.summary
+    assert cert.method == "gaussian" and cert.n == 40 and not cert.abstained
+    assert f"Certified: digit {cert.label}, radius {cert.radius:.4f}" in result.summary
+    assert f"True class: digit {truth}" in result.summary and "unlike the data" not in result.summary
     assert sum(result.shares.values()) == pytest.approx(1.0) or len(cert.counts) > 5
-    assert result.picture.size == (256, 256)  # 32 × 32 enlarged 8×
-    assert result.budgets == [] and result.view_counts is None
+    assert result.picture is None and result.budgets == [] and result.view_counts is None
     # the projection uses the method's own bound: at the run's own n it gives the certificate's radius
     sizes, radii = result.sample_plot.axes[0].lines[0].get_data()
     assert radii[list(sizes).index(cert.n)] == pytest.approx(cert.radius, abs=1e-12)
     assert np.all(np.diff(radii) >= -1e-9), "more samples at the same shares never certify less"
+    # one perturbation inside the certified ball: its norm is below the radius, after clipping to [0, 1]
+    ball, pixels = result.ball, image.float() / 255
+    assert ball is not None and ball.radius == cert.radius
+    assert float((ball.perturbed - pixels).norm()) == pytest.approx(ball.norm) and ball.norm < cert.radius
+    assert 0.9 * cert.radius < ball.norm and 0 <= float(ball.perturbed.min()) and float(ball.perturbed.max()) <= 1
+    for words in ("One perturbation inside the certified ball", "not an attack result",
+                  "clipping can only shrink it", f"L2 norm {ball.norm:.4f}"):
+        assert words in result.ball_text
+    assert result.ball_picture.width == 3 * 256 + 2 * 12 and result.ball_picture.height > 256  # three panels, titled
 
 
-def test_image_smooth_reduce_draws_the_patch_grid_with_each_views_vote(certifier: AppCertifier) -> None:
+def test_image_smooth_reduce_shows_each_patch_and_its_vote(certifier: AppCertifier) -> None:
     image, truth = digit_example(0)
     request = ImageRequest(**FAST, method="Smooth-Reduce", patch_size=16, patch_stride=8, mode="smoothed")
     result = certifier.certify_image(image, request, truth=truth)
@@ -91,12 +123,33 @@ def test_image_smooth_reduce_draws_the_patch_grid_with_each_views_vote(certifier
     assert cert.views == 9 and cert.c_max == 4
     assert counts.shape == (9, 10) and (counts.sum(axis=1) == 40).all()  # min(n, view_draws) draws, one vote per view
     label = cert.candidate if cert.abstained else cert.label
-    # the last patch drawn (bottom right, top-left corner at (16, 16), 8× enlarged): its outline's top edge has its
-    # agreement colour (green: its top class is the prediction)
-    expected = AGREE if counts[8].argmax() == label else DISAGREE
-    assert tuple(np.asarray(result.picture)[16 * 8, 16 * 8 + 20]) == expected
-    assert "patch grid shows each view's top class" in result.summary
+    # 9 tiles in the patches' 3 × 3 grid, none over another (from the first frame's top left corner on): each tile's
+    # frame has its agreement colour (green: its top class is the prediction; red: another class)
+    pixels = np.asarray(result.picture)
+    framed = (pixels == AGREE).all(axis=2) | (pixels == DISAGREE).all(axis=2)
+    top, left = np.argwhere(framed)[0]
+    cell_w, cell_h, gap = TILE_SIDE + 8, TILE_SIDE + 8 + LEGEND_FONT + 8, 10
+    for view, votes in enumerate(counts):
+        row, column = divmod(view, 3)
+        expected = AGREE if votes.argmax() == label else DISAGREE
+        assert tuple(pixels[top + row * (cell_h + gap) + 1, left + column * (cell_w + gap) + cell_w // 2]) == expected
     assert "9 patches of 16×16, stride 8×8" in result.summary
+
+
+def test_every_method_certifies_the_default_example_on_its_own_defaults(certifier: AppCertifier) -> None:
+    """Choosing a method switches the default model to one that works with it; each then certifies digit #0."""
+    image, truth = digit_example(0)
+    defaults = ImageRequest()
+    radii = {}
+    for method in METHODS:
+        settings = after_method_choice(certifier.catalog, defaults.model, method)
+        request = ImageRequest(method=method, model=settings.model or defaults.model, sigma=settings.sigma or defaults.sigma,
+                               p=settings.p or defaults.p,
+                               indicator=defaults.indicator if settings.indicator is None else settings.indicator)
+        cert = certifier.certify_image(image, request, truth=truth).certificate
+        assert cert.label == truth, (method, cert)
+        radii[method] = cert.radius
+    assert min(radii.values()) > 0.4, radii
 
 
 def test_image_hierarchical_budget_table(certifier: AppCertifier) -> None:
@@ -109,6 +162,49 @@ def test_image_hierarchical_budget_table(certifier: AppCertifier) -> None:
     budgets = [b for _, b in result.budgets]
     assert budgets[0] == pytest.approx(result.certificate.radius)
     assert all(a >= b for a, b in zip(budgets, budgets[1:])), "more changed pixels never get a larger budget"
+    # the ball of hierarchical smoothing: at most one changed pixel (r = 1) with L2 norm below ε(1)
+    assert result.ball.pixels == 1 and result.ball.norm < budgets[0]
+    assert "r = 1 changed pixel" in result.ball_text
+
+
+class SplitVote(nn.Module):
+    """Votes for whichever of the first 10 pixels of the top row is brightest: under noise, about 1/10 each."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0, 0, :10] * 100
+
+
+def test_advice_after_an_abstention_follows_the_plot(catalog: ModelCatalog) -> None:
+    local = ModelCatalog(dict(catalog.choices))
+    local.add(ModelChoice("test:split", "splits its votes", IMAGE, "split"), loader=SplitVote)
+    certifier = AppCertifier(local, device="cpu")
+    image = torch.full((3, 32, 32), 0.5)
+    split = certifier.certify_image(image, ImageRequest(model="test:split", n0=10, n=200))
+    share = max(split.certificate.counts.values()) / 200
+    assert split.certificate.abstained and share < 0.5
+    assert "More samples cannot help" in split.summary and "not above 1/2" in split.summary
+    assert not any(split.sample_plot.axes[0].lines[0].get_data()[1]), "the plot is flat at 0 too"
+    few = certifier.certify_image(digit_example(0)[0], ImageRequest(n0=10, n=5))
+    sizes, radii = few.sample_plot.axes[0].lines[0].get_data()
+    first = next(int(size) for size, radius in zip(sizes, radii) if radius > 0)
+    assert few.certificate.abstained and f"about N = {first:,} estimation samples would certify" in few.summary
+
+
+def test_choosing_a_method_or_a_model_keeps_the_two_compatible(catalog: ModelCatalog) -> None:
+    gaussian, hierarchical = "embedded:digits_cnn.sigma_0.25", "embedded:digits_cnn_hier.p_0.85_sigma_0.25"
+    to_hierarchical = after_method_choice(catalog, gaussian, "Hierarchical")
+    assert (to_hierarchical.model, to_hierarchical.sigma, to_hierarchical.p, to_hierarchical.indicator) == (
+        hierarchical, 0.25, 0.85, True)
+    assert "Switched the model to digits_cnn_hier" in to_hierarchical.card and "Trained on" in to_hierarchical.card
+    back = after_method_choice(catalog, hierarchical, "Smooth-Reduce")
+    assert back.model == gaussian and "indicator channel that only hierarchical smoothing feeds" in back.card
+    assert after_method_choice(catalog, gaussian, "Smooth-Reduce").model is None, "compatible: nothing changes"
+    assert after_model_choice(catalog, hierarchical, "Gaussian").method == "Hierarchical"
+    assert after_model_choice(catalog, "embedded:digits_cnn.sigma_0.50", "Hierarchical").method == "Gaussian"
+    local = ModelCatalog(dict(catalog.choices))
+    local.add(ModelChoice("timm:resnet18.a1_in1k", "resnet18.a1_in1k (timm)", IMAGE, "resnet18.a1_in1k"))
+    timm = after_method_choice(local, "timm:resnet18.a1_in1k", "Hierarchical")
+    assert timm.model is None and timm.indicator is False and "indicator channel is off" in timm.card
 
 
 def test_image_from_a_checkpoint_in_the_models_folder(tmp_path: Path) -> None:
@@ -117,7 +213,7 @@ def test_image_from_a_checkpoint_in_the_models_folder(tmp_path: Path) -> None:
     model = load_embedded_model("digits_cnn.sigma_0.25")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "mine.safetensors"))
     (tmp_path / "notes.txt").write_text("not a checkpoint")
-    certifier = AppCertifier(ModelCatalog.scan(tmp_path, local_caches=False), device="cpu", progress=False)
+    certifier = AppCertifier(ModelCatalog.scan(tmp_path, local_caches=False), device="cpu")
     keys = {choice.key for choice in certifier.catalog.for_task(IMAGE)}
     assert "checkpoint:mine.safetensors" in keys and not any("notes" in key for key in keys)
     image, truth = digit_example(2)
@@ -171,7 +267,6 @@ def test_video_subclip_votes_along_time(certifier: AppCertifier) -> None:
     segments = result.votes_plot.axes[0].collections
     assert [tuple(s.get_segments()[0][:, 0]) for s in segments] == [(0, 7), (4, 11), (8, 15)]
     assert "16 frames × 3×32×32 values" in result.summary and f"True class: digit {truth}" in result.summary
-    assert result.strip.size == (8 * 96 + 7 * 4, 2 * 96 + 4)  # 16 frames in two rows of 8
     whole = certifier.certify_video(clip, VideoRequest(n0=4, n=20, model="embedded:digits_cnn.sigma_0.25#framewise"))
     assert whole.view_counts.shape[0] == 1 and whole.view_counts.sum() == 20  # one view: the whole clip
 
@@ -179,12 +274,23 @@ def test_video_subclip_votes_along_time(certifier: AppCertifier) -> None:
 def test_segmentation_maps_and_eps_curves(certifier: AppCertifier) -> None:
     image, truth = scene_example(0)
     request = SegmentationRequest(n0=2, n=10, grid_rows=1, grid_cols=2, eps="0.5, 0, 0.1")
-    result = certifier.certify_segmentation(image, request, truth=truth)
+    lines: list[ProgressLine] = []
+    result = certifier.certify_segmentation(image, request, truth=truth, progress=lines.append)
+    # the page's progress: draws done of the whole run's (1 isotropic + 2 localized cells) × (n0 + n), cell k of K
+    assert lines[0].done == 0 and lines[-1].done == lines[-1].total == 3 * 12
+    assert [line.done for line in lines] == sorted(line.done for line in lines)
+    assert "estimate (n), cell 2 of 2" in {line.phase for line in lines}
     assert [run.name for run in result.runs] == ["isotropic", "localized"]
     for run in result.runs:
         cert = run.certificate
-        magenta = (np.asarray(run.mask) == ABSTAIN_COLOUR).all(axis=2)
+        top, left = TITLE_FONT + 12, (run.mask.width - 256) // 2  # under its title, above its legend
+        mask = np.asarray(run.mask)[top:top + 256, left:left + 256]
+        magenta = (mask == ABSTAIN_COLOUR).all(axis=2)
         assert magenta.sum() == cert.abstained.sum() * 4 * 4  # 64 × 64 enlarged 4×: every abstained pixel, no other
+        assert run.mask.height > 256 + 2 * LEGEND_FONT, "a legend of the classes (and abstained) under the mask"
+        shown = run.heatmap.axes[0].images[0].get_array()
+        assert (shown.mask == cert.abstained).all(), "abstained pixels are drawn in the bad colour, with a legend"
+        assert run.heatmap.axes[0].get_legend() is not None or not cert.abstained.any()
     curves = result.curves
     assert set(curves) == {"isotropic", "localized, per pixel", "localized, collective"}
     labelled = (truth != 255).sum()
@@ -196,6 +302,8 @@ def test_segmentation_maps_and_eps_curves(certifier: AppCertifier) -> None:
     # one shared perturbation can flip fewer pixels than each pixel's own worst case: collective ≥ per pixel
     assert all(c >= p for c, p in zip(curves["localized, collective"][1], curves["localized, per pixel"][1]))
     assert len(result.table) == 6 and result.eps_plot.axes[0].get_ylabel().startswith("certified correct pixels")
+    styles = {(line.get_linestyle(), line.get_marker()) for line in result.eps_plot.axes[0].lines}
+    assert len(styles) == 3, "curves that coincide stay distinguishable"
     only_isotropic = certifier.certify_segmentation(image, SegmentationRequest(n0=2, n=10, localized_model=""))
     assert set(only_isotropic.curves) == {"isotropic"}
 
@@ -224,8 +332,16 @@ class BuggyModel(nn.Module):
 
 def _image_args(**change: object) -> list[object]:
     values = dict(source="Embedded example", example=0, upload=None, model="embedded:digits_cnn.sigma_0.25", arch="",
-                  num_classes=0, method="Gaussian", sigma=0.25, n0=10, n=40, alpha=0.001, seed=0, patch_size=24,
-                  patch_stride=8, reduce="mean", mode="vote", p=0.85, indicator=True)
+                  num_classes=0, method="Gaussian", sigma=0.25, n0=10, n=40, alpha=0.001, seed=0, patch_size=28,
+                  patch_stride=4, reduce="mean", mode="vote", p=0.85, indicator=True)
+    values.update(change)
+    return list(values.values())
+
+
+def _video_args(**change: object) -> list[object]:
+    values = dict(source="Embedded example", example=0, upload=None, model="embedded:digits_c3d.sigma_0.25", arch="",
+                  num_classes=0, sigma=0.25, n0=4, n=20, alpha=0.001, seed=0, subclips=False, subclip_length=8,
+                  subclip_stride=4, reduce="mean", mode="vote")
     values.update(change)
     return list(values.values())
 
@@ -261,8 +377,8 @@ def test_bad_and_large_uploads_show_our_message(handlers: Handlers, tmp_path: Pa
     truncated = tmp_path / "cut.png"
     _png(truncated, digit_example(0)[0])
     truncated.write_bytes(truncated.read_bytes()[:-40])
-    with pytest.raises(gr.Error, match="cut.png"):
-        handlers.preview(IMAGE, "Upload", 0, str(truncated))
+    picture, note = handlers.preview(IMAGE, "Upload", 0, str(truncated))
+    assert picture is None and note.startswith("**Cannot use this file.**") and "cut.png" in note
     large = _png(tmp_path / "large.png", torch.zeros(3, 1100, 1000, dtype=torch.uint8))
     with pytest.raises(gr.Error, match=r"1000×1100 pixels; this app certifies images of at most 1,048,576"):
         handlers.certify_image(*_image_args(source="Upload", upload=str(large)))
@@ -271,27 +387,45 @@ def test_bad_and_large_uploads_show_our_message(handlers: Handlers, tmp_path: Pa
     assert "True class" not in summary and ("Certified" in summary or "Abstained" in summary)
 
 
+def test_a_photo_gets_its_certificate_with_a_warning_that_it_is_unlike_the_training_data(handlers: Handlers,
+                                                                                          tmp_path: Path) -> None:
+    from sklearn.datasets import load_sample_image
+
+    photo = tmp_path / "temple.jpg"
+    Image.fromarray(load_sample_image("china.jpg")).save(photo)
+    summary, *_ = handlers.certify_image(*_image_args(source="Upload", upload=str(photo)))
+    assert "This input is unlike the data the model was trained on" in summary
+    assert "says nothing about what this input shows" in summary
+    assert summary.index("unlike the data") < summary.index("| certificate |"), "under the verdict, not below the table"
+
+
 def test_video_limits_show_our_message(catalog: ModelCatalog, tmp_path: Path) -> None:
     from vision_rs.models.embedded.clips import write_clips
 
     path = write_clips(tmp_path, limit=1)[0]
-    strip = Handlers(AppCertifier(catalog, device="cpu", progress=False)).preview(VIDEO, "Upload", 0, str(path))
+    pages = Handlers(AppCertifier(catalog, device="cpu"))
+    strip, note = pages.preview(VIDEO, "Upload", 0, str(path))
     assert strip.size == (8 * 96 + 7 * 4, 2 * 96 + 4)  # the uploaded file's 16 frames
-    strict = Handlers(AppCertifier(catalog, AppLimits(max_video_frames=8), device="cpu", progress=False))
-    with pytest.raises(gr.Error, match="clip_0000.mp4 has 16 frames; this app certifies clips of at most 8 frames"):
-        strict.preview(VIDEO, "Upload", 0, str(path))
-    bad = tmp_path / "broken.mp4"
-    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
-    with pytest.raises(gr.Error, match="broken.mp4") as caught:
-        strict.preview(VIDEO, "Upload", 0, str(bad))
-    assert str(tmp_path) not in str(caught.value)
+    assert note == "clip_0000.mp4: 16 frames (0–15) of 32×32 pixels; the certificate covers all of them, every pixel and channel."
+    longer = _mp4(tmp_path / "longer.mp4", torch.cat([clip_example(0)[0], clip_example(1)[0][:8]]))
+    strip, note = pages.preview(VIDEO, "Upload", 0, str(longer))
+    assert strip.size == (8 * 64 + 7 * 4, 3 * 64 + 2 * 4) and "24 frames (0–23)" in note  # every frame, smaller
+    strict = Handlers(AppCertifier(catalog, AppLimits(max_video_frames=8), device="cpu"))
+    strip, note = strict.preview(VIDEO, "Upload", 0, str(path))
+    assert strip is None and "clip_0000.mp4 has 16 frames; this app certifies clips of at most 8 frames" in note
+    for name, content in (("broken.mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100), ("empty.mp4", b"")):
+        (tmp_path / name).write_bytes(content)
+        strip, note = strict.preview(VIDEO, "Upload", 0, str(tmp_path / name))
+        assert strip is None and "Cannot use this file" in note and name in note and str(tmp_path) not in note
+    with pytest.raises(gr.Error, match="empty.mp4"):
+        strict.certify_video(*_video_args(source="Upload", upload=str(tmp_path / "empty.mp4")))
 
 
 def test_nan_output_and_bugs_show_a_message_not_a_traceback(catalog: ModelCatalog) -> None:
     local = ModelCatalog(dict(catalog.choices))
     local.add(ModelChoice("test:nan", "NaN model", IMAGE, "nan"), loader=NaNModel)
     local.add(ModelChoice("test:bug", "buggy model", IMAGE, "bug"), loader=BuggyModel)
-    pages = Handlers(AppCertifier(local, device="cpu", progress=False))
+    pages = Handlers(AppCertifier(local, device="cpu"))
     with pytest.raises(gr.Error, match="NaN or Inf logits"):
         pages.certify_image(*_image_args(model="test:nan"))
     with pytest.raises(gr.Error) as caught:
@@ -321,7 +455,7 @@ def test_a_cancelled_run_stops_at_the_next_batch_and_restores_train_mode(catalog
     model = Tripwire().train()
     local = ModelCatalog(dict(catalog.choices))
     local.add(ModelChoice("test:tripwire", "tripwire", IMAGE, "tripwire"), loader=lambda: model)
-    certifier = AppCertifier(local, device="cpu", progress=False, batch_size=10)
+    certifier = AppCertifier(local, device="cpu", batch_size=10)
     request = ImageRequest(model="test:tripwire", n0=10, n=1000, alpha=0.001, seed=0)
     with pytest.raises(CertificationCancelled):
         certifier.certify_image(digit_example(0)[0], request, stop=stop)
@@ -329,6 +463,46 @@ def test_a_cancelled_run_stops_at_the_next_batch_and_restores_train_mode(catalog
     assert model.modes == [False, False] and model.training, "eval while certifying, train mode restored afterwards"
     result = certifier.certify_image(digit_example(0)[0], ImageRequest(model="test:tripwire", **FAST))
     assert result.certificate.n == 40 and model.training  # no hook left behind
+
+
+def test_run_progress_adds_up_phases_and_estimates_the_time_left() -> None:
+    clock = iter([0.0, 1.0, 2.0, 3.0, 4.0])
+    lines: list[ProgressLine] = []
+    progress = RunProgress(300, lines.append, clock=lambda: next(clock))
+    progress("select (n0)", 0, 100)
+    progress("select (n0)", 100, 100)  # 100 draws in 1 s
+    progress("estimate (n)", 0, 200)
+    progress("estimate (n)", 100, 200)
+    assert [(line.done, line.total) for line in lines] == [(0, 300), (100, 300), (100, 300), (200, 300)]
+    assert lines[0].seconds_left is None and lines[1].seconds_left == pytest.approx(2.0)
+    assert lines[-1].text == "estimate (n) · about 1.5 s left"
+    progress.plan(100, "the perturbed input")
+    progress("select (n0)", 0, 100)
+    assert (lines[-1].done, lines[-1].total, lines[-1].phase) == (300, 400, "the perturbed input: select (n0)")
+
+
+def test_session_runs_stop_what_cancel_and_a_closed_page_ask_for() -> None:
+    runs = SessionRuns()
+    asked = runs.ask("page", IMAGE)
+    assert runs.begin("page", IMAGE) is asked, "the handler takes the run the page registered"
+    assert runs.cancel("page", IMAGE) and asked.stop.is_set() and asked.cancelled
+    assert not runs.cancel("page", IMAGE), "nothing left to cancel"
+    first = runs.ask("page", IMAGE)
+    second = runs.ask("page", IMAGE)  # Certify pressed again: the first run is replaced
+    assert first.stop.is_set() and first.replaced and not second.stop.is_set()
+    video = runs.ask("page", VIDEO)
+    other = runs.ask("another page", IMAGE)
+    assert runs.close("page") == 2 and second.stop.is_set() and video.stop.is_set() and not other.stop.is_set()
+    failed = runs.begin("another page", IMAGE)
+    failed.error = "bad file"
+    runs.end("another page", IMAGE, failed)
+    assert runs.failure("another page", IMAGE) == "bad file" and runs.failure("another page", IMAGE) is None
+    runs.ask("another page", IMAGE)  # asked for, then refused before its turn (queue full)
+    assert "did not start it" in runs.failure("another page", IMAGE)
+    api = runs.begin("client", IMAGE)  # a call through the API: its caller gets the error, nothing is kept
+    api.error = "bad file"
+    runs.end("client", IMAGE, api)
+    assert runs.failure("client", IMAGE) is None and runs.active() == 0
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -358,9 +532,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class CountingCNN(DigitsCNN):
+    """The embedded σ = 0.25 digits CNN, counting its forward passes (so a test sees whether a run still computes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.load_state_dict(load_embedded_model("digits_cnn.sigma_0.25").state_dict())
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().forward(x)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    """The app served on a free localhost port (in this process), with a models folder and small limits."""
+    """The app served on a free localhost port (in this process), with a models folder and small limits; its default
+    image model counts its forward passes."""
     models = tmp_path_factory.mktemp("models")
     (models / "secret.safetensors").write_bytes(b"not served")
     config = AppConfig(port=_free_port(), models_dir=str(models), local_caches=False, device="cpu", queue_size=2,
@@ -368,7 +556,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     before = os.environ.pop("GRADIO_TEMP_DIR", None)
     catalog = ModelCatalog.scan(models, local_caches=False)
     counting = CountingCNN()
-    catalog.add(ModelChoice("test:counting", "counts its forward passes", IMAGE, "counting"), loader=lambda: counting)
+    catalog.add(catalog.get(ImageRequest().model, IMAGE), loader=lambda: counting)
     demo, url = launch_app(config, block=False, certifier=AppCertifier(catalog, config.limits, "cpu", batch_size=50))
     assert demo.server_name == "127.0.0.1" and not demo.share, "localhost only, no public link, unless asked"
     yield url, models, counting
@@ -379,14 +567,11 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         os.environ["GRADIO_TEMP_DIR"] = before
 
 
-class CountingCNN(DigitsCNN):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return super().forward(x)
+def _computing(counting: CountingCNN, within: float = 0.5) -> bool:
+    """Whether the counting model runs a forward pass within ``within`` seconds."""
+    calls = counting.calls
+    time.sleep(within)
+    return counting.calls != calls
 
 
 def test_http_certify_an_embedded_example(server) -> None:
@@ -394,14 +579,17 @@ def test_http_certify_an_embedded_example(server) -> None:
 
     url, _, _ = server
     client = Client(url, verbose=False)
-    summary, shares, picture, budgets, plot = client.predict(*_image_args(example=5), api_name="/certify_image")
-    image, truth = digit_example(5)
-    assert f"True class: digit {truth}" in summary and ("### Certified: digit" in summary or "### Abstained" in summary)
-    assert shares["confidences"] and Image.open(picture).size == (256, 256)
+    summary, shares, patches, ball, ball_text, budgets, plot = client.predict(*_image_args(example=5),
+                                                                               api_name="/certify_image")
+    truth = digit_example(5)[1]
+    assert f"True class: digit {truth}" in summary and "### Certified: digit" in summary
+    assert shares["confidences"] and patches is None and not budgets["data"], "Gaussian: no patches, no budgets"
+    assert Image.open(ball).size[0] == 3 * 256 + 2 * 12 and "inside the certified ball" in ball_text
     assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/")
 
 
-def test_http_corrupt_upload_returns_our_error(server, tmp_path: Path) -> None:
+def test_http_uploads_bad_large_and_good_leave_no_empty_files(server, tmp_path: Path) -> None:
+    import httpx
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
@@ -413,8 +601,18 @@ def test_http_corrupt_upload_returns_our_error(server, tmp_path: Path) -> None:
         client.predict(*_image_args(source="Upload", upload=handle_file(str(bad))), api_name="/certify_image")
     big = tmp_path / "big.png"
     big.write_bytes(b"x" * 300_000)
-    with pytest.raises(Exception, match="(?i)size|large|413"):
+    with pytest.raises(Exception, match="413"):  # the client says the status; the body says why (below)
         client.predict(*_image_args(source="Upload", upload=handle_file(str(big))), api_name="/certify_image")
+    refused = httpx.post(url + "gradio_api/upload", files={"files": ("big.png", big.read_bytes())})
+    assert refused.status_code == 413 and "195 KiB" in refused.text and "Mb" not in refused.text
+    image, label = digit_example(7)
+    good = _png(tmp_path / "seven.png", image)
+    for _ in range(2):
+        summary, *_ = client.predict(*_image_args(source="Upload", upload=handle_file(str(good))), api_name="/certify_image")
+        assert f"### Certified: digit {label}" in summary and "True class" not in summary
+    folder = Path(os.environ["GRADIO_TEMP_DIR"])
+    assert [path.name for path in folder.rglob("*") if path.name.endswith("seven.png")]
+    assert not [path for path in folder.rglob("*") if path.is_file() and path.stat().st_size == 0], "no empty files"
 
 
 def test_http_serves_no_file_outside_its_own(server, tmp_path: Path) -> None:
@@ -436,6 +634,7 @@ def test_http_serves_no_file_outside_its_own(server, tmp_path: Path) -> None:
                 assert response.status_code in (403, 404), (path, response.status_code)
     finally:
         planted.unlink()
+        own.unlink()
 
 
 def test_http_cancel_stops_the_worker_and_frees_the_queue(server) -> None:
@@ -444,12 +643,13 @@ def test_http_cancel_stops_the_worker_and_frees_the_queue(server) -> None:
 
     url, _, counting = server
     client = Client(url, verbose=False)
-    slow = client.submit(*_image_args(n=1_000_000, model="test:counting"), api_name="/certify_image")
+    slow = client.submit(*_image_args(n=1_000_000), api_name="/certify_image")
     deadline = time.monotonic() + 30
-    while not (slow.status().progress_data or time.monotonic() > deadline):  # the engine's tqdm bar reaches the client
+    while not (slow.status().progress_data or time.monotonic() > deadline):  # the run's progress reaches the client
         time.sleep(0.05)
     progress = slow.status().progress_data
-    assert progress and progress[0].desc in ("select (n0)", "estimate (n)")
+    assert progress and progress[0].unit == "draws" and progress[0].length == 1_000_010
+    assert progress[0].desc.startswith(("select (n0)", "estimate (n)"))
     queued = [client.submit(*_image_args(), api_name="/certify_image") for _ in range(3)]  # queue_size=2: one is refused
     joining = (Status.STARTING, Status.JOINING_QUEUE)
     while any(job.status().code in joining for job in queued) and time.monotonic() < deadline:
@@ -461,9 +661,6 @@ def test_http_cancel_stops_the_worker_and_frees_the_queue(server) -> None:
     cancelling.join(timeout=20)
     assert not cancelling.is_alive(), "the cancel never returned: the cancelled worker keeps computing"
     cancel_seconds = time.monotonic() - started
-    calls = counting.calls
-    time.sleep(0.5)
-    assert counting.calls == calls, "the cancelled run's worker has stopped before the cancel returns"
     outcomes = []
     for job in queued:
         try:
@@ -472,65 +669,199 @@ def test_http_cancel_stops_the_worker_and_frees_the_queue(server) -> None:
             outcomes.append(str(exc))
     assert sum(outcome == "###" for outcome in outcomes) == 2 and any("queue" in o.lower() for o in outcomes), outcomes
     assert cancel_seconds < 10, "the cancelled worker stops within one batch"
+    assert not _computing(counting)
+
+
+# ------------------------------------------------------------------------------------------------ the app as a process
+
+
+@pytest.fixture(scope="module", autouse=True)
+def app_process(tmp_path_factory: pytest.TempPathFactory):
+    """``vision-rs app`` as its own process, with its temporary folder under a folder of the test's; started when this
+    module starts, so that its start-up (seconds of imports) overlaps the tests before the one that stops it."""
+    folder = tmp_path_factory.mktemp("app-tmp")
+    environment = {**os.environ, "TMPDIR": str(folder)}
+    environment.pop("GRADIO_TEMP_DIR", None)
+    port = _free_port()
+    app = subprocess.Popen([sys.executable, "-m", "vision_rs", "app", "--port", str(port), "--device", "cpu"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+    yield app, port, folder
+    if app.poll() is None:
+        app.kill()
+        app.wait()
+
+
+def test_sigterm_removes_the_upload_folder_like_ctrl_c(app_process, tmp_path: Path) -> None:
+    import httpx
+
+    app, port, temporary = app_process
+    line = app.stdout.readline()  # type: ignore[union-attr]
+    assert "open http" in line, line + app.stdout.read()  # type: ignore[union-attr]
+    (folder,) = temporary.glob("vision-rs-app-*")
+    upload = _png(tmp_path / "seven.png", digit_example(7)[0])
+    uploaded = httpx.post(f"http://127.0.0.1:{port}/gradio_api/upload", files={"files": ("seven.png", upload.read_bytes())})
+    assert uploaded.status_code == 200 and any(path.name == "seven.png" for path in folder.rglob("*"))
+    app.send_signal(signal.SIGTERM)
+    assert app.wait(timeout=30) == 0, app.stdout.read()  # type: ignore[union-attr]
+    assert not folder.exists(), "SIGTERM left the upload folder behind"
 
 
 # ------------------------------------------------------------------------------------------------ a real browser
 
 
-def _browser():
-    """A headless Chromium driven by Selenium, or the reason there is none."""
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    """One headless Chromium (Selenium) at 1400×1000 for the module's browser tests, or a skip that says why."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        return None, "selenium is not installed (pip install 'vision-rs[dev]')"
+        pytest.skip("selenium is not installed (pip install 'vision-rs[dev]')")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
-        return None, "no chromium / chromedriver (apt-get install chromium chromium-driver; .ci/run does)"
+        print("skipped: no chromium / chromedriver")
+        pytest.skip("no chromium / chromedriver (apt-get install chromium chromium-driver; .ci/run does)")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1800"):
+                 "--window-size=1400,1000", f"--user-data-dir={tmp_path_factory.mktemp('profile')}"):
         options.add_argument(flag)
-    return (webdriver, Service(driver), options), ""
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    yield session
+    session.quit()
 
 
-def test_browser_upload_certify_and_see_the_certificate(server, tmp_path: Path) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ready
-    from selenium.webdriver.support.ui import WebDriverWait
+class Page:
+    """The app's page in the browser: its certificate box, buttons and settings by element id."""
 
-    browser, reason = _browser()
-    if browser is None:
-        print(f"skipped: {reason}")
-        pytest.skip(reason)
-    webdriver, service, options = browser
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
+    def __init__(self, driver, url: str) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver, self.url = driver, url
+        self.wait = WebDriverWait(driver, 60, poll_frequency=0.05)
+
+    def open(self) -> float:
+        """Load the page; seconds until Certify can be pressed."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as ready
+
+        started = time.monotonic()
+        self.driver.get(self.url)
+        self.wait.until(ready.element_to_be_clickable((By.ID, "image-certify")))
+        return time.monotonic() - started
+
+    def element(self, elem_id: str, css: str = ""):
+        """The element with id ``elem_id`` (or the one ``css`` selects inside it); False while there is none."""
+        from selenium.common.exceptions import NoSuchElementException
+        from selenium.webdriver.common.by import By
+
+        try:
+            return self.driver.find_element(By.CSS_SELECTOR, f"#{elem_id} {css}".strip())
+        except NoSuchElementException:
+            return False
+
+    def certificate(self) -> str:
+        return self.element("image-certificate").text
+
+    def choose(self, elem_id: str, value: str) -> None:
+        self.element(elem_id, f"input[value='{value}']").click()
+
+    def type(self, elem_id: str, value: str) -> None:
+        box = self.element(elem_id, "input")
+        box.clear()
+        box.send_keys(value)
+
+    def certify(self) -> None:
+        self.element("image-certify").click()
+        self.wait.until(lambda _: "Certified" not in self.certificate())  # the old result is cleared at once
+
+    def answer(self) -> str:
+        """The certificate box's text once the run has ended (its progress gone, a verdict in place)."""
+        verdicts = ("Certified", "Abstained", "Cancelled", "Not certified")
+        self.wait.until(lambda _: any(words in self.certificate() for words in verdicts)
+                        and "draws" not in self.certificate())
+        return self.certificate()
+
+    def running(self) -> None:
+        """Wait until the run's progress (draws done of the total) shows in the certificate box."""
+        self.wait.until(lambda _: "draws" in self.certificate())
+
+
+def test_browser_upload_certify_and_see_the_certificate(server, browser, tmp_path: Path) -> None:
     url, _, _ = server
-    image, _ = digit_example(7)
-    upload = _png(tmp_path / "digit.png", image)
-    driver = webdriver.Chrome(service=service, options=options)
-    try:
-        wait = WebDriverWait(driver, 45, poll_frequency=0.05)
-        started = time.monotonic()
-        driver.get(url)
-        certify = wait.until(ready.element_to_be_clickable((By.ID, "image-certify")))
-        loaded = time.monotonic() - started
-        driver.find_element(By.CSS_SELECTOR, "#image-upload input[type=file]").send_keys(str(upload))
-        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#image-source input[value='Upload']").is_selected())
-        started = time.monotonic()
-        certify.click()
-        box = driver.find_element(By.ID, "image-certificate")
-        tracker = box.find_element(By.CSS_SELECTOR, "[data-testid=status-tracker]")
-        wait.until(lambda d: "hide" in tracker.get_attribute("class")  # not pending (a pending box shows the progress)
-                   and ("Certified: digit" in box.text or "Abstained" in box.text))
-        answered = time.monotonic() - started
-        text = driver.find_element(By.ID, "image-certificate").text
-        assert "True class" not in text, "the uploaded file was certified, not the embedded example"
-        picture = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#image-picture img"))
-        assert picture.get_attribute("src") and driver.execute_script("return arguments[0].naturalWidth", picture) == 256
-        print(f"page ready in {loaded:.1f} s; certificate {answered:.1f} s after pressing Certify")
-    finally:
-        driver.quit()
+    page = Page(browser, url)
+    loaded = page.open()
+    certify = page.element("image-certify")
+    assert certify.rect["y"] + certify.rect["height"] <= browser.execute_script("return window.innerHeight"), \
+        "Certify is visible without scrolling"
+    image, label = digit_example(7)
+    page.choose("image-source", "Upload")  # the upload box shows only now: an upload that fails cannot fall back
+    page.wait.until(lambda _: page.element("image-upload", "input[type=file]"))
+    page.element("image-upload", "input[type=file]").send_keys(str(_png(tmp_path / "digit.png", image)))
+    page.wait.until(lambda _: page.element("image-input-note").text.startswith("digit.png: 32×32"))
+    started = time.monotonic()
+    page.certify()
+    text = page.answer()
+    answered = time.monotonic() - started
+    assert f"Certified: digit {label}" in text and "True class" not in text, "the uploaded file was certified"
+    ball = page.wait.until(lambda _: page.element("image-ball", "img"))
+    assert browser.execute_script("return arguments[0].naturalWidth", ball) == 3 * 256 + 2 * 12
+    assert "not an attack result" in page.element("image-ball-text").text
+    print(f"page ready in {loaded:.1f} s; certificate {answered:.1f} s after pressing Certify")
+
+
+def test_browser_hierarchical_on_its_defaults_certifies(server, browser) -> None:
+    url, _, _ = server
+    page = Page(browser, url)
+    page.open()
+    page.choose("image-method", "Hierarchical")
+    page.wait.until(lambda _: "Switched the model to digits_cnn_hier" in page.element("image-model-card").text)
+    page.certify()
+    assert "Certified: digit 0" in page.answer()
+
+
+def test_browser_cancel_and_a_failure_say_so_where_the_result_was(server, browser) -> None:
+    url, _, counting = server
+    page = Page(browser, url)
+    page.open()
+    page.certify()
+    first = page.answer()
+    assert "Certified: digit 0" in first
+    page.type("image-n", "1000000")
+    page.certify()
+    page.running()
+    page.element("image-cancel").click()
+    assert page.answer().startswith("Cancelled"), "a cancelled run says so where the result was"
+    assert not _computing(counting)
+    page.type("image-n", "0")
+    page.certify()
+    assert page.answer() == "Not certified\nThe run failed: n must be a whole number >= 1, got 0", \
+        "a failed run says so where the result was"
+
+
+def test_browser_reload_during_a_long_run_frees_the_server(server, browser) -> None:
+    from gradio_client import Client
+
+    url, _, counting = server
+    client = Client(url, verbose=False)
+    started = time.monotonic()
+    client.predict(*_image_args(n=2_000), api_name="/certify_image")
+    alone = time.monotonic() - started
+    page = Page(browser, url)
+    page.open()
+    page.type("image-n", "1000000")
+    page.certify()
+    page.running()
+    reloaded = time.monotonic()
+    page.open()
+    while _computing(counting, 0.1) and time.monotonic() - reloaded < 10:
+        pass
+    idle = time.monotonic() - reloaded
+    started = time.monotonic()
+    client.predict(*_image_args(n=2_000), api_name="/certify_image")
+    after = time.monotonic() - started
+    print(f"server idle {idle:.2f} s after the reload; the next run took {after:.2f} s (alone: {alone:.2f} s)")
+    assert idle < 2.0, "the abandoned run stops within about a second"
+    assert after < alone + 2.0, "the next run does not wait behind the abandoned one"

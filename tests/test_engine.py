@@ -91,6 +91,14 @@ def test_progress_bar_only_when_asked(capsys: pytest.CaptureFixture[str]) -> Non
     assert "estimate" in capsys.readouterr().err
 
 
+def test_a_progress_report_gets_each_phase_from_zero_to_its_draws() -> None:
+    reports: list[tuple[str, int, int]] = []
+    counts = sample(Recorder(), torch.full((3, 4, 4), 0.5), GaussianNoise(0.3), WholeImage(), VoteTally(), 250,
+                    torch.Generator().manual_seed(0), EngineConfig(batch_size=100, progress=lambda *r: reports.append(r)))
+    assert int(counts.sum()) == 250
+    assert reports == [("sampling", 0, 250), ("sampling", 84, 250), ("sampling", 168, 250), ("sampling", 250, 250)]
+
+
 def test_channels_last_and_bfloat16_autocast_paths_run() -> None:
     plain = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", progress=False)
     fast = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, device="cpu", channels_last=True,

@@ -12,7 +12,6 @@ confidence bounds fail: at most α of the trials.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +134,15 @@ def test_sigma_maps_and_radii_are_float64_end_to_end_against_a_float64_reference
     expected = np.where(p_lower > 0.5, 0.1 * norm.ppf(np.maximum(p_lower, 0.5)), 0.0)
     assert cert.radii.dtype == np.float64 and (cert.radii > 0).any()
     np.testing.assert_allclose(cert.radii, expected, rtol=0, atol=1e-12)
+
+
+def test_localized_progress_names_each_cell_of_the_grid() -> None:
+    model, image, _ = threshold_setup(size=8)
+    phases: list[str] = []
+    report = lambda phase, done, total: phases.append(phase) if done == 0 else None  # noqa: E731
+    smooth_threshold(model, localized=seg.Localized((1, 2), 0.1, 0.5)).certify(image, n0=2, n=4, seed=0, progress=report)
+    assert phases == ["select (n0), cell 1 of 2", "estimate (n), cell 1 of 2",
+                      "select (n0), cell 2 of 2", "estimate (n), cell 2 of 2"]
 
 
 def test_a_one_cell_grid_is_isotropic_smoothing() -> None:

@@ -32,7 +32,7 @@ from .models.hub import create_model_with_source
 from .models.provenance import ModelSource, state_sha256
 from .params import check_alpha, check_count, check_seed
 from .sampling.certificates import Bound
-from .sampling.engine import EngineConfig, StopRule, check_logits, max_draws_per_batch, sample
+from .sampling.engine import EngineConfig, ProgressReport, StopRule, check_logits, max_draws_per_batch, sample
 from .sampling.methods import Gaussian, Hierarchical, Method, SmoothReduce, ViewMaker
 from .sampling.noise import Noise
 from .sampling.patches import Patches
@@ -197,7 +197,7 @@ class SmoothedClassifier:
             return int(check_logits(self.base(view(clean)), view.count, self.num_classes).shape[1])
 
     def _vote_counter(
-        self, image: ImageInput, batch_size: int | None, progress: bool | None, seed: int | None
+        self, image: ImageInput, batch_size: int | None, progress: bool | ProgressReport | None, seed: int | None
     ) -> tuple[Callable[..., np.ndarray], View, int]:
         """Validate the image once; return ``votes(num, desc, stop=None)`` drawing from one seeded stream, the view,
         the seed."""
@@ -247,7 +247,7 @@ class SmoothedClassifier:
         tolerance: float | None = None,
         batch_size: int | None = None,
         seed: int | None = None,
-        progress: bool | None = None,
+        progress: bool | ProgressReport | None = None,
     ) -> Certificate:
         """Cohen et al.'s CERTIFY: choose the class on ``n0`` samples, bound its probability on ``n`` fresh ones.
 
@@ -322,7 +322,7 @@ class SmoothedClassifier:
         *,
         batch_size: int | None = None,
         seed: int | None = None,
-        progress: bool | None = None,
+        progress: bool | ProgressReport | None = None,
     ) -> Prediction:
         """Cohen et al.'s PREDICT: the top class of ``n`` samples, unless a two-sided binomial test of the
         top two counts cannot reject a tie at level ``alpha`` (then abstain). Wrong with probability ≤ α."""
@@ -388,7 +388,8 @@ class ModelOptions(TypedDict, total=False):
     a name goes to the GPU when there is one), ``batch_size`` (model inputs per forward pass),
     ``autocast_dtype``, ``channels_last``, ``streams`` (CUDA streams; ignored on the CPU),
     ``memory_budget`` (bytes the noisy draws of a batch and their model inputs may take; default 2 GiB),
-    ``progress``. ``batch_size``, ``memory_budget`` and ``device`` may change which noise values a seed
+    ``progress`` (True: a tqdm bar per sampling phase; False: none; or a function ``report(phase, done, total)``
+    called as each phase starts and after each batch). ``batch_size``, ``memory_budget`` and ``device`` may change which noise values a seed
     gives, ``channels_last`` and autocast the model's rounding.
     Denoised smoothing: ``denoiser`` (an ``nn.Module`` mapping noisy [N, C, H, W] in [0, 1] to images of the
     same shape, an embedded name such as ``"digits_denoiser.sigma_0.25"``, a checkpoint of that architecture,
@@ -414,7 +415,7 @@ class ModelOptions(TypedDict, total=False):
     channels_last: bool
     streams: int
     memory_budget: int
-    progress: bool
+    progress: bool | ProgressReport
     denoiser: DenoiserLike
 
 

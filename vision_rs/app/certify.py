@@ -1,10 +1,12 @@
 """What the app's three tabs compute, without gradio: inputs checked against the app's limits, the smoothed model
-built from a catalog choice, the certificate, and the pictures and tables the page shows of it.
+built from a catalog choice, the certificate, what the page says of it (advice after an abstention, a warning for
+inputs unlike the training data, one perturbation inside the certified ball), and its pictures and tables.
 
 Every error raised on purpose is a :class:`~vision_rs.errors.VisionRSError` (the page shows its message). A run
 given a ``stop`` event ends at its next forward pass once the event is set (:class:`CertificationCancelled`): a
 forward pre-hook on the smoothed model, removed afterwards; the model's train/eval flags are restored by the
-engine's ``evaluation_mode`` on the way out, as after any error.
+engine's ``evaluation_mode`` on the way out, as after any error. A run given a ``progress`` function shows it a
+:class:`~vision_rs.app.progress.ProgressLine` (draws done of the run's planned total) after every batch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 import numbers
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,9 @@ from ..sampling.engine import ViewVoteTally, sample
 from ..sampling.results import Certificate
 from ..smoothing import SmoothedClassifier, seeded_generator
 from . import pictures
+from .ball import SHARE, BallPoint, inside_ball, margin_gradient
 from .catalog import IMAGE, SEGMENTATION, VIDEO, ModelCatalog, ModelChoice
+from .progress import ProgressLine, RunProgress
 
 METHODS = ("Gaussian", "Smooth-Reduce", "Hierarchical")
 EXAMPLES = 24
@@ -57,6 +61,8 @@ class AppLimits:
     max_n: int = 1_000_000
     view_draws: int = 200
     """Draws of the separate, display-only run that counts each view's votes (Smooth-Reduce, sub-clips)."""
+    ball_draws: int = 1000
+    """Most estimation draws of the display-only certification of the perturbed input (see :mod:`.ball`)."""
     max_eps: int = 12
     """ε values of one segmentation plot."""
 
@@ -298,15 +304,33 @@ def _method_text(cert: Certificate) -> str:
     return "Gaussian"
 
 
+def abstain_advice(cert: Certificate, sizes: Sequence[int], radii: Sequence[float], one_vote_per_draw: bool) -> str:
+    """What may certify instead, read off the radius that N samples would give at this run's vote shares (the plot
+    of radius against N): the N that would certify, or why no N up to the plot's largest would."""
+    enough = [size for size, radius in zip(sizes, radii) if size > cert.n and radius > 0]
+    if enough:
+        return (f"At these vote shares about N = {enough[0]:,} estimation samples would certify (the plot of radius "
+                "against N): a larger n may help.")
+    share = cert.counts.get(cert.candidate, 0) / max(1, sum(cert.counts.values()))
+    why = (f"the candidate has {share:.1%} of the votes, and more samples only bring p̲A closer to that share, which "
+           "is not above 1/2" if one_vote_per_draw and share <= 0.5 else
+           f"even N = {max(sizes):,} samples at these vote shares would not certify (the plot stays at 0)")
+    return (f"More samples cannot help: {why}. A model trained with this noise, another σ or another input may "
+            "certify.")
+
+
 def certificate_markdown(cert: Certificate, names: pictures.ClassNames, what: str, truth: int | None,
-                         notes: Sequence[str] = ()) -> str:
-    """The certificate as the page shows it: the verdict, then a table of its numbers."""
+                         notes: Sequence[str] = (), advice: str = "", warning: str = "") -> str:
+    """The certificate as the page shows it: the verdict (with ``advice`` when it abstained, and ``warning`` about the
+    input under it), then a table of its numbers and the ``notes``."""
     if cert.abstained:
-        head = f"### Abstained\nNo class is certified: {abstain_reason(cert)}. More samples (n) or another σ may help."
+        head = f"### Abstained\nNo class is certified: {abstain_reason(cert)}. {advice}".rstrip()
     else:
         head = (f"### Certified: {names(int(cert.label))}, radius {cert.radius:.4f}\nEvery perturbation of L2 norm below "  # type: ignore[arg-type]
                 f"{cert.radius:.4f} ([0, 1] pixel units, over all {what}) keeps this prediction, with probability "
                 f"≥ 1 − {cert.alpha:g} over the sampling.")
+    if warning:
+        head += f"\n\n{warning}"
     if truth is not None:
         verdict = "correct" if cert.label == truth else "abstained" if cert.abstained else "wrong"
         head += f"\n\nTrue class: {names(truth)} ({verdict})."
@@ -324,6 +348,25 @@ def certificate_markdown(cert: Certificate, names: pictures.ClassNames, what: st
     table = "\n".join(["| certificate | |", "|---|---|", *[f"| {key} | {value} |" for key, value in rows]])
     extra = "".join(f"\n\n{note}" for note in notes if note)
     return f"{head}\n\n{table}{extra}"
+
+
+def unlike_training_warning(choice: ModelChoice, pixels: torch.Tensor, answers: str) -> str:
+    """A warning when ``pixels`` (an image [3, H, W] or a clip [T, 3, H, W] in [0, 1]) is unlike the data ``choice``
+    was trained on (:mod:`vision_rs.models.embedded.typicality`); '' when it is like it or there is no data to check
+    against. ``answers``: what the model answers for any input ('a digit')."""
+    if choice.reference is None or pixels.shape[-3] not in (1, 3):
+        return ""
+    from ..models.embedded.typicality import TRAINING_DATA, training_statistics
+
+    reference = training_statistics(choice.reference)
+    check = reference.check(pixels.expand(*pixels.shape[:-3], 3, *pixels.shape[-2:]))
+    if not check.unusual:
+        return ""
+    return (f"**This input is unlike the data the model was trained on** ({TRAINING_DATA[choice.reference]}): its "
+            f"image statistics lie farther from the training images' than those of every one of the "
+            f"{len(reference.held_back):,} training images held back to calibrate this check (p = {check.p_value:.4f}). "
+            f"The certificate is exact about the smoothed classifier, but that classifier answers {answers} for "
+            "any input: the answer says nothing about what this input shows.")
 
 
 def sigma_note(choice: ModelChoice, sigma: float) -> str:
@@ -356,8 +399,8 @@ class ImageRequest(SamplingRequest):
 
     model: str = "embedded:digits_cnn.sigma_0.25"
     method: str = "Gaussian"
-    patch_size: int = 24
-    patch_stride: int = 8
+    patch_size: int = 28
+    patch_stride: int = 4
     reduce: str = "mean"
     mode: str = "vote"
     p: float = 0.85
@@ -399,12 +442,16 @@ class ImageResult:
     certificate: Certificate
     summary: str
     shares: dict[str, float]
-    picture: Image.Image
-    """The input scaled up for the screen; with Smooth-Reduce, the patch grid and each view's vote drawn on it."""
+    picture: Image.Image | None
+    """Smooth-Reduce: what each patch sees and how it votes (None for the other methods)."""
     budgets: list[tuple[int, float]]
     """Hierarchical smoothing: (r changed pixels, certified L2 budget); empty for other methods."""
     sample_plot: Any
     view_counts: np.ndarray | None = None
+    ball: BallPoint | None = None
+    """A perturbation inside the certified ball (None when the run abstained)."""
+    ball_picture: Image.Image | None = None
+    ball_text: str = ""
 
 
 @dataclass
@@ -412,7 +459,6 @@ class VideoResult:
     certificate: Certificate
     summary: str
     shares: dict[str, float]
-    strip: Image.Image
     votes_plot: Any
     view_counts: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
 
@@ -434,26 +480,32 @@ class SegmentationResult:
     table: list[list[Any]]
 
 
+ShowProgress = Callable[[ProgressLine], None]
+"""How a tab shows where its run stands (the page's progress bar)."""
+
+
 # ------------------------------------------------------------------------------------------------ the three tabs
 
 
 @dataclass
 class AppCertifier:
-    """Certifies what the tabs ask, with models from ``catalog``, within ``limits``, on ``device``."""
+    """Certifies what the tabs ask, with models from ``catalog``, within ``limits``, on ``device``.
+
+    Each ``certify_*`` takes a ``stop`` event (the run ends at its next forward pass once it is set) and a
+    ``progress`` function that is shown the run's :class:`~vision_rs.app.progress.ProgressLine` after every batch.
+    """
 
     catalog: ModelCatalog
     limits: AppLimits = field(default_factory=AppLimits)
     device: str | None = None
     """Torch device of every model (None: the GPU when there is one)."""
-    progress: bool = True
-    """Engine progress bars (the page follows them through gradio's tqdm tracking)."""
     batch_size: int = 256
 
     def _device(self) -> str:
         return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    def _options(self) -> dict[str, Any]:
-        return {"device": self._device(), "progress": self.progress, "batch_size": self.batch_size}
+    def _options(self, progress: RunProgress | None) -> dict[str, Any]:
+        return {"device": self._device(), "progress": progress or False, "batch_size": self.batch_size}
 
     def _model(self, key: str, task: str, arch: str, num_classes: object) -> tuple[ModelChoice, nn.Module, int | None]:
         classes = optional_classes(num_classes)
@@ -465,8 +517,9 @@ class AppCertifier:
                 whole(request.seed, "seed", 0))
 
     def certify_image(self, image: Any, request: ImageRequest, *, truth: int | None = None,
-                      stop: threading.Event | None = None) -> ImageResult:
-        """Certify one image (path, PIL, array or tensor) as the image tab asks."""
+                      stop: threading.Event | None = None, progress: ShowProgress | None = None) -> ImageResult:
+        """Certify one image (path, PIL, array or tensor) as the image tab asks, and move it inside the certified
+        ball to show how large the radius is."""
         from ..sampling.methods import Hierarchical
         from ..sampling.patches import Patches
         from ..smoothing import smooth
@@ -479,39 +532,68 @@ class AppCertifier:
         hierarchical = Hierarchical(real(request.p, "p"), bool(request.indicator)) if request.method == "Hierarchical" else None
         patches = (Patches(whole(request.patch_size, "patch size"), stride=whole(request.patch_stride, "patch stride"))
                    if request.method == "Smooth-Reduce" else None)
+        per_view = patches is not None
+        tracker = RunProgress(n0 + n + (min(n, self.limits.view_draws) if per_view else 0), progress) if progress else None
         smoothed = smooth(model, sigma, hierarchical=hierarchical, patches=patches, reduce=request.reduce,
-                          mode=request.mode, **self._options())
+                          mode=request.mode, **self._options(tracker))
         names = class_namer(choice, classes)
+        shown = smoothed.inputs(image, smoothed.spec.channels)
         with stoppable([smoothed.base], stop):
-            cert = smoothed.certify(image, n0=n0, n=n, alpha=request.alpha, seed=seed)
-            per_view = cert.views > 1 or not smoothed.smoothing.votes_once_per_draw
-            view, view_counts = (view_votes(smoothed, image, seed, min(n, self.limits.view_draws))
+            cert = smoothed.certify(shown, n0=n0, n=n, alpha=request.alpha, seed=seed)
+            view, view_counts = (view_votes(smoothed, shown, seed, min(n, self.limits.view_draws))
                                  if per_view else (None, None))
-        shown = smoothed.inputs(image, None)
+            ball = None if cert.abstained else self._ball(smoothed, shown, cert, names, tracker)
         label = cert.candidate if cert.label is None else cert.label
-        picture = (pictures.patch_grid(shown, view.positions, view.size, view_counts, label, names)
-                   if view_counts is not None and hasattr(view, "positions") else pictures.enlarged(shown)[0])
+        target = f"{names(label)}, the {'candidate (abstained)' if cert.abstained else 'certified class'}"
+        picture = (pictures.patch_votes(shown, view.positions, view.size, view_counts, label, names, target)
+                   if view_counts is not None and hasattr(view, "positions") else None)
         sizes, radii, note = projected_radii(smoothed, cert, view, view_counts)
         what = "{}×{}×{} values of the image".format(*shown.shape)
         notes = [sigma_note(choice, sigma)]
-        if view_counts is not None:
-            notes.append(f"The patch grid shows each view's top class and its share of {int(view_counts[0].sum())} "
-                         "separate draws (for display; the certificate uses its own n0 + n draws).")
         if cert.uncovered:
             notes.append(f"{cert.uncovered} pixels lie in no patch: they cannot change the prediction.")
+        summary = certificate_markdown(
+            cert, names, what, truth, notes,
+            advice=abstain_advice(cert, sizes, radii, smoothed.smoothing.votes_once_per_draw),
+            warning=unlike_training_warning(choice, shown, "a digit" if choice.embedded else "one of its classes"))
         return ImageResult(
             certificate=cert,
-            summary=certificate_markdown(cert, names, what, truth, notes),
+            summary=summary,
             shares=vote_shares(cert.counts, sum(cert.counts.values()), names),
             picture=picture,
             budgets=[(r, cert.radius_for(r)) for r in cert.radii],
-            sample_plot=pictures.sample_size_plot(sizes, radii, cert.n, cert.radius,
-                                                  f"radius with N samples {note} (σ = {sigma:g}, α = {cert.alpha:g})"),
+            sample_plot=pictures.sample_size_plot(sizes, radii, cert.n, cert.radius, note, sigma, cert.alpha),
             view_counts=view_counts,
+            ball=ball[0] if ball else None,
+            ball_picture=ball[1] if ball else None,
+            ball_text=ball[2] if ball else "",
         )
 
+    def _ball(self, smoothed: SmoothedClassifier, pixels: torch.Tensor, cert: Certificate, names: pictures.ClassNames,
+              tracker: RunProgress | None) -> tuple[BallPoint, Image.Image, str]:
+        """A perturbation inside the certified ball of ``cert`` (see :mod:`.ball`), its picture, and what the smoothed
+        classifier says of it (a display-only certification of at most ``limits.ball_draws`` draws)."""
+        hierarchical = cert.method == "hierarchical"
+        point = inside_ball(pixels, margin_gradient(smoothed, pixels, int(cert.label), cert.seed or 0),  # type: ignore[arg-type]
+                            cert.radius, one_pixel=hierarchical)
+        n0, n = min(cert.n0, 100), min(cert.n, self.limits.ball_draws)
+        if tracker is not None:
+            tracker.plan(n0 + n, "the perturbed input")
+        there = smoothed.certify(point.perturbed, n0=n0, n=n, alpha=cert.alpha, seed=cert.seed)
+        said = (f"abstains there ({abstain_reason(there)})" if there.abstained else
+                f"gives {names(int(there.label))} there (certified with radius {there.radius:.4f}, n0 = {n0:,}, "  # type: ignore[arg-type]
+                f"n = {n:,})")
+        ball = (f"in the 1 pixel whose gradient is largest (the ball: at most r = 1 changed pixel with L2 norm below "
+                f"ε(1) = {cert.radius:.4f})" if hierarchical else f"(the ball: L2 norm below {cert.radius:.4f})")
+        text = (f"**One perturbation inside the certified ball** {ball}: L2 norm {point.norm:.4f}, in the direction "
+                f"the base model's gradient suggests lowers the margin of {names(int(cert.label))} most, scaled to "  # type: ignore[arg-type]
+                f"{SHARE:.0%} of the radius and clipped to [0, 1] (clipping can only shrink it). It is not an attack "
+                f"result: the certificate covers every perturbation inside the ball. The smoothed classifier {said}.")
+        titles = ("input", f"input + δ (‖δ‖ = {point.norm:.3f})", "δ, amplified (grey = 0)")
+        return point, pictures.ball_picture(pixels, point.perturbed, titles), text
+
     def certify_video(self, clip: Any, request: VideoRequest, *, truth: int | None = None,
-                      stop: threading.Event | None = None) -> VideoResult:
+                      stop: threading.Event | None = None, progress: ShowProgress | None = None) -> VideoResult:
         """Certify one clip ([T, C, H, W] tensor, numpy [T, H, W, C] or a video file) as the video tab asks."""
         from ..video import SubClips, smooth
 
@@ -520,17 +602,18 @@ class AppCertifier:
         choice, model, classes = self._model(request.model, VIDEO, request.arch, request.num_classes)
         subclips = (SubClips(whole(request.subclip_length, "sub-clip length"), whole(request.subclip_stride, "sub-clip stride"))
                     if request.subclips else None)
+        tracker = RunProgress(n0 + n + (min(n, self.limits.view_draws) if subclips else 0), progress) if progress else None
         smoothed = smooth(model, sigma, subclips=subclips, reduce=request.reduce, mode=request.mode,
-                          framewise=choice.framewise, **self._options())
+                          framewise=choice.framewise, **self._options(tracker))
         names = class_namer(choice, classes)
+        shown = smoothed.inputs(clip, None)
         with stoppable([smoothed.base], stop):
-            cert = smoothed.certify(clip, n0=n0, n=n, alpha=request.alpha, seed=seed)
+            cert = smoothed.certify(shown, n0=n0, n=n, alpha=request.alpha, seed=seed)
             if cert.views > 1:
-                view, view_counts = view_votes(smoothed, clip, seed, min(n, self.limits.view_draws))
+                view, view_counts = view_votes(smoothed, shown, seed, min(n, self.limits.view_draws))
                 starts, length = view.starts, view.length
             else:
                 view, view_counts = None, _counts_array(cert.counts, cert.candidate)[None]
-        shown = smoothed.inputs(clip, None)
         frames = int(shown.shape[0])
         if cert.views == 1:
             starts, length = (0,), frames
@@ -539,18 +622,24 @@ class AppCertifier:
         if cert.views > 1:
             notes.append(f"The votes along time are each sub-clip's share of {int(view_counts[0].sum())} separate draws "
                          "(for display; the certificate uses its own n0 + n draws).")
+        sizes, radii, _ = (projected_radii(smoothed, cert, view, view_counts)
+                           if view is not None or smoothed.smoothing.votes_once_per_draw else ([cert.n], [cert.radius]))
         what = "{} frames × {}×{}×{} values of the clip".format(frames, *shown.shape[1:])
+        summary = certificate_markdown(
+            cert, names, what, truth, notes,
+            advice=abstain_advice(cert, sizes, radii, smoothed.smoothing.votes_once_per_draw),
+            warning=unlike_training_warning(choice, shown, "a digit" if choice.embedded else "one of its classes"))
         return VideoResult(
             certificate=cert,
-            summary=certificate_markdown(cert, names, what, truth, notes),
+            summary=summary,
             shares=vote_shares(cert.counts, sum(cert.counts.values()), names),
-            strip=pictures.frame_strip(shown),
             votes_plot=pictures.subclip_plot(starts, length, frames, view_counts, label, names),
             view_counts=view_counts,
         )
 
     def certify_segmentation(self, image: Any, request: SegmentationRequest, *, truth: np.ndarray | None = None,
-                             stop: threading.Event | None = None) -> SegmentationResult:
+                             stop: threading.Event | None = None,
+                             progress: ShowProgress | None = None) -> SegmentationResult:
         """Certify every pixel of one image with the isotropic model, the localized one, or both, and count the
         pixels certified at each ε (per pixel, and collectively for localized smoothing)."""
         from ..segmentation import Localized, check_label_map, smooth
@@ -559,36 +648,42 @@ class AppCertifier:
         eps = parse_eps(request.eps, self.limits.max_eps)
         plans = []
         if request.isotropic_model:
-            plans.append(("isotropic", request.isotropic_model, dict(sigma=real(request.sigma, "σ"))))
+            plans.append(("isotropic", request.isotropic_model, dict(sigma=real(request.sigma, "σ")), 1))
         if request.localized_model:
             grid = (whole(request.grid_rows, "grid rows"), whole(request.grid_cols, "grid columns"))
             localized = Localized(grid, real(request.sigma_min, "σ_min"), real(request.sigma_max, "σ_max"))
-            plans.append(("localized", request.localized_model, dict(localized=localized)))
+            plans.append(("localized", request.localized_model, dict(localized=localized), grid[0] * grid[1]))
         if not plans:
             raise InvalidParameterError("choose an isotropic model, a localized model, or both")
+        tracker = RunProgress(sum(cells * (n0 + n) for *_, cells in plans), progress) if progress else None
         runs: list[SegmentationRun] = []
         curves: dict[str, tuple[list[float], list[float]]] = {}
         table: list[list[Any]] = []
         notes = []
-        for name, key, smoothing in plans:
-            choice, model, _ = self._model(key, SEGMENTATION, request.arch, request.num_classes)
-            smoothed = smooth(model, **smoothing, **self._options())
+        warning = ""
+        for name, key, smoothing, _ in plans:
+            choice, model, classes = self._model(key, SEGMENTATION, request.arch, request.num_classes)
+            smoothed = smooth(model, **smoothing, **self._options(tracker))
+            shown = smoothed.inputs(image, smoothed.spec.channels)
             with stoppable([smoothed.base], stop):
-                cert = smoothed.certify(image, n0=n0, n=n, alpha=request.alpha, seed=seed)
+                cert = smoothed.certify(shown, n0=n0, n=n, alpha=request.alpha, seed=seed)
             if truth is not None:
                 truth = check_label_map(truth, cert.shape, cert.num_classes)
             run_curves, rows = _eps_counts(name, cert, eps, truth)
             curves.update(run_curves)
             table += rows
-            title = f"{name}: certified radius per pixel (median {_median_radius(cert):.3f})"
-            runs.append(SegmentationRun(name, cert, pictures.mask_picture(cert.labels, cert.abstained, cert.num_classes),
-                                        pictures.radius_heatmap(cert.radii, cert.abstained, title)))
+            names = class_namer(choice, classes)
+            mask = pictures.mask_picture(cert.labels, cert.abstained, cert.num_classes, names, f"{name}: predicted mask")
+            runs.append(SegmentationRun(name, cert, mask, pictures.radius_heatmap(
+                cert.radii, cert.abstained, f"{name}: certified radius per pixel")))
             notes.append(_segmentation_line(name, choice, cert, truth))
             note = sigma_note(choice, cert.sigma) if name == "isotropic" else ""
             if note:
                 notes.append(note)
+            warning = warning or unlike_training_warning(choice, shown, "a digit mask" if choice.embedded else "a mask")
         what = "certified correct pixels / labelled pixels" if truth is not None else "certified pixels / pixels"
-        summary = ("### Segmentation certificates\n" + "\n".join(f"- {line}" for line in notes) +
+        summary = ("### Segmentation certificates\n" + (f"{warning}\n\n" if warning else "")
+                   + "\n".join(f"- {line}" for line in notes) +
                    f"\n\nThe plot shows {what} against the L2 budget ε: per pixel, each pixel certified on its own "
                    "(radius > ε); collective, the pixels that provably keep their class under one shared perturbation "
                    "of norm ≤ ε (localized smoothing, LP relaxation, sound).")

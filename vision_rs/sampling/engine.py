@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from einops import rearrange
 from tqdm.auto import tqdm
+from typing_extensions import Self
 
 from ..errors import InvalidImageError, ModelOutputError
 from ..params import check_count
@@ -38,6 +39,9 @@ LOOK_RATIO = 1.25
 
 StopRule = Callable[[np.ndarray, int], bool]
 """``stop(counts, draws)``: the tally's counts after ``draws`` draws; True ends sampling there."""
+ProgressReport = Callable[[str, int, int], None]
+"""``report(phase, done, total)``: called when a sampling phase starts (``done`` = 0) and after each of its batches,
+with the draws done of the phase's total."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,9 @@ class EngineConfig:
     """Run the model under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``); None = fp32."""
     channels_last: bool = False
     """Feed the model ``channels_last`` tensors (convert the model too; see ``smooth``)."""
-    progress: bool = True
-    """Show a tqdm progress bar per sampling phase."""
+    progress: bool | ProgressReport = True
+    """Show a tqdm progress bar per sampling phase (True), nothing (False), or call ``progress(phase, done, total)``
+    at the start of each phase and after each batch (a :data:`ProgressReport`, e.g. for a page's progress bar)."""
     streams: int = 2
     """CUDA streams that consecutive batches alternate between (1: no overlap); ignored on the CPU."""
     memory_budget: int = 2 * GIB
@@ -62,7 +67,7 @@ class EngineConfig:
         check_count("streams", self.streams)
         check_count("memory_budget", self.memory_budget)
 
-    def with_overrides(self, batch_size: int | None = None, progress: bool | None = None) -> EngineConfig:
+    def with_overrides(self, batch_size: int | None = None, progress: bool | ProgressReport | None = None) -> EngineConfig:
         changes: dict[str, object] = {}
         if batch_size is not None:
             changes["batch_size"] = batch_size
@@ -321,6 +326,31 @@ def max_draws_per_batch(
     return most
 
 
+class _ReportedProgress:
+    """A tqdm-like bar that hands each update to a :data:`ProgressReport` instead of drawing."""
+
+    def __init__(self, report: ProgressReport, total: int, desc: str) -> None:
+        self.report, self.total, self.desc, self.done = report, total, desc, 0
+        report(desc, 0, total)
+
+    def update(self, draws: int) -> None:
+        self.done += draws
+        self.report(self.desc, self.done, self.total)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress_bar(progress: bool | ProgressReport, total: int, desc: str) -> tqdm | _ReportedProgress:
+    """The progress display of one sampling phase: a tqdm bar (shown when ``progress`` is True) or a report."""
+    if callable(progress):
+        return _ReportedProgress(progress, total, desc)
+    return tqdm(total=total, desc=desc, disable=not progress, leave=False)
+
+
 def sample(
     classifier: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
@@ -371,7 +401,7 @@ def sample(
             buffer.record_stream(stream)
             image.record_stream(stream)
     done, step = 0, 0
-    with torch.inference_mode(), tqdm(total=num, desc=desc, disable=not config.progress, leave=False) as bar:
+    with torch.inference_mode(), _progress_bar(config.progress, num, desc) as bar:
         while done < num:
             valid = min(draws, num - done)
             stream, buffer = streams[step % len(streams)], buffers[step % len(buffers)]

@@ -107,9 +107,13 @@ def _scenes(split: str) -> tuple[torch.Tensor, torch.Tensor, tuple[tuple[Placeme
     images, labels = digits_split(split)
     ink = digit_ink(images)
     rng = np.random.default_rng(_SCENE_SEEDS[split])
-    made = [_compose(rng, images, labels, ink) for _ in range(SCENE_COUNTS[split])]
-    pixels = np.round(np.stack([m[0] for m in made]) * 255.0).astype(np.uint8)
-    return torch.from_numpy(pixels), torch.from_numpy(np.stack([m[1] for m in made])), tuple(m[2] for m in made)
+    pixels, label_maps, placements = [], [], []
+    for _ in range(SCENE_COUNTS[split]):
+        canvas, label_map, placed = _compose(rng, images, labels, ink)
+        pixels.append(np.round(canvas * 255.0).astype(np.uint8))  # one scene at a time: no float copy of the split
+        label_maps.append(label_map)
+        placements.append(placed)
+    return torch.from_numpy(np.stack(pixels)), torch.from_numpy(np.stack(label_maps)), tuple(placements)
 
 
 def scenes_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
