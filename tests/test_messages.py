@@ -285,10 +285,12 @@ def test_examples_writes_the_layouts_the_commands_read_and_its_commands_run(tmp_
     assert sorted(p.name for p in (out / "scenes" / "masks").iterdir()) == ["0000.png", "0001.png"]
     assert len(list((out / "clips").rglob("*.mp4"))) == 2
     commands = [shlex.split(line.strip())[1:] for line in printed.splitlines() if line.startswith("  vision-rs ")]
-    assert [words[0] for words in commands] == ["certify", "certify-seg", "certify-video", "report"]
-    for words in commands[:-1]:  # each with fewer draws than printed, to keep the test fast
+    assert [words[0] for words in commands] == ["certify", "certify-seg", "certify-video", "report", "train"]
+    for words in commands[:3]:  # each with fewer draws than printed, to keep the test fast
         assert main([*words, "--n0", "2", "--n", "4", "--no-progress", "--device", "cpu"]) == 0, words
-    assert main([*commands[-1], "--no-plot"]) == 0
+    assert main([*commands[3], "--no-plot"]) == 0
+    assert main([*commands[4][:-4], "--epochs", "1", "--held-out", "0", "--certify", "0", "--no-progress",
+                 *commands[4][-2:]]) == 0, commands[4]
 
 
 def test_a_closed_output_pipe_ends_the_command_quietly(monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -169,6 +169,9 @@ def test_bad_input_is_refused_before_anything_is_written(digits: Subset, tmp_pat
             TrainConfig(**{**CONFIG.describe(), **wrong})
     with pytest.raises(InvalidParameterError, match="sigma must be finite and > 0"):
         fresh_smoothed(0.0)
+    with pytest.raises(InvalidParameterError, match="too few training inputs to make a batch: 1;"):
+        train(fresh_smoothed(), Subset(digits, [0]), tmp_path / "one", config=CONFIG)
+    assert not (tmp_path / "one").exists()
 
 
 def test_the_log_has_one_line_per_epoch(digits: Subset, tmp_path: Path) -> None:

@@ -1291,6 +1291,8 @@ def _examples(args: argparse.Namespace) -> None:
         print(f"  vision-rs certify-video {written.clips} --model digits_c3d.sigma_0.25 --sigma 0.25 --n 1000 "
               f"--out {runs / 'clips.tsv'}")
     print(f"  vision-rs report {runs / 'digits.tsv'}")
+    print(f"  vision-rs train {written.digits} --model digits_cnn --no-pretrained --sigma 0.25 --epochs 5 "
+          f"--out {runs / 'trained'}")
 
 
 def _models(args: argparse.Namespace) -> None:

@@ -178,6 +178,16 @@ def _is_out_of_memory(error: BaseException) -> bool:
         isinstance(error, RuntimeError) and ("out of memory" in str(error) or "can't allocate memory" in str(error)))
 
 
+def _check_batches(count: int, world_size: int, batch_size: int) -> None:
+    """Refuse data that gives a process no batch to train on: each process takes ⌈count / world_size⌉ inputs, and a
+    last batch of one input is dropped (batch norm cannot train on it)."""
+    share = -(-count // world_size)
+    if count == 0 or (share == 1 and batch_size > 1):
+        each = f" ({share} for each of {world_size} processes)" if world_size > 1 else ""
+        raise InvalidParameterError(f"too few training inputs to make a batch: {count}{each}; a batch of one cannot "
+                                    "train batch norm, so give at least 2 inputs to each process")
+
+
 class Trainer:
     """Train ``objective`` on ``data`` into the folder ``out`` (see the module docstring).
 
@@ -188,11 +198,10 @@ class Trainer:
 
     def __init__(self, objective: Objective, data: Dataset, out: str | os.PathLike, config: TrainConfig,
                  record: dict[str, Any], *, distributed: bool | None = None) -> None:
-        if len(data) == 0:  # type: ignore[arg-type]
-            raise InvalidParameterError("the training data is empty")
+        self.ranks = resolve_ranks(distributed)
+        _check_batches(len(data), self.ranks.world_size if self.ranks else 1, config.batch_size)  # type: ignore[arg-type]
         self.objective, self.data, self.config = objective, data, config
         self.out = output_folder(out)
-        self.ranks = resolve_ranks(distributed)
         self.record = {**record, "training": config.describe(), "world_size": self.ranks.world_size if self.ranks else 1,
                        "device": str(objective.device), "versions": software_versions()}
         self.record = json.loads(json.dumps(self.record))  # as the files will hold it
