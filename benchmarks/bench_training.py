@@ -10,7 +10,8 @@ has clean accuracy, certified accuracy at R > 0.25, 0.5, 0.75, 1.0, 1.5, the ACR
 below it, consistency's ACR over Gaussian augmentation's, measured in this run.
 
 Part (b): ``digits_cnn.clean`` (trained without noise) fine-tuned with noise at σ = 0.5 for ``--finetune-epochs``
-epochs (default 2), against the embedded noise-trained ``digits_cnn.sigma_0.50``, both certified at
+epochs (default 2; batch 16, lr 3e-3: 180 steps — at batch 64 and lr 1e-3, 46 steps, it reached 0.896 of the
+reference instead of 0.953), against the embedded noise-trained ``digits_cnn.sigma_0.50``, both certified at
 n = ``--finetune-n`` (default 1000): the share of the noise-trained model's certified accuracy at R > 0.5 that
 fine-tuning reaches, and its time.
 
@@ -82,11 +83,11 @@ def part_a(args: argparse.Namespace) -> list[str]:
 
 
 def part_b(args: argparse.Namespace) -> list[str]:
-    folder = args.out_dir / "finetune_clean_sigma_0.50"
+    folder = args.out_dir / f"finetune_clean_sigma_0.50_b{args.finetune_batch}_lr{args.finetune_lr:g}"
     smoothed = vision_rs.smooth("digits_cnn.clean", 0.5, device=args.device, progress=False)
     started = time.perf_counter()
-    config = TrainConfig(epochs=args.finetune_epochs, batch_size=64, lr=1e-3, weight_decay=1e-4, seed=args.seed,
-                         progress=False)
+    config = TrainConfig(epochs=args.finetune_epochs, batch_size=args.finetune_batch, lr=args.finetune_lr,
+                         weight_decay=1e-4, seed=args.seed, progress=False)
     result = train(smoothed, ShiftedDigits(), folder, config=config)
     seconds = time.perf_counter() - started
     tuned = certify(smooth_checkpoint(result.checkpoint, device=args.device, batch_size=250, progress=False),
@@ -95,7 +96,9 @@ def part_b(args: argparse.Namespace) -> list[str]:
                                          progress=False), args.out_dir / "noise_trained_sigma_0.50.tsv",
                         args.finetune_n, args.seed)
     share = tuned.certified_accuracy[0.5] / reference.certified_accuracy[0.5] if reference.certified_accuracy[0.5] else float("nan")
-    return [format_summaries({f"digits_cnn.clean fine-tuned {args.finetune_epochs} epochs at σ=0.5": tuned,
+    tuned_label = (f"digits_cnn.clean fine-tuned {args.finetune_epochs} epochs at σ=0.5 (batch {args.finetune_batch}, "
+                   f"lr {args.finetune_lr:g})")
+    return [format_summaries({tuned_label: tuned,
                               "digits_cnn.sigma_0.50 (trained with noise, 60 epochs)": reference}),
             f"fine-tuned / noise-trained certified accuracy at R > 0.5: {tuned.certified_accuracy[0.5]:.3f} / "
             f"{reference.certified_accuracy[0.5]:.3f} = {share:.3f}; fine-tuning took {seconds:.0f} s "
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=positive_int, default=10_000)
     parser.add_argument("--finetune-epochs", type=positive_int, default=2)
     parser.add_argument("--finetune-n", type=positive_int, default=1000)
+    parser.add_argument("--finetune-batch", type=positive_int, default=16)
+    parser.add_argument("--finetune-lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--parts", default="abc", help="which parts to run, e.g. a, bc (default abc)")
