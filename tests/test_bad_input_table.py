@@ -223,6 +223,19 @@ CLI_CASES = [
     CliCase("crop fraction not positive", CERTIFY + " --crop-pct 0 --out {out}/run.tsv", ("--crop-pct", "0.0")),
     CliCase("one mean for three channels", CERTIFY + " --mean 0.5 --out {out}/run.tsv", ("--mean and --std", "(0.5,)")),
     CliCase("output not a .tsv", CERTIFY + " --out {out}/run.txt", ("{out}/run.txt", ".tsv")),
+    # without --out (the table printed as it goes): refused before its header, naming the file
+    CliCase("patch larger than the image, no --out", "certify {digits}/0/0000.png --model digits_cnn.sigma_0.25 "
+            "--sigma 0.25 --patch-size 40 --patch-stride 8 " + FAST, ("{digits}/0/0000.png", "40×40", "32×32")),
+    CliCase("sequential per-view mode, no --out", CERTIFY + " --patch-size 24 --patch-stride 8 --mode smoothed "
+            "--radius 0.1", ("--mode smoothed", "--mode vote")),
+    # vision-rs train
+    CliCase("train: σ = 0", "train {digits} --model digits_cnn.clean --sigma 0 --out {out}/trained", ("--sigma", "0")),
+    CliCase("train: no class folders", "train {empty} --model digits_cnn.clean --sigma 0.5 --out {out}/trained",
+            ("{empty}",)),
+    CliCase("train: unknown loss", "train {digits} --model digits_cnn.clean --sigma 0.5 --loss smooth --out {out}/trained",
+            ("--loss", "smooth")),
+    CliCase("train: checkpoint of another architecture", "train {digits} --model resnet10t --no-pretrained --checkpoint "
+            "{classifier_weights} --sigma 0.5 --out {out}/trained", ("{classifier_weights}", "resnet10t", "--verbose")),
 ]
 
 

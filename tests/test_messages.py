@@ -189,6 +189,15 @@ def test_draws_are_compared_only_for_sequential_runs(digit_folder: Path, tmp_pat
                      r"[\d.]+x fewer\)", report) and "1.0x" not in report
 
 
+def test_a_sequential_run_that_spent_its_whole_budget_says_so_instead_of_1x_fewer() -> None:
+    from vision_rs.runs.summaries import SampleUse, format_sample_use
+
+    spent = format_sample_use("run.tsv", SampleUse(inputs=3, mean_n_used=200.0, n=200, n0=10, sequential=True))
+    assert "(budget n = 200: the whole budget)" in spent and "x fewer" not in spent
+    saved = format_sample_use("run.tsv", SampleUse(inputs=3, mean_n_used=50.0, n=200, n0=10, sequential=True))
+    assert "(budget n = 200: 4x fewer)" in saved
+
+
 def test_a_long_plot_title_is_wrapped_not_clipped(tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("matplotlib")
     from matplotlib.axes import Axes

@@ -171,6 +171,15 @@ def _sequential_settings(args: argparse.Namespace) -> dict[str, object]:
     return {"radius": args.radius, "sequential": args.sequential, "tolerance": args.tolerance}
 
 
+def _check_stopping_rule(smoothed: object, stopping: dict[str, object]) -> None:
+    """A sequential run (``--radius`` / ``--sequential``) of a method that does not count one vote per draw is
+    refused before the table's header is printed."""
+    from .sampling.sequential import check_sequential_method
+
+    if stopping["radius"] is not None or stopping["sequential"]:
+        check_sequential_method(smoothed.smoothing.votes_once_per_draw, smoothed.details)  # type: ignore[attr-defined]
+
+
 def _n_used_column(args: argparse.Namespace, value: object) -> str:
     """A tab and ``value`` for the ``n_used`` column of the printed table in sequential runs ('' otherwise)."""
     return f"\t{value}" if args.radius is not None or args.sequential else ""
@@ -713,6 +722,7 @@ def _print_run(out: Path, summary: object) -> None:
 
 
 def _certify_video(args: argparse.Namespace) -> None:
+    from .runs.datasets import about_file
     from .runs.inputs import collect_files, read_class_file
     from .video import VIDEO_SUFFIXES, ClipReading, SubClips, certify_video_dataset, smooth, to_unit_clip
 
@@ -733,14 +743,17 @@ def _certify_video(args: argparse.Namespace) -> None:
                                         **stopping)
         _print_run(args.out, summary)
         return
+    _check_stopping_rule(smoothed, stopping)
     clips = []
     for path, _ in files.files:  # read all first: a bad or too large file fails before any output
-        clip, notes = reading.read(path)
-        smoothed.check_fits(to_unit_clip(clip, smoothed.spec.channels).shape)
+        with about_file(path):
+            clip, notes = reading.read(path)
+            smoothed.check_fits(to_unit_clip(clip, smoothed.spec.channels).shape)
         clips.append((path, clip, notes["clip"]["backend"]))
     print("path\tpredict\tradius\tp_lower\ttime\tbackend" + _n_used_column(args, "n_used"))
     for idx, (path, clip, backend) in enumerate(clips):
-        cert = smoothed.certify(clip, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx, **stopping)
+        with about_file(path):
+            cert = smoothed.certify(clip, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx, **stopping)
         predict = -1 if cert.label is None else cert.label
         print(f"{path}\t{predict}\t{fixed(cert.radius, 4)}\t{fixed(cert.p_lower, 4)}\t{significant(cert.seconds)}\t{backend}"
               + _n_used_column(args, cert.n_used), flush=True)
@@ -781,7 +794,7 @@ def _certify_seg(args: argparse.Namespace) -> None:
 
 def _certify(args: argparse.Namespace) -> None:
     from .images import to_unit_tensor
-    from .runs.datasets import certify_dataset, collect_image_files
+    from .runs.datasets import about_file, certify_dataset, collect_image_files
     from .runs.inputs import read_class_file
     from .runs.summaries import DEFAULT_RADII
     from .sampling.methods import Hierarchical
@@ -808,11 +821,14 @@ def _certify(args: argparse.Namespace) -> None:
         )
         _print_run(args.out, summary)
         return
+    _check_stopping_rule(smoothed, stopping)
     for path, _ in files.files:  # decode all first: a bad or too large file fails before any output
-        smoothed.check_fits(to_unit_tensor(path, channels=smoothed.spec.channels).shape)
+        with about_file(path):
+            smoothed.check_fits(to_unit_tensor(path, channels=smoothed.spec.channels).shape)
     print("path\tpredict\tradius\tp_lower\ttime" + _n_used_column(args, "n_used"))
     for idx, (path, _) in enumerate(files.files):
-        cert = smoothed.certify(path, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx, **stopping)
+        with about_file(path):
+            cert = smoothed.certify(path, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed + idx, **stopping)
         predict = -1 if cert.label is None else cert.label
         print(f"{path}\t{predict}\t{fixed(cert.radius, 4)}\t{fixed(cert.p_lower, 4)}\t{significant(cert.seconds)}"
               + _n_used_column(args, cert.n_used),

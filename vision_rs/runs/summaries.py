@@ -125,8 +125,9 @@ def format_sample_use(name: str, use: SampleUse) -> str:
         return (f"{name}: n = {use.n:,} estimation draws for each of {plural(use.inputs, 'input')} (fixed n, not "
                 f"sequential), plus n0 = {use.n0:,} selection draws each")
     fewer = use.n / use.mean_n_used if use.mean_n_used else math.inf
+    saving = f"{significant(fewer)}x fewer" if fewer >= 1.005 else "the whole budget"
     line = (f"{name}: {significant(use.mean_n_used)} estimation draws per input on average over "
-            f"{plural(use.inputs, 'input')} (budget n = {use.n:,}: {significant(fewer)}x fewer), plus n0 = {use.n0:,} "
+            f"{plural(use.inputs, 'input')} (budget n = {use.n:,}: {saving}), plus n0 = {use.n0:,} "
             "selection draws each")
     if use.decision_radius is not None:
         line += f"; decided certified at r = {use.decision_radius:g}: {use.certified} of {use.inputs}"

@@ -318,10 +318,10 @@ def max_draws_per_batch(
     per_draw = draw_bytes(image_shape, noise, view) + output_bytes
     most = config.memory_budget // (per_draw * streams) - 1  # one draw's worth for the image itself
     if most < 1:
+        copies = f"x{streams} streams, " if streams > 1 else ""
         what = (f"an input of shape {tuple(image_shape)} takes {size_in_bytes(per_draw)} per noisy draw with its "
-                f"model inputs, more than the memory budget of {size_in_bytes(config.memory_budget)} allows (x{streams} "
-                "streams, plus the input itself): pass a smaller input (resize it to the model's input size first), "
-                "or raise ")
+                f"model inputs, more than the memory budget of {size_in_bytes(config.memory_budget)} allows ({copies}"
+                "plus the input itself): pass a smaller input (resize it to the model's input size first), or raise ")
         raise InvalidImageError(what + "{budget}", budget=Wording("memory_budget=BYTES", "--memory-budget SIZE"))
     return most
 
