@@ -895,10 +895,12 @@ def _train_config(args: argparse.Namespace) -> object:
 
 
 class _WithoutTrainedNoiseWarnings(logging.Filter):
-    """Drops the warning that a model was trained with other noise: training is about to fix exactly that."""
+    """Drops the warnings that a model has random weights or was trained with other noise: training is about to fix
+    exactly that."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "expect abstentions" not in record.getMessage()
+        message = record.getMessage()
+        return "expect abstentions" not in message and "its certificates say nothing" not in message
 
 
 def _smoothed_for_training(args: argparse.Namespace, num_classes: int | None) -> object:
