@@ -46,7 +46,7 @@ from vision_rs.app.certify import (  # noqa: E402
 from vision_rs.app.pictures import ABSTAIN_COLOUR, AGREE, DISAGREE, LEGEND_FONT, TILE_SIDE, TITLE_FONT  # noqa: E402
 from vision_rs.app.progress import ProgressLine, RunProgress  # noqa: E402
 from vision_rs.app.sessions import SessionRuns  # noqa: E402
-from vision_rs.app.ui import AppConfig, Handlers, launch_app  # noqa: E402
+from vision_rs.app.ui import AppConfig, Handlers, build_app, launch_app  # noqa: E402
 from vision_rs.errors import InvalidParameterError, ModelOutputError  # noqa: E402
 from vision_rs.models.embedded import DigitsCNN, load_embedded_model  # noqa: E402
 
@@ -543,6 +543,23 @@ class CountingCNN(DigitsCNN):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         return super().forward(x)
+
+
+def test_the_page_marks_only_the_certificate_and_hides_what_has_no_content_yet(handlers: Handlers) -> None:
+    """Layout the browser shows (issue 25, item 13): a run's progress and errors mark the certificate's box only; the
+    results column, the hierarchical budget table and the upload boxes are hidden until they have something to show."""
+    config = build_app(handlers).get_config_file()
+    components = {component["id"]: component for component in config["components"]}
+    certify = {d["api_name"]: d for d in config["dependencies"] if str(d.get("api_name")).startswith("certify_")}
+    assert sorted(certify) == ["certify_image", "certify_segmentation", "certify_video"]
+    for name, dependency in certify.items():
+        marked = [components[i]["props"].get("elem_id") for i in dependency["show_progress_on"]]
+        assert marked == [name.replace("certify_", "") + "-certificate"], name
+    hidden = [(c["type"], c["props"].get("label") or c["props"].get("elem_id")) for c in config["components"]
+              if c["props"].get("visible") is False]
+    assert [kind for kind, _ in hidden].count("column") == 3  # one results column a tab
+    assert any(kind == "dataframe" and "Hierarchical" in str(label) for kind, label in hidden)
+    assert sum(kind == "file" and "Upload" in str(label) for kind, label in hidden) == 3
 
 
 @pytest.fixture(scope="module")
