@@ -248,3 +248,17 @@ def test_the_readme_torchrun_train_line_parses_under_torchrun_and_as_ours() -> N
     assert parsed.module and parsed.training_script == "vision_rs"
     ours = build_parser().parse_args(parsed.training_script_args)
     assert ours.command == "train" and ours.sigma == 0.5 and ours.amp == "bf16"
+
+
+def test_a_training_image_that_cannot_be_decoded_is_named_in_our_error(digits: Path, tmp_path: Path) -> None:
+    from vision_rs.errors import InvalidImageError
+    from vision_rs.training.data import Augmentation, ImageFolderData
+
+    broken = tmp_path / "data"
+    (broken / "3").mkdir(parents=True)
+    (broken / "3" / "ok.png").write_bytes(next(digits.rglob("*.png")).read_bytes())
+    (broken / "3" / "cut.png").write_bytes(next(digits.rglob("*.png")).read_bytes()[:60])  # truncated
+    data = ImageFolderData(broken, Augmentation((32, 32), enabled=False).transform(3))
+    assert tuple(data[data.sources.index(str(broken / "3" / "ok.png"))][0].shape) == (3, 32, 32)
+    with pytest.raises(InvalidImageError, match=r"cannot decode training image .*cut\.png"):
+        data[data.sources.index(str(broken / "3" / "cut.png"))]

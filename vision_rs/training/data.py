@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import InvalidImageError, InvalidParameterError
-from ..images import IMAGE_SUFFIXES, to_unit_float
+from ..images import IMAGE_SUFFIXES, open_image_file, to_unit_float
 from ..runs.inputs import UNKNOWN_LABEL, LabelledFiles, collect_files
 from ..segmentation.datasets import read_label_map
 from ..segmentation.results import IGNORE_INDEX
@@ -163,12 +163,7 @@ class ImageFolderData(FolderData):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.items[index]
-        try:
-            with Image.open(path) as image:
-                image.load()
-                return self.transform(image), label
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise InvalidImageError(f"cannot decode training image {path}: {exc}") from exc
+        return self.transform(open_image_file(path, "training image")), label
 
 
 class ClipFolderData(FolderData):
@@ -223,8 +218,8 @@ class SegmentationFolderData(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         path = self.files[index]
-        with Image.open(path) as image:
-            pixels = torch.from_numpy(np.asarray(image.convert(self.mode), dtype=np.uint8).copy())
+        image = open_image_file(path, "training image")
+        pixels = torch.from_numpy(np.asarray(image.convert(self.mode), dtype=np.uint8).copy())
         pixels = (pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)).float() / 255.0
         mask = torch.from_numpy(self.label_map(index))
         if tuple(mask.shape) != tuple(pixels.shape[-2:]):
