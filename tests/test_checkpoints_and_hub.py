@@ -332,3 +332,21 @@ def test_embedded_model_ships_weights_that_classify_the_test_split(name) -> None
     with torch.no_grad():
         wrapped = (smoothed.base.eval()(pixels).argmax(1) == labels).float().mean().item()
     assert wrapped == accuracy
+
+
+def test_an_atomic_write_that_fails_raises_our_error_and_leaves_the_old_file(tmp_path: Path) -> None:
+    from vision_rs.errors import OutputPathError
+    from vision_rs.models.checkpoints import write_atomically
+
+    target = tmp_path / "model.safetensors"
+    target.write_bytes(b"old")
+
+    def half_then_full_disk(handle) -> None:
+        handle.write(b"new, half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OutputPathError, match="cannot write .*model.safetensors: No space left on device; it is left"):
+        write_atomically(target, half_then_full_disk)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+    with pytest.raises(OutputPathError, match="cannot write"):
+        write_atomically(tmp_path / "no such folder" / "x.pt", lambda handle: handle.write(b"x"))

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OutputPathError
 from ..wording import Wording, plural
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ def _does_not_fit(model: nn.Module, path: Path, state: dict[str, torch.Tensor], 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(handle)`` on a temporary file beside ``path``, flush it to disk, then rename it to ``path``.
 
-    A crash or Ctrl-C at any moment leaves either the old file or the new one, never a half-written one.
+    A crash or Ctrl-C at any moment leaves either the old file or the new one, never a half-written one; a write
+    that fails (a full disk, a folder that cannot be written) raises OutputPathError naming ``path``, left as it was.
     """
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
@@ -135,6 +136,8 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}; it is left as it was") from exc
     finally:
         temporary.unlink(missing_ok=True)
     return path

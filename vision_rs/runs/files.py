@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from ..errors import OutputPathError
+from ..models.checkpoints import write_atomically
 from ..sampling.results import Certificate
 from ..wording import Wording, plural
 
@@ -164,15 +165,9 @@ def _keep_complete_lines(path: Path) -> list[str]:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` at once (write a temporary file beside it, then rename); a failed write leaves
-    ``path`` as it was and raises OutputPathError naming it."""
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}; it is left as it was") from exc
+    """Replace ``path`` with ``text`` (UTF-8) at once, by :func:`~vision_rs.models.checkpoints.write_atomically`; a
+    failed write leaves ``path`` as it was and raises OutputPathError naming it."""
+    write_atomically(path, lambda handle: handle.write(text.encode()))
 
 
 PROBE_PREFIX = ".vision-rs-probe-"

@@ -44,7 +44,7 @@ from ..models.checkpoints import save_checkpoint, write_atomically
 from ..models.provenance import software_versions
 from ..params import check_count, check_seed
 from ..runs.distributed import Ranks, process_group, resolve_ranks
-from ..runs.files import flatten, record_differences
+from ..runs.files import atomic_write, flatten, record_differences
 from ..wording import Wording
 from .losses import LossTerms
 
@@ -244,8 +244,7 @@ class Trainer:
                  "scaler": scaler.state_dict() if scaler is not None else None}
         write_atomically(self.out / STATE_FILE, lambda handle: torch.save(state, handle))
         save_checkpoint(self.checkpoint, network_state, record)
-        text = "".join(json.dumps(entry) + "\n" for entry in history)
-        write_atomically(self.out / LOG_FILE, lambda handle: handle.write(text.encode()))
+        atomic_write(self.out / LOG_FILE, "".join(json.dumps(entry) + "\n" for entry in history))
 
     # ------------------------------------------------------------------ pieces
 
