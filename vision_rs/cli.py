@@ -894,29 +894,17 @@ def _train_config(args: argparse.Namespace) -> object:
                        grad_clip=args.grad_clip, workers=args.workers, progress=not args.no_progress)
 
 
-class _WithoutTrainedNoiseWarnings(logging.Filter):
-    """Drops the warnings that a model has random weights or was trained with other noise: training is about to fix
-    exactly that."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return "expect abstentions" not in message and "its certificates say nothing" not in message
-
-
 def _smoothed_for_training(args: argparse.Namespace, num_classes: int | None) -> object:
     """The smoothed model whose network ``vision-rs train`` trains: the method and noise it will be certified with."""
     from .models.embedded import embedded_model_info
     from .models.hub import is_checkpoint_path
+    from .smoothing import building_to_train
 
     options = model_loading_options(args) | {"progress": False}
     named = embedded_model_info(args.model) is None and not is_checkpoint_path(args.model)
     if num_classes is not None and named:
         options["num_classes"] = num_classes
-    quiet = _WithoutTrainedNoiseWarnings()
-    handlers = logging.getLogger("vision_rs").handlers
-    for handler in handlers:
-        handler.addFilter(quiet)
-    try:
+    with building_to_train():
         if args.task == "segmentation":
             from .segmentation import Localized
             from .segmentation import smooth as smooth_segmentation
@@ -934,9 +922,6 @@ def _smoothed_for_training(args: argparse.Namespace, num_classes: int | None) ->
         if args.indicator and named and args.checkpoint is None:
             options["model_kwargs"] = {"in_chans": 4}  # the colours and the noise indicator
         return smooth(args.model, args.sigma, hierarchical=hierarchical, **options)
-    finally:
-        for handler in handlers:
-            handler.removeFilter(quiet)
 
 
 def _train_data(args: argparse.Namespace, smoothed: object) -> tuple[Callable[[Path], object], object | None]:

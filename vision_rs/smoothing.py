@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -589,12 +591,28 @@ def load_model(
     return model, source, device
 
 
+_BUILDING_TO_TRAIN = contextvars.ContextVar("vision_rs_building_to_train", default=False)
+
+
+@contextlib.contextmanager
+def building_to_train() -> Iterator[None]:
+    """Within it, ``smooth`` builds a model that is about to be trained: :func:`warn_about_model` stays silent (its
+    random weights, or weights trained with other noise, are what the training changes)."""
+    token = _BUILDING_TO_TRAIN.set(True)
+    try:
+        yield
+    finally:
+        _BUILDING_TO_TRAIN.reset(token)
+
+
 def warn_about_model(source: ModelSource, sigma: float, *, denoised: bool = False) -> None:
     """Warn when the certificates would say little: random weights, or a model trained with other noise than it is
     smoothed with — an embedded model, or a checkpoint of ``vision-rs train`` whose record names its noise (unless a
-    denoiser stands in front of it: it then sees denoised images)."""
+    denoiser stands in front of it: it then sees denoised images). Silent within :func:`building_to_train`."""
     from .models.embedded import embedded_model_info
 
+    if _BUILDING_TO_TRAIN.get():
+        return
     if source.pretrained is False and source.checkpoint is None:
         log.warning("%s has random weights (pretrained=False, CLI --no-pretrained): its certificates say nothing "
                     "about a trained model", source.name)
