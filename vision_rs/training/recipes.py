@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import InvalidParameterError
-from ..models.adapters import evaluation_mode, model_input_channels
+from ..models.adapters import model_input_channels
 from ..models.checkpoints import read_checkpoint_record
 from ..runs.datasets import certify_dataset
 from ..runs.inputs import check_labels
@@ -48,17 +48,6 @@ def task_of(smoothed: Smoothed) -> str:
     if isinstance(smoothed, SmoothedSegmenter):
         return "segmentation"
     return "video-classification" if isinstance(smoothed.base.model, ClipLayout) else "image-classification"
-
-
-def output_classes(noisy: NoisyBaseClassifier, data: Dataset) -> int:
-    """The number of classes the network scores: ``num_classes`` when given, else read off one noisy forward pass of
-    the first input (in eval mode, without gradients)."""
-    if noisy.smoothed.num_classes is not None:
-        return int(noisy.smoothed.num_classes)
-    pixels = as_pixels(torch.as_tensor(data[0][0]))[None].to(noisy.smoothed.device)
-    with torch.no_grad(), evaluation_mode(noisy):
-        outputs = noisy(pixels)
-    return int(outputs.shape[2])
 
 
 def architecture_of(smoothed: Smoothed, num_classes: int) -> dict[str, Any]:
@@ -130,7 +119,7 @@ def train(
     classes are refused before the first step.
     """
     noisy = NoisyBaseClassifier(smoothed, seed=config.seed, noise_free=not noise)
-    num_classes = output_classes(noisy, data)
+    num_classes = smoothed.num_classes or smoothed.count_classes(as_pixels(torch.as_tensor(data[0][0])))
     _check_data_labels(data, num_classes)
     objective = ClassifierObjective(noisy, loss, region=region, num_classes=num_classes)
     full_record = {"format": RECORD_FORMAT, "task": task_of(smoothed), "architecture": architecture_of(smoothed, num_classes),
