@@ -230,6 +230,8 @@ CLI_CASES = [
             "--radius 0.1", ("--mode smoothed", "--mode vote")),
     # vision-rs train
     CliCase("train: σ = 0", "train {digits} --model digits_cnn.clean --sigma 0 --out {out}/trained", ("--sigma", "0")),
+    CliCase("train: unwritable output", "train {digits} --model digits_cnn.clean --sigma 0.5 --out {unwritable}/trained",
+            ("{unwritable}", "cannot")),
     CliCase("train: no class folders", "train {empty} --model digits_cnn.clean --sigma 0.5 --out {out}/trained",
             ("{empty}",)),
     CliCase("train: unknown loss", "train {digits} --model digits_cnn.clean --sigma 0.5 --loss smooth --out {out}/trained",

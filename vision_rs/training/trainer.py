@@ -44,7 +44,7 @@ from ..models.checkpoints import save_checkpoint, write_atomically
 from ..models.provenance import software_versions
 from ..params import check_count, check_seed
 from ..runs.distributed import Ranks, process_group, resolve_ranks
-from ..runs.files import atomic_write, flatten, record_differences
+from ..runs.files import atomic_write, check_writable, flatten, record_differences
 from ..wording import Wording
 from .losses import LossTerms
 
@@ -148,13 +148,12 @@ def seed_everything(seed: int) -> None:
 
 
 def check_output_folder(out: str | os.PathLike) -> Path:
-    """Refuse an output path that is a file, or whose nearest existing folder cannot be written; create nothing."""
+    """Refuse an output path that is a file, or a folder files cannot be written in (a probe file is written and
+    removed, as data-set runs check theirs: :func:`~vision_rs.runs.files.check_writable`); leave nothing behind."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputPathError(f"{out} is a file; training writes a folder (checkpoint, state, log): give a folder path")
-    existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputPathError(f"cannot write the output folder {out}: {existing} is not a writable folder")
+    check_writable(out)
     return out
 
 
