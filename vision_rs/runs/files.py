@@ -230,8 +230,8 @@ def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _is_environment(field: str) -> bool:
-    return any(field == name or field.startswith(name + ".") for name in ENVIRONMENT_FIELDS)
+def _is_environment(field: str, environment: Sequence[str] = ENVIRONMENT_FIELDS) -> bool:
+    return any(field == name or field.startswith(name + ".") for name in environment)
 
 
 def _other_gpu_index(field: str, earlier: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
@@ -240,14 +240,17 @@ def _other_gpu_index(field: str, earlier: Mapping[str, Any], now: Mapping[str, A
     return field == "classifier.device" and devices[0] == devices[1]
 
 
-def record_differences(earlier: Mapping[str, Any], now: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """(fields that change results, environment fields) whose values differ between two run records."""
+def record_differences(earlier: Mapping[str, Any], now: Mapping[str, Any],
+                       environment: Sequence[str] = ENVIRONMENT_FIELDS) -> tuple[list[str], list[str]]:
+    """(fields that change results, environment fields) whose values differ between two run records; ``environment``:
+    the fields (and the fields under them) that may differ on a resume (a certification run's by default)."""
     before, after = flatten(earlier), flatten(now)
     differing = sorted(field for field in before.keys() | after.keys() if before.get(field) != after.get(field))
-    return [f for f in differing if not _is_environment(f)], [f for f in differing if _is_environment(f)]
+    return ([f for f in differing if not _is_environment(f, environment)],
+            [f for f in differing if _is_environment(f, environment)])
 
 
-def _describe_difference(field: str, earlier: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+def describe_difference(field: str, earlier: Mapping[str, Any], now: Mapping[str, Any]) -> str:
     return f"{field}: was {flatten(earlier).get(field)!r}, now {flatten(now).get(field)!r}"
 
 
@@ -292,7 +295,7 @@ class RunFiles:
         earlier = records[0][RECORD_KEY]
         changed, environment = record_differences(earlier, self.record)
         if changed:
-            details = "; ".join(_describe_difference(field, earlier, self.record) for field in changed[:5])
+            details = "; ".join(describe_difference(field, earlier, self.record) for field in changed[:5])
             raise OutputPathError(
                 f"{self.tsv} holds a run with other settings ({details}). Use the same settings to resume, or "
                 "{write_elsewhere}.", write_elsewhere=WRITE_ELSEWHERE)
@@ -301,7 +304,7 @@ class RunFiles:
         if environment and warn:
             log.warning("resuming %s with another %s: certificates stay valid; the rows after the resume point "
                         "may draw other random numbers than an uninterrupted run", self.tsv,
-                        ", ".join(_describe_difference(field, earlier, self.record) for field in environment))
+                        ", ".join(describe_difference(field, earlier, self.record) for field in environment))
         done = _row_indices(self.tsv, tsv_lines[1:])
         results = records[1:]
         kept = [result for result in results if result.get("idx") in done]

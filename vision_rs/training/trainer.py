@@ -44,7 +44,7 @@ from ..models.checkpoints import save_checkpoint, write_atomically
 from ..models.provenance import software_versions
 from ..params import check_count, check_seed
 from ..runs.distributed import Ranks, process_group, resolve_ranks
-from ..runs.files import atomic_write, check_writable, flatten, record_differences
+from ..runs.files import atomic_write, check_writable, describe_difference, record_differences
 from ..wording import Wording
 from .losses import LossTerms
 
@@ -223,12 +223,9 @@ class Trainer:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a damaged file: RuntimeError, EOFError, UnpicklingError, ... by its bytes
             raise OutputPathError(f"cannot read the training state {state_path} ({exc!r}); train into another folder") from exc
-        changed, _ = record_differences({**state["record"], "epoch": None}, {**self.record, "epoch": None})
-        changed = [field for field in changed if not any(field == name or field.startswith(name + ".")
-                                                         for name in ENVIRONMENT_FIELDS)]
+        changed, _ = record_differences(state["record"], self.record, environment=ENVIRONMENT_FIELDS)
         if changed:
-            earlier, now = flatten(state["record"]), flatten(self.record)
-            details = "; ".join(f"{field}: was {earlier.get(field)!r}, now {now.get(field)!r}" for field in changed[:5])
+            details = "; ".join(describe_difference(field, state["record"], self.record) for field in changed[:5])
             raise OutputPathError(f"{self.out} holds a training run with other settings ({details}). Train into another "
                                   "folder, or use the same settings to resume.")
         return state
