@@ -232,6 +232,15 @@ CLI_CASES = [
     CliCase("train: σ = 0", "train {digits} --model digits_cnn.clean --sigma 0 --out {out}/trained", ("--sigma", "0")),
     CliCase("train: unwritable output", "train {digits} --model digits_cnn.clean --sigma 0.5 --out {unwritable}/trained",
             ("{unwritable}", "cannot")),
+    CliCase("train: held-out share of 1.5", "train {digits} --model digits_cnn.clean --sigma 0.5 --held-out 1.5 "
+            "--out {out}/trained", ("--held-out", "1.5")),
+    CliCase("train: crop larger than the image", "train {digits} --model digits_cnn.clean --sigma 0.5 --train-crop 40 "
+            "--out {out}/trained", ("--train-crop", "40")),
+    CliCase("train: negative consistency weight", "train {digits} --model digits_cnn.clean --sigma 0.5 --loss consistency "
+            "--lam -1 --out {out}/trained", ("--lam", "-1")),
+    CliCase("train-denoiser: stability without a classifier", "train-denoiser {digits} --sigma 0.5 --loss stability "
+            "--out {out}/trained", ("--classifier MODEL",)),
+    CliCase("train-denoiser: σ = 0", "train-denoiser {digits} --sigma 0 --out {out}/trained", ("--sigma", "0")),
     CliCase("train: no class folders", "train {empty} --model digits_cnn.clean --sigma 0.5 --out {out}/trained",
             ("{empty}",)),
     CliCase("train: unknown loss", "train {digits} --model digits_cnn.clean --sigma 0.5 --loss smooth --out {out}/trained",

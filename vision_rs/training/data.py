@@ -31,6 +31,7 @@ from ..runs.inputs import UNKNOWN_LABEL, LabelledFiles, collect_files
 from ..segmentation.datasets import read_label_map
 from ..segmentation.results import IGNORE_INDEX
 from ..video.datasets import VIDEO_SUFFIXES, ClipReading
+from ..wording import Wording
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -66,10 +67,11 @@ class Augmentation:
         if not 0 <= self.hflip <= 1:
             raise InvalidParameterError(f"hflip is a probability in [0, 1], got {self.hflip}")
         if not self.color_jitter >= 0:
-            raise InvalidParameterError(f"color_jitter must be >= 0, got {self.color_jitter}")
+            raise InvalidParameterError(f"{{jitter}} must be >= 0, got {self.color_jitter}",
+                                        jitter=Wording("color_jitter", "--color-jitter"))
         if self.train_crop is not None and not 1 <= self.train_crop <= min(self.size):
-            raise InvalidParameterError(f"train_crop must be between 1 and the training size {min(self.size)} pixels, "
-                                        f"got {self.train_crop}")
+            raise InvalidParameterError(f"{{crop}} must be between 1 and the training size {min(self.size)} pixels, "
+                                        f"got {self.train_crop}", crop=Wording("train_crop", "--train-crop"))
 
     def describe(self) -> dict[str, Any]:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
