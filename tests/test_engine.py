@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import binom, norm
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import vision_rs
 from tests.conftest import FALSE_FAILURE, Recorder, normal_mean_bound, normal_rms_interval
-from vision_rs.sampling.engine import EngineConfig, VoteTally, plan_batches, sample
+from vision_rs.errors import ModelOutputError
+from vision_rs.sampling.engine import EngineConfig, PixelVoteTally, ViewVoteTally, VoteTally, plan_batches, sample
 from vision_rs.sampling.noise import GaussianNoise
 from vision_rs.sampling.views import WholeImage
 
@@ -128,3 +131,109 @@ def test_channels_last_feeds_the_model_the_same_noisy_images() -> None:
         seen[channels_last] = torch.cat(model.inputs)
     assert seen[True].is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(seen[False], seen[True])
+
+
+def test_non_finite_outputs_are_caught_and_large_finite_ones_are_not() -> None:
+    """The tally's one float64 sum per batch must flag any NaN or ±Inf (also +Inf beside −Inf) and never the
+    largest finite float32 logits, however many."""
+    biggest = torch.finfo(torch.float32).max
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        tally = VoteTally()
+        tally.update(torch.zeros(4, 1, 3))
+        logits = torch.zeros(4, 1, 3)
+        logits[2, 0, 1] = bad
+        tally.update(logits)
+        with pytest.raises(ModelOutputError, match="NaN or Inf logits"):
+            tally.result()
+    cancelling = torch.zeros(2, 1, 3)
+    cancelling[0, 0, 0], cancelling[1, 0, 2] = float("inf"), -float("inf")
+    for tally, outputs in ((VoteTally(), cancelling), (ViewVoteTally(), cancelling.expand(2, 4, 3)),
+                           (PixelVoteTally((1, 1)), cancelling[:, :, :, None, None])):
+        tally.update(outputs)
+        with pytest.raises(ModelOutputError, match="NaN or Inf logits"):
+            tally.result()
+    tally = VoteTally()
+    for _ in range(3):
+        tally.update(torch.full((1000, 1, 3), biggest))
+    assert np.array_equal(tally.result(), [3000, 0, 0])
+
+
+SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "nonzero")
+"""Tensor methods that make the host wait for the device (on CUDA)."""
+VIEW_OPS = {"aten.view.default", "aten.reshape.default", "aten.slice.Tensor", "aten.select.int", "aten.split.Tensor",
+            "aten.flatten.using_ints", "aten.unflatten.int", "aten._unsafe_view.default", "aten.detach.default",
+            "aten.to.dtype", "aten.alias.default", "aten.expand.default", "aten.unsqueeze.default", "aten.t.default"}
+"""Ops that only re-describe a tensor (no device work)."""
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops that compute (everything but views) while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if str(func) not in VIEW_OPS:
+            self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _Linear(torch.nn.Module):
+    """Three classes from the mean of each channel: one op per batch besides the linear layer's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def _work_per_batch(monkeypatch: pytest.MonkeyPatch, tally_type: type) -> tuple[float, float]:
+    """(host syncs, computing ops besides the model's) per extra batch: a 1-batch and an 11-batch run compared."""
+    syncs = collections.Counter[str]()
+    for name in SYNCING:
+        method = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *args: object, _name: str = name, _method=method, **kwargs: object) -> object:
+            syncs[_name] += 1
+            return _method(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    model, image = _Linear().eval(), torch.rand(3, 8, 8)
+    with _OpCounter() as counter, torch.inference_mode():
+        model(torch.rand(10, 3, 8, 8))
+    model_ops = sum(counter.ops.values())
+    seen = []
+    for batches in (1, 11):
+        syncs.clear()
+        with _OpCounter() as counter:
+            sample(model, image, GaussianNoise(0.3), WholeImage(), tally_type(), 10 * batches,
+                   torch.Generator().manual_seed(0), EngineConfig(batch_size=10, progress=False))
+        seen.append((sum(syncs.values()), sum(counter.ops.values()) - batches * model_ops))
+    (syncs_one, ops_one), (syncs_eleven, ops_eleven) = seen
+    return (syncs_eleven - syncs_one) / 10, (ops_eleven - ops_one) / 10
+
+
+def test_a_batch_costs_no_host_sync_and_six_ops_around_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fast GPU the engine is bound by the host's work per batch: no sync (the host runs ahead of the device)
+    and six kernels around the model (noise: normal_, add_; tally: argmax, index_add_, sum, add_)."""
+    syncs, ops = _work_per_batch(monkeypatch, VoteTally)
+    assert syncs == 0
+    assert ops <= 6
+
+
+class _SyncingTally(VoteTally):
+    """Checks its logits on the host every batch: the mistake the test above must catch."""
+
+    def update(self, logits: torch.Tensor) -> None:
+        if not bool(torch.isfinite(logits).all()):
+            raise ModelOutputError("non-finite")
+        super().update(logits)
+
+
+def test_the_work_per_batch_check_sees_a_sync_and_extra_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    syncs, ops = _work_per_batch(monkeypatch, _SyncingTally)
+    assert syncs >= 1
+    assert ops > 6

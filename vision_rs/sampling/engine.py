@@ -7,7 +7,7 @@ noise → view → base model → tally, batch after batch, with
 * one batch shape per phase: num draws split into the fewest equal batches (``plan_batches``),
   the few extra rows of the last one computed and masked;
 * noise drawn on the model's device from a seeded ``torch.Generator``;
-* votes counted on the device, one host sync per phase (``Tally.result``), plus one per look when a
+* votes counted on the device in a few kernels per batch, one host sync per phase (``Tally.result``), plus one per look when a
   stopping rule (``stop``) is checked between batches on a geometric schedule (``look_schedule``);
 * ``torch.inference_mode``, optional autocast and ``channels_last``.
 """
@@ -21,13 +21,12 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from einops import rearrange
 from tqdm.auto import tqdm
 from typing_extensions import Self
 
 from ..errors import InvalidImageError, ModelOutputError
 from ..params import check_count
-from ..wording import Wording, plural, size_in_bytes
+from ..wording import Wording, size_in_bytes
 from .noise import Noise
 from .views import View
 
@@ -89,40 +88,47 @@ class Tally(Protocol):
 
 
 class _DeviceCounts:
-    """Counts kept on the device, with a count of non-finite model outputs; ``result`` is one host sync.
+    """Counts kept on the device, with a running sum of every model output; ``result`` is one host sync.
 
-    Counting uses ``index_add_`` into preallocated counters: unlike ``bincount``, whose output
-    size depends on the data, it never waits for the device. Model outputs are class logits
+    Counting uses ``index_add_`` of one reused vector of ones into preallocated counters: unlike ``bincount``,
+    whose output size depends on the data, it never waits for the device. Model outputs are class logits
     [rows, num_classes] (``num_classes`` fixed by the first batch when not given).
+
+    Non-finite outputs are caught by one reduction per batch: the float64 sum of all outputs is finite exactly
+    when every output is. float32 values are exact in float64, fewer than 2^53 of them (each below 3.5e38)
+    cannot overflow it, and NaN and ±Inf propagate (+Inf with −Inf gives NaN).
     """
 
     def __init__(self, num_classes: int | None = None) -> None:
         self.num_classes = num_classes
         self.counts: torch.Tensor | None = None
-        self.non_finite: torch.Tensor | None = None
+        self.output_sum: torch.Tensor | None = None
+        self._ones: torch.Tensor | None = None
 
     def check(self, outputs: object, rows: int) -> torch.Tensor:
         logits = check_logits(outputs, rows, self.num_classes)
         self.num_classes = logits.shape[1]
         return logits
 
-    def _add(self, cells: torch.Tensor, shape: tuple[int, ...], logits: torch.Tensor) -> None:
-        """Count one vote for each flat index in ``cells`` into counters of ``shape``."""
-        if self.counts is None:
-            self.counts = torch.zeros(shape, dtype=torch.int64, device=logits.device)
-            self.non_finite = torch.zeros((), dtype=torch.int64, device=logits.device)
+    def _add(self, cells: torch.Tensor, shape: tuple[int, ...], outputs: torch.Tensor) -> None:
+        """Count one vote for each flat index in ``cells`` into counters of ``shape``; add ``outputs`` to the sum."""
         flat = cells.flatten()
-        self.counts.view(-1).index_add_(0, flat, torch.ones_like(flat))
-        self.non_finite += (~torch.isfinite(logits)).flatten(1).any(dim=1).sum()
+        if self.counts is None:
+            self.counts = torch.zeros(shape, dtype=torch.int64, device=outputs.device)
+            self.output_sum = torch.zeros((), dtype=torch.float64, device=outputs.device)
+        if self._ones is None or self._ones.numel() < flat.numel():
+            self._ones = torch.ones_like(flat)
+        self.counts.view(-1).index_add_(0, flat, self._ones[: flat.numel()])
+        self.output_sum += outputs.sum(dtype=torch.float64)
 
     def result(self) -> np.ndarray:
-        if self.counts is None:
+        if self.counts is None or self.output_sum is None:
             raise RuntimeError("no samples were tallied")
-        summary = torch.cat([self.counts.flatten(), self.non_finite.reshape(1)]).cpu()  # the one host sync
-        counts, bad = summary[:-1], int(summary[-1])
-        if bad:
-            raise ModelOutputError(f"the model returned NaN or Inf logits for {plural(bad, 'noisy input')}")
-        return counts.numpy().astype(np.int64).reshape(tuple(self.counts.shape))
+        finite = torch.isfinite(self.output_sum).reshape(1).to(torch.int64)
+        summary = torch.cat([self.counts.flatten(), finite]).cpu()  # the one host sync
+        if not summary[-1]:
+            raise ModelOutputError("the model returned NaN or Inf logits for noisy copies of the input")
+        return summary[:-1].numpy().astype(np.int64).reshape(tuple(self.counts.shape))
 
 
 class VoteTally(_DeviceCounts):
@@ -262,13 +268,15 @@ def _forward(
     """Outputs [N, ...] of N model inputs, in chunks of at most ``config.batch_size`` (views of one draw may be more),
     each validated by ``check``."""
     inputs = inputs.contiguous(memory_format=_memory_format(inputs, config.channels_last))
+    chunks = (inputs,) if inputs.shape[0] <= config.batch_size else inputs.split(config.batch_size)
     outputs = []
-    for chunk in inputs.split(config.batch_size):
-        with autocast_context(inputs.device, config.autocast_dtype):
+    with autocast_context(inputs.device, config.autocast_dtype):
+        for chunk in chunks:
             output = classifier(chunk) if note is None else _first_forward(classifier, chunk, note)
-        outputs.append(check(output, chunk.shape[0]).float())
-        note = None
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+            outputs.append(check(output, chunk.shape[0]))
+            note = None
+    # float32 outside autocast (a no-op for float32 outputs)
+    return outputs[0].float() if len(outputs) == 1 else torch.cat(outputs).float()
 
 
 def plan_batches(num: int, views: int, batch_size: int, max_draws: int | None = None) -> tuple[int, int]:
@@ -412,7 +420,7 @@ def sample(
             if stream is not None:
                 main.wait_stream(stream)  # counting waits for this batch, the next batch may already run
                 outputs.record_stream(main)
-            tally.update(rearrange(outputs, "(b k) ... -> b k ...", k=view.count)[:valid])
+            tally.update(outputs.unflatten(0, (-1, view.count))[:valid])  # [draws, views, ...]
             done, step = done + valid, step + 1
             bar.update(valid)
             if done in looks:
