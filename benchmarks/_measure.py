@@ -22,6 +22,8 @@ CONTENTION_WARNING = 0.05
 KERNEL_WARNING = 0.10
 """Point at the allocator when more than this share of the process's CPU time was spent in the kernel."""
 MALLOC_ENV = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000"
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""The ``--autocast`` choices of the benchmarks and their dtypes."""
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -62,6 +63,7 @@ from scipy.stats import beta
 
 import vision_rs
 from _measure import (
+    AUTOCAST,
     MALLOC_ENV,
     Measurements,
     contention_note,
@@ -79,10 +81,13 @@ from _measure import (
 )
 from vision_rs import SmoothedClassifier
 from vision_rs.models.embedded import digits_split
+from vision_rs.sampling.engine import autocast_context
 
 SIGMA = 0.25
 ALPHA = 0.001
 METHODS = ("raw", "certify", "cohen")
+EXTRAPOLATE_N = 100_000
+"""The n of the per-image time printed under the table (with n0 = 100), extrapolated from the certify rate."""
 
 
 @dataclass
@@ -130,20 +135,21 @@ class Result(Measurements):
 # ---------------------------------------------------------------- configurations
 
 
-def digits_setup(n0: int, n: int, batch: int, device: torch.device) -> Setup:
+def digits_setup(n0: int, n: int, batch: int, device: torch.device, speed: dict[str, object]) -> Setup:
     """Embedded digits CNN on the first image of the digits test split (3×32×32)."""
     model, weights = load_digits_model()
-    smoothed = vision_rs.smooth(model, sigma=SIGMA, device=device, progress=False)
+    smoothed = vision_rs.smooth(model, sigma=SIGMA, device=device, progress=False, **speed)  # type: ignore[arg-type]
     image = digits_split("test")[0][0]
     return Setup(f"digits_cnn σ={SIGMA} ({weights})", "digits test[0], 32×32", smoothed, image, n0, n, batch)
 
 
-def resnet_setup(n0: int, n: int, batch: int, device: torch.device) -> Setup:
-    """timm resnet18 (random init) on a random 224×224 RGB uint8 image."""
-    model = timm.create_model("resnet18", pretrained=False)
-    smoothed = vision_rs.smooth(model, sigma=SIGMA, device=device, progress=False)
-    image = torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    return Setup("timm resnet18 (random init)", "random uint8, 224×224", smoothed, image, n0, n, batch)
+def timm_setup(name: str, n0: int, n: int, batch: int, device: torch.device, speed: dict[str, object]) -> Setup:
+    """A timm model (random init) on a random RGB uint8 image at its input size (224×224 for resnet18 / resnet50)."""
+    model = timm.create_model(name, pretrained=False)
+    smoothed = vision_rs.smooth(model, sigma=SIGMA, device=device, progress=False, **speed)  # type: ignore[arg-type]
+    _, height, width = model.pretrained_cfg["input_size"]
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return Setup(f"timm {name} (random init)", f"random uint8, {height}×{width}", smoothed, image, n0, n, batch)
 
 
 # ---------------------------------------------------------------- the three methods
@@ -159,17 +165,28 @@ def unit_pixels(setup: Setup) -> torch.Tensor:
     return (setup.image.float() / 255.0).to(setup.smoothed.device)
 
 
+def in_layout(setup: Setup, batch: torch.Tensor) -> torch.Tensor:
+    """``batch`` in the memory layout the setup's engine feeds its model (channels_last when asked)."""
+    return batch.contiguous(memory_format=torch.channels_last) if setup.smoothed.config.channels_last else batch
+
+
+def under_autocast(setup: Setup) -> contextlib.AbstractContextManager:
+    """The setup's autocast (none for fp32), so raw and the Cohen loop run at the certify runs' precision."""
+    return autocast_context(setup.smoothed.device, setup.smoothed.config.autocast_dtype)
+
+
 def make_raw_inputs(setup: Setup) -> torch.Tensor:
     """One pre-made batch [batch, C, H, W] of noisy copies of the image (slices of it serve smaller batches)."""
     pixels = unit_pixels(setup)
     noise = torch.randn((setup.batch, *pixels.shape), device=pixels.device) * SIGMA
-    return pixels + noise
+    return in_layout(setup, pixels + noise)
 
 
 def run_raw(setup: Setup, inputs: torch.Tensor, n0: int, n: int) -> float:
     """(a) Seconds for the base model to process n0 + n pre-made inputs in batches of the setup's size."""
     sizes = batch_schedule(n0, setup.batch) + batch_schedule(n, setup.batch)
-    return time_raw_inference(setup.smoothed.base, inputs, sizes, setup.smoothed.device)
+    with under_autocast(setup):
+        return time_raw_inference(setup.smoothed.base, inputs, sizes, setup.smoothed.device)
 
 
 def run_certify(setup: Setup, n0: int, n: int) -> float:
@@ -178,7 +195,8 @@ def run_certify(setup: Setup, n0: int, n: int) -> float:
         setup.image, n0=n0, n=n, alpha=ALPHA, batch_size=setup.batch, seed=0, progress=False))
 
 
-def cohen_sample_counts(base: torch.nn.Module, x: torch.Tensor, num: int, batch: int) -> np.ndarray:
+def cohen_sample_counts(base: torch.nn.Module, x: torch.Tensor, num: int, batch: int,
+                        layout: torch.memory_format = torch.contiguous_format) -> np.ndarray:
     """Class counts of ``num`` noisy copies of ``x``, the way Cohen et al.'s ``_sample_noise`` gets them:
     a fresh repeated batch and fresh noise per batch, predictions copied to the host and counted with numpy."""
     counts: np.ndarray | None = None
@@ -186,7 +204,7 @@ def cohen_sample_counts(base: torch.nn.Module, x: torch.Tensor, num: int, batch:
         for size in batch_schedule(num, batch):
             repeated = x.repeat((size, 1, 1, 1))
             noise = torch.randn_like(repeated) * SIGMA
-            logits = base(repeated + noise)
+            logits = base((repeated + noise).contiguous(memory_format=layout))
             predictions = logits.argmax(1).cpu().numpy()
             batch_counts = np.bincount(predictions, minlength=logits.shape[1])
             counts = batch_counts if counts is None else counts + batch_counts
@@ -194,11 +212,12 @@ def cohen_sample_counts(base: torch.nn.Module, x: torch.Tensor, num: int, batch:
     return counts
 
 
-def cohen_certify(base: torch.nn.Module, x: torch.Tensor, n0: int, n: int, batch: int) -> tuple[int, float]:
+def cohen_certify(base: torch.nn.Module, x: torch.Tensor, n0: int, n: int, batch: int,
+                  layout: torch.memory_format = torch.contiguous_format) -> tuple[int, float]:
     """Cohen et al.'s CERTIFY on top of ``cohen_sample_counts``: the candidate from n0 samples, its
     one-sided Clopper–Pearson lower bound from n fresh ones. Returns (candidate, p_lower)."""
-    candidate = int(cohen_sample_counts(base, x, n0, batch).argmax())
-    count = int(cohen_sample_counts(base, x, n, batch)[candidate])
+    candidate = int(cohen_sample_counts(base, x, n0, batch, layout).argmax())
+    count = int(cohen_sample_counts(base, x, n, batch, layout)[candidate])
     p_lower = float(beta.ppf(ALPHA, count, n - count + 1)) if count > 0 else 0.0
     return candidate, p_lower
 
@@ -207,8 +226,10 @@ def run_cohen(setup: Setup, pixels: torch.Tensor, n0: int, n: int) -> float:
     """(c) Seconds for the Cohen-style CERTIFY loop."""
     device = setup.smoothed.device
     synchronize(device)
+    layout = torch.channels_last if setup.smoothed.config.channels_last else torch.contiguous_format
     start = time.perf_counter()
-    cohen_certify(setup.smoothed.base, pixels, n0, n, setup.batch)
+    with under_autocast(setup):
+        cohen_certify(setup.smoothed.base, pixels, n0, n, setup.batch, layout)
     synchronize(device)
     return time.perf_counter() - start
 
@@ -287,11 +308,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n0", type=positive_int, default=100, help="selection samples n0 (default 100)")
     parser.add_argument("--n-digits", type=positive_int, default=20_000, help="estimation samples n, digits (default 20000)")
     parser.add_argument("--batch-digits", type=positive_int, default=250, help="batch size, digits (default 250)")
-    parser.add_argument("--n-resnet", type=positive_int, default=700, help="estimation samples n, resnet18 (default 700)")
-    parser.add_argument("--batch-resnet", type=positive_int, default=50, help="batch size, resnet18 (default 50)")
+    parser.add_argument("--timm-model", default="resnet18", help="the timm model of the second config (default resnet18)")
+    parser.add_argument("--n-resnet", type=positive_int, default=700, help="estimation samples n, timm model (default 700)")
+    parser.add_argument("--batch-resnet", type=positive_int, default=50, help="batch size, timm model (default 50)")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last model and inputs, in all three")
+    parser.add_argument("--autocast", choices=tuple(AUTOCAST), default=None, help="autocast dtype, in all three (default fp32)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds; medians are reported (default 3)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--skip-resnet", action="store_true", help="only run the digits configuration")
+    parser.add_argument("--skip-digits", action="store_true", help="only run the timm configuration")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers to this JSON file")
     return parser.parse_args(argv)
 
@@ -301,9 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     torch.manual_seed(0)  # the Cohen loop draws from the global generator
     env = environment(device)
-    builders = [lambda: digits_setup(args.n0, args.n_digits, args.batch_digits, device)]
+    speed = {"channels_last": args.channels_last, "autocast_dtype": AUTOCAST.get(args.autocast)}
+    builders = [] if args.skip_digits else [lambda: digits_setup(args.n0, args.n_digits, args.batch_digits, device, speed)]
     if not args.skip_resnet:
-        builders.append(lambda: resnet_setup(args.n0, args.n_resnet, args.batch_resnet, device))
+        builders.append(lambda: timm_setup(args.timm_model, args.n0, args.n_resnet, args.batch_resnet, device, speed))
     start = time.perf_counter()
     results = []
     for build in builders:
@@ -312,10 +338,14 @@ def main(argv: list[str] | None = None) -> None:
         results.append(measure(setup, args.repeats))
     elapsed = time.perf_counter() - start
     print_environment(env)
-    print(f"medians of {args.repeats} interleaved rounds; n = n0 + n samples per certification; measured in {elapsed:.0f} s")
+    print(f"medians of {args.repeats} interleaved rounds; n = n0 + n samples per certification; measured in {elapsed:.0f} s; "
+          f"channels_last {args.channels_last}, autocast {args.autocast or 'off (fp32)'}")
     print()
     print(markdown_table(results))
     print()
+    for r in results:
+        print(f"{r.name}: n0 = 100, n = {EXTRAPOLATE_N:,} would take {(100 + EXTRAPOLATE_N) / r.median['certify']:.1f} s "
+              "per image at the measured certify rate")
     print(contention_note(results))
     if device.type == "cpu":
         print(kernel_note(results, MALLOC_ENV))

@@ -84,6 +84,7 @@ import torch
 
 import vision_rs
 from _measure import (
+    AUTOCAST,
     MALLOC_ENV,
     Measurements,
     contention_note,
@@ -100,7 +101,7 @@ from _measure import (
 )
 from vision_rs import SmoothedClassifier
 from vision_rs.models.embedded import digits_split
-from vision_rs.sampling.engine import plan_batches
+from vision_rs.sampling.engine import autocast_context, plan_batches
 
 DIGITS_MODEL = "digits_cnn.sigma_0.25"
 SIGMA = 0.25
@@ -177,7 +178,7 @@ def make_setup(args: argparse.Namespace, model_name: str, device: torch.device, 
         n0, n, batch = args.n0_resnet50, args.n_resnet50, args.batch_resnet50
     smoothed = vision_rs.smooth(
         model, sigma=SIGMA, patches=patches, reduce="mean", mode="vote", device=device,
-        batch_size=batch, channels_last=channels_last, progress=False,
+        batch_size=batch, channels_last=channels_last, autocast_dtype=AUTOCAST.get(args.autocast), progress=False,
     )
     view = patch_view(smoothed, image, seed=0)
     return Setup(label, smoothed, image, patches, view.count, view.c_max, n0, n, batch)
@@ -233,8 +234,10 @@ def input_schedule(setup: Setup) -> list[int]:
 
 
 def run_raw(setup: Setup, inputs: torch.Tensor) -> float:
-    """(a) Seconds for the base model to process k·(n0 + n) pre-made patch images."""
-    return time_raw_inference(setup.smoothed.base, inputs, input_schedule(setup), setup.smoothed.device)
+    """(a) Seconds for the base model to process k·(n0 + n) pre-made patch images (under certify's autocast)."""
+    config = setup.smoothed.config
+    with autocast_context(setup.smoothed.device, config.autocast_dtype):
+        return time_raw_inference(setup.smoothed.base, inputs, input_schedule(setup), setup.smoothed.device)
 
 
 def run_certify(setup: Setup, streams: int | None) -> float:
@@ -283,7 +286,7 @@ def markdown_table(measured: list[tuple[Setup, Results]]) -> str:
         medians = results.median
         for variant in (m for m in medians if m != "raw"):
             lines.append(
-                f"| {setup.label} | {layout_name(setup.smoothed.config.channels_last)} "
+                f"| {setup.label} | {layout_name(setup.smoothed.config.channels_last)}{precision_name(setup)} "
                 f"| {patch_desc(setup.patches)} | {setup.views} | {setup.c_max} "
                 f"| {setup.n0} + {setup.n} | {setup.useful_inputs:,} | {setup.draws_per_batch * setup.views} "
                 f"| {medians['raw']:,.0f} | {variant} | {medians[variant]:,.0f} | {medians[variant] / medians['raw']:.2f} |"
@@ -293,6 +296,18 @@ def markdown_table(measured: list[tuple[Setup, Results]]) -> str:
 
 def layout_name(channels_last: bool) -> str:
     return "channels_last" if channels_last else "contiguous (NCHW)"
+
+
+def autocast_name(setup: Setup) -> str | None:
+    """The setup's autocast dtype ("bfloat16", "float16"), None for fp32."""
+    dtype = setup.smoothed.config.autocast_dtype
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def precision_name(setup: Setup) -> str:
+    """", bfloat16 autocast" (or float16) in the layout column when the setup runs under autocast, nothing for fp32."""
+    name = autocast_name(setup)
+    return "" if name is None else f", {name} autocast"
 
 
 def patch_desc(patches: vision_rs.Patches) -> str:
@@ -333,6 +348,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="certify batch_size for resnet50 (default 32 = 8 draws × 4 views)")
     parser.add_argument("--layout", choices=("both", "channels-last", "contiguous"), default="both",
                         help="smooth(..., channels_last=True) and/or False (default: both, channels_last first)")
+    parser.add_argument("--autocast", choices=tuple(AUTOCAST), default=None,
+                        help="run certify and raw under autocast with this dtype (default fp32)")
     parser.add_argument("--repeats", type=positive_int, default=7, help="interleaved rounds; medians are reported (default 7)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--streams", type=positive_int, nargs="+", default=[1, 2],
@@ -363,6 +380,7 @@ def json_payload(env: dict[str, object], tuned: bool, repeats: int, measured: li
             {
                 "config": setup.label,
                 "channels_last": setup.smoothed.config.channels_last,
+                "autocast": autocast_name(setup),
                 "patches": setup.patches.describe(),
                 "views": setup.views,
                 "c_max": setup.c_max,

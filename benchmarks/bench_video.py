@@ -124,6 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=positive_int, default=1200, help="estimation draws per certification in (a)")
     parser.add_argument("--batch", type=positive_int, default=120, help="model inputs per forward pass in (a)")
     parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--skip-memory", action="store_true", help="only (a): no peak-RSS runs (they run on the CPU)")
     parser.add_argument("--rss-n", type=positive_int, default=10_000, help="n for the 64-frame clip with the 3D CNN")
     parser.add_argument("--rss-n-r3d", type=positive_int, default=64, help="n for the 64-frame clip with r3d_18")
     parser.add_argument("--device", default=None)
@@ -145,10 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     for setup in setups(args.n0, args.n, args.batch, device):
         log(f"{setup.label}: n0={setup.n0} n={setup.n} batch={setup.batch}")
         rows.append((setup, measure(setup, args.repeats)))
-    log("peak RSS, 64-frame 112x112 clip: 3D CNN (fresh process)")
-    memory = [peak_rss("digits_c3d.sigma_0.25", 64, 112, args.rss_n, 64)]
-    log("peak RSS, 64-frame 112x112 clip: r3d_18 (fresh process)")
-    memory.append(peak_rss("torchvision:r3d_18", 64, 112, args.rss_n_r3d, 8))
+    memory = []
+    if not args.skip_memory:
+        log("peak RSS, 64-frame 112x112 clip: 3D CNN (fresh process)")
+        memory.append(peak_rss("digits_c3d.sigma_0.25", 64, 112, args.rss_n, 64))
+        log("peak RSS, 64-frame 112x112 clip: r3d_18 (fresh process)")
+        memory.append(peak_rss("torchvision:r3d_18", 64, 112, args.rss_n_r3d, 8))
     print_environment(env)
     print(f"measured in {time.perf_counter() - started:.0f} s; medians of {args.repeats} interleaved rounds\n")
     print("| configuration | n0 + n | batch | raw clip draws/s | certify clip draws/s | b/a |")
@@ -156,8 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     for setup, results in rows:
         raw, cert = results.median["raw"], results.median["certify"]
         print(f"| {setup.label} | {setup.n0} + {setup.n} | {setup.batch} | {raw:,.0f} | {cert:,.0f} | {cert / raw:.2f} |")
-    print("\n| model | clip | n | batch | draws per batch | seconds | peak RSS (MiB) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    if memory:
+        print("\n| model | clip | n | batch | draws per batch | seconds | peak RSS (MiB) |")
+        print("|---|---|---:|---:|---:|---:|---:|")
     for m in memory:
         print(f"| {m['model']} | {m['frames']}×3×{m['size']}×{m['size']} | {m['n']} | {m['batch']} | {m['draws_per_batch']} "
               f"| {m['seconds']:.0f} | {m['peak_rss_mib']:,.0f} |")
