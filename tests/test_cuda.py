@@ -120,3 +120,31 @@ def test_training_on_the_gpu_with_amp_writes_a_checkpoint_that_certifies(tmp_pat
     certified = vision_rs.smooth(str(result.checkpoint), sigma=0.25, device="cuda", progress=False)
     cert = certified.certify(digits_split("test")[0][0], n0=50, n=500, seed=0)
     assert cert.n == 500 and certified.device.type == "cuda"
+
+
+class _CountedOutsideTheCheck(VoteTally):
+    """Its one host sync (``result``) runs with the sync check off: only the batches are checked."""
+
+    def result(self) -> np.ndarray:
+        mode = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            return super().result()
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_no_batch_waits_for_the_gpu(streams: int) -> None:
+    """The host queues batch after batch without waiting for the device (torch raises on any sync in between)."""
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(5)).to(CUDA)  # copied before the check
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(10)).to(CUDA).eval()
+    counts_with(streams, WholeImage(), VoteTally(), GaussianNoise(0.25), model, image, 256, batch=64)  # warm-up
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        counts = counts_with(streams, WholeImage(), _CountedOutsideTheCheck(), GaussianNoise(0.25), model, image, 2000,
+                             batch=64)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert counts.sum() == 2000
