@@ -131,9 +131,8 @@ class SmoothedSegmenter:
     def check_fits(self, image_shape: Sequence[int], classes: int | None = None) -> None:
         """Raise InvalidImageError when one noisy draw of an image of ``image_shape`` cannot fit the memory budget."""
         shape = tuple(int(v) for v in image_shape)
-        streams = self.config.streams if self.device.type == "cuda" else 1
         classes = classes or self.num_classes or 1
-        max_draws_per_batch(shape, GaussianNoise(1.0), WholeImage(), self.config, streams,
+        max_draws_per_batch(shape, GaussianNoise(1.0), WholeImage(), self.config, self.config.streams_on(self.device),
                             self._output_bytes(shape[-2], shape[-1], classes))
 
     def count_classes(self, image: ImageInput) -> int:

@@ -159,7 +159,11 @@ def test_speed_options_reach_smooth_and_certify_the_same(image_folder: Path, mon
               "--n0", "20", "--n", "100", "--device", "cpu", "--no-progress"]
     assert main(common) == 0
     plain = capsys.readouterr().out
-    assert (seen["channels_last"], seen["autocast_dtype"], seen["streams"]) == (False, None, 2)
+    assert (seen["channels_last"], seen["autocast_dtype"], seen["streams"], seen["cuda_graphs"]) == (False, None, 2, False)
+    assert main([*common, "--cuda-graphs"]) == 0  # on the CPU: declined, the same run (but its seconds)
+    assert seen["cuda_graphs"] is True
+    assert [line.split("\t")[:-1] for line in capsys.readouterr().out.splitlines()] == \
+        [line.split("\t")[:-1] for line in plain.splitlines()]
     assert main([*common, "--channels-last", "--streams", "1"]) == 0
     # channels_last feeds the model the same noise (only conv rounding may differ): the same predictions
     assert [line.split("\t")[:2] for line in capsys.readouterr().out.splitlines()] == \

@@ -148,3 +148,60 @@ def test_no_batch_waits_for_the_gpu(streams: int) -> None:
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert counts.sum() == 2000
+
+
+def graph_counts(cuda_graphs: bool, view, tally, noise, model, image: torch.Tensor, num: int, batch: int,
+                 generator: torch.Generator | None = None) -> np.ndarray:
+    config = EngineConfig(batch_size=batch, progress=False, cuda_graphs=cuda_graphs)
+    generator = generator or torch.Generator(device=CUDA).manual_seed(0)
+    return sample(model, image.to(CUDA), noise, view, tally, num, generator, config)
+
+
+@pytest.mark.parametrize("num", [4000, 4000 + 37])
+def test_cuda_graph_replays_count_exactly_what_eager_batches_count(num: int) -> None:
+    """Same seed, same noise: torch advances the registered twin generator by each replay (a replay that reused its
+    noise would change the counts); a second phase on the same generator continues where the replays stopped."""
+    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(6))
+    patches = Patches(size=12, stride=4).view_for((16, 16), None, torch.Generator())
+    cases = [(WholeImage(), VoteTally, GaussianNoise(0.5), linear_model(3 * 16 * 16, seed=7)),
+             (WholeImage(), VoteTally, HierarchicalNoise(0.25, 0.8, indicator=True), linear_model(4 * 16 * 16, seed=8)),
+             (patches, ViewVoteTally, GaussianNoise(0.5), linear_model(3 * 12 * 12, seed=9))]
+    for view, make_tally, noise, model in cases:
+        runs = []
+        for cuda_graphs in (False, True):
+            generator = torch.Generator(device=CUDA).manual_seed(0)
+            first = graph_counts(cuda_graphs, view, make_tally(), noise, model, image, num, 100, generator)
+            second = graph_counts(False, view, make_tally(), noise, model, image, 1000, 100, generator)
+            runs.append((first, second))
+        assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
+
+
+def test_a_model_that_cannot_be_recorded_runs_eagerly_with_the_same_counts(caplog: pytest.LogCaptureFixture) -> None:
+    class Syncing(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = linear_model(3 * 8 * 8, seed=10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if float(x.mean()) > 1e9:  # waits for the device: cannot be recorded
+                raise AssertionError
+            return self.linear(x)
+
+    image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(11))
+    eager = graph_counts(False, WholeImage(), VoteTally(), GaussianNoise(0.5), Syncing(), image, 3000, 100)
+    with caplog.at_level("WARNING", logger="vision_rs.sampling.graphs"):
+        graphed = graph_counts(True, WholeImage(), VoteTally(), GaussianNoise(0.5), Syncing(), image, 3000, 100)
+    assert np.array_equal(eager, graphed)
+    assert "cannot record a batch as a CUDA graph" in caplog.text
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+
+
+def test_certify_with_cuda_graphs_autocast_and_channels_last_matches_without_graphs() -> None:
+    image = digits_split("test")[0][0]
+    options = {"device": "cuda", "channels_last": True, "autocast_dtype": torch.bfloat16, "progress": False}
+    plain = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, **options)
+    graphed = vision_rs.smooth("digits_cnn.sigma_0.25", sigma=0.25, cuda_graphs=True, **options)
+    for cert in (plain, graphed):
+        cert.certify(image, n0=100, n=5000, seed=0)  # warm-up
+    a, b = (s.certify(image, n0=100, n=20_000, seed=0) for s in (plain, graphed))
+    assert (a.label, a.counts) == (b.label, b.counts)

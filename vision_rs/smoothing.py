@@ -88,6 +88,7 @@ def describe_smoothed(smoothed: Any) -> dict[str, Any]:
         "batch_size": config.batch_size,
         "channels_last": config.channels_last,
         "streams": config.streams,
+        "cuda_graphs": config.cuda_graphs,
         "memory_budget": config.memory_budget,
     }
 
@@ -184,8 +185,7 @@ class SmoothedClassifier:
         memory budget; run before any output is written."""
         shape = tuple(int(v) for v in image_shape)
         view = self.view_for(shape, torch.Generator())
-        streams = self.config.streams if self.device.type == "cuda" else 1
-        max_draws_per_batch(shape, self.noise, view, self.config, streams)
+        max_draws_per_batch(shape, self.noise, view, self.config, self.config.streams_on(self.device))
 
     def count_classes(self, image: ImageInput) -> int:
         """How many classes the base classifier scores: the width of its output on the clean ``image`` (one forward pass
@@ -388,7 +388,8 @@ class ModelOptions(TypedDict, total=False):
     ``interpolation``, ``use_test_size`` (timm's ``test_input_size``).
     Speed and memory, which never change the guarantee: ``device`` (moves the model there, in place;
     a name goes to the GPU when there is one), ``batch_size`` (model inputs per forward pass),
-    ``autocast_dtype``, ``channels_last``, ``streams`` (CUDA streams; ignored on the CPU),
+    ``autocast_dtype``, ``channels_last``, ``streams`` (CUDA streams; ignored on the CPU), ``cuda_graphs`` (replay each
+    full batch as one CUDA graph: for small models bound by kernel launches; ignored on the CPU),
     ``memory_budget`` (bytes the noisy draws of a batch and their model inputs may take; default 2 GiB),
     ``progress`` (True: a tqdm bar per sampling phase; False: none; or a function ``report(phase, done, total)``
     called as each phase starts and after each batch). ``batch_size``, ``memory_budget`` and ``device`` may change which noise values a seed
@@ -416,6 +417,7 @@ class ModelOptions(TypedDict, total=False):
     autocast_dtype: torch.dtype
     channels_last: bool
     streams: int
+    cuda_graphs: bool
     memory_budget: int
     progress: bool | ProgressReport
     denoiser: DenoiserLike
@@ -423,7 +425,7 @@ class ModelOptions(TypedDict, total=False):
 
 _MODEL_KEYS = ("pretrained", "weights", "checkpoint", "arch", "num_classes", "model_kwargs")
 _SPEC_KEYS = ("mean", "std", "input_size", "crop_pct", "interpolation", "use_test_size")
-_ENGINE_KEYS = ("batch_size", "autocast_dtype", "channels_last", "streams", "memory_budget", "progress")
+_ENGINE_KEYS = ("batch_size", "autocast_dtype", "channels_last", "streams", "cuda_graphs", "memory_budget", "progress")
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ WRITE_ELSEWHERE = Wording("write to another out file", "write to another --out")
 
 ENVIRONMENT_FIELDS = (
     "classifier.device", "classifier.batch_size", "classifier.channels_last", "classifier.streams",
-    "classifier.memory_budget", "classifier.model.weights", "classifier.model.checkpoint", "classifier.denoiser.weights",
-    "classifier.denoiser.checkpoint", "versions.torch", "versions.torchvision", "versions.timm", "versions.numpy",
+    "classifier.cuda_graphs", "classifier.memory_budget", "classifier.model.weights", "classifier.model.checkpoint",
+    "classifier.denoiser.weights", "classifier.denoiser.checkpoint", "versions.torch", "versions.torchvision", "versions.timm", "versions.numpy",
     "versions.scipy", "inputs",
 )
 """Record fields (and their sub-fields) that change only which random numbers a seed gives or where files lie,

@@ -9,7 +9,8 @@ noise → view → base model → tally, batch after batch, with
 * noise drawn on the model's device from a seeded ``torch.Generator``;
 * votes counted on the device in a few kernels per batch, one host sync per phase (``Tally.result``), plus one per look when a
   stopping rule (``stop``) is checked between batches on a geometric schedule (``look_schedule``);
-* ``torch.inference_mode``, optional autocast and ``channels_last``.
+* ``torch.inference_mode``, optional autocast and ``channels_last``;
+* on CUDA, optionally, full batches replayed as one CUDA graph (``cuda_graphs``, :mod:`.graphs`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing_extensions import Self
 from ..errors import InvalidImageError, ModelOutputError
 from ..params import check_count
 from ..wording import Wording, size_in_bytes
+from .graphs import MIN_REPLAYS, GraphedBatch, record_batch
 from .noise import Noise
 from .views import View
 
@@ -60,11 +62,18 @@ class EngineConfig:
     """CUDA streams that consecutive batches alternate between (1: no overlap); ignored on the CPU."""
     memory_budget: int = 2 * GIB
     """Bytes the noisy draws of one batch and their model inputs may take, over all streams."""
+    cuda_graphs: bool = False
+    """On CUDA, record a full batch as a CUDA graph and replay it (one stream; same noise as without, see
+    :mod:`.graphs`); for small models whose rate is bound by launching kernels. Ignored on the CPU."""
 
     def __post_init__(self) -> None:
         check_count("batch_size", self.batch_size)
         check_count("streams", self.streams)
         check_count("memory_budget", self.memory_budget)
+
+    def streams_on(self, device: torch.device) -> int:
+        """The CUDA streams batches alternate between on ``device``: ``streams`` on CUDA, 1 with graphs or elsewhere."""
+        return self.streams if device.type == "cuda" and not self.cuda_graphs else 1
 
     def with_overrides(self, batch_size: int | None = None, progress: bool | ProgressReport | None = None) -> EngineConfig:
         changes: dict[str, object] = {}
@@ -242,10 +251,12 @@ def _first_forward(classifier: Callable[[torch.Tensor], torch.Tensor], inputs: t
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` on ``device`` with ``dtype``; nothing when ``dtype`` is None (fp32)."""
+    """``torch.autocast`` on ``device`` with ``dtype``; nothing when ``dtype`` is None (fp32).
+
+    Without the weight-cast cache: it lives for one context (one batch here), and CUDA graphs need it off."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
 def _streams(device: torch.device, count: int) -> list[torch.cuda.Stream | None]:
@@ -389,10 +400,11 @@ def sample(
     segmentation maps). On CUDA, consecutive batches go to
     ``config.streams`` streams, each with its own noise buffer, so noise, crops and the
     model of one batch overlap the next; the tally runs on the current stream after
-    waiting for the batch's stream.
+    waiting for the batch's stream. With ``config.cuda_graphs`` (one stream), the first batch runs eagerly, is then
+    recorded, and every later full batch is a replay; a last, shorter batch runs eagerly.
     """
     check_count("num", num)
-    streams = _streams(image.device, config.streams)
+    streams = _streams(image.device, config.streams_on(image.device))
     most = max_draws_per_batch(tuple(image.shape), noise, view, config, len(streams), output_bytes)
     draws, _ = plan_batches(num, view.count, config.batch_size, most)
     # always contiguous: normal_ into a channels_last buffer is ~9x slower on the CPU, and the layout would change
@@ -408,23 +420,40 @@ def sample(
             # again before that stream is done with them, also when an error ends the loop early
             buffer.record_stream(stream)
             image.record_stream(stream)
+
+    def full_batch(draw_from: torch.Generator) -> None:
+        """One full batch on the first buffer, counted whole: what a CUDA graph records."""
+        outputs = _forward(classifier, view(noise.perturb_(buffers[0], image, draw_from)), config, None, tally.check)
+        tally.update(outputs.unflatten(0, (-1, view.count)))
+
+    graphed: GraphedBatch | None = None
     done, step = 0, 0
-    with torch.inference_mode(), _progress_bar(config.progress, num, desc) as bar:
-        while done < num:
-            valid = min(draws, num - done)
-            stream, buffer = streams[step % len(streams)], buffers[step % len(buffers)]
-            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                inputs = view(noise.perturb_(buffer, image, generator))
-                note = noise.input_note(image.shape[0]) if done == 0 else None
-                outputs = _forward(classifier, inputs, config, note, tally.check)
-            if stream is not None:
-                main.wait_stream(stream)  # counting waits for this batch, the next batch may already run
-                outputs.record_stream(main)
-            tally.update(outputs.unflatten(0, (-1, view.count))[:valid])  # [draws, views, ...]
-            done, step = done + valid, step + 1
-            bar.update(valid)
-            if done in looks:
-                counts = tally.result()  # the look's one host sync
-                if stop(counts, done) or done == num:  # type: ignore[misc]
-                    return counts
-    return tally.result()
+    try:
+        with torch.inference_mode(), _progress_bar(config.progress, num, desc) as bar:
+            while done < num:
+                valid = min(draws, num - done)
+                if graphed is not None and valid == draws:
+                    graphed.replay()
+                else:
+                    stream, buffer = streams[step % len(streams)], buffers[step % len(buffers)]
+                    draw_from = generator if graphed is None else graphed.generator
+                    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                        inputs = view(noise.perturb_(buffer, image, draw_from))
+                        note = noise.input_note(image.shape[0]) if done == 0 else None
+                        outputs = _forward(classifier, inputs, config, note, tally.check)
+                    if stream is not None:
+                        main.wait_stream(stream)  # counting waits for this batch, the next batch may already run
+                        outputs.record_stream(main)
+                    tally.update(outputs.unflatten(0, (-1, view.count))[:valid])  # [draws, views, ...]
+                done, step = done + valid, step + 1
+                bar.update(valid)
+                if config.cuda_graphs and step == 1 and (num - done) // draws >= MIN_REPLAYS:
+                    graphed = record_batch(full_batch, generator, image.device)
+                if done in looks:
+                    counts = tally.result()  # the look's one host sync
+                    if stop(counts, done) or done == num:  # type: ignore[misc]
+                        return counts
+        return tally.result()
+    finally:
+        if graphed is not None:
+            graphed.hand_back(generator)  # later phases draw on from where the replays left off
