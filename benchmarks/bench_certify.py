@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -85,7 +86,8 @@ from vision_rs.sampling.engine import autocast_context
 
 SIGMA = 0.25
 ALPHA = 0.001
-METHODS = ("raw", "certify", "cohen")
+GRAPHED = "certify graphs"
+"""The extra method of ``--cuda-graphs``: certify with ``cuda_graphs=True``."""
 EXTRAPOLATE_N = 100_000
 """The n of the per-image time printed under the table (with n0 = 100), extrapolated from the certify rate."""
 
@@ -189,8 +191,9 @@ def run_raw(setup: Setup, inputs: torch.Tensor, n0: int, n: int) -> float:
         return time_raw_inference(setup.smoothed.base, inputs, sizes, setup.smoothed.device)
 
 
-def run_certify(setup: Setup, n0: int, n: int) -> float:
-    """(b) Seconds for one ``smoothed.certify`` call."""
+def run_certify(setup: Setup, n0: int, n: int, cuda_graphs: bool = False) -> float:
+    """(b) Seconds for one ``smoothed.certify`` call (with its batches replayed as CUDA graphs when asked)."""
+    setup.smoothed.config = dataclasses.replace(setup.smoothed.config, cuda_graphs=cuda_graphs)
     return timed(setup.smoothed.device, lambda: setup.smoothed.certify(
         setup.image, n0=n0, n=n, alpha=ALPHA, batch_size=setup.batch, seed=0, progress=False))
 
@@ -237,25 +240,29 @@ def run_cohen(setup: Setup, pixels: torch.Tensor, n0: int, n: int) -> float:
 # ---------------------------------------------------------------- measurement
 
 
-def method_runners(setup: Setup) -> dict[str, Callable[[int, int], float]]:
+def method_runners(setup: Setup, cuda_graphs: bool) -> dict[str, Callable[[int, int], float]]:
     """Each method as ``(n0, n) -> seconds``, its fixed inputs prepared once, outside the timings."""
     raw_inputs = make_raw_inputs(setup)
     pixels = unit_pixels(setup)
-    return {
+    runners = {
         "raw": lambda n0, n: run_raw(setup, raw_inputs, n0, n),
         "certify": lambda n0, n: run_certify(setup, n0, n),
         "cohen": lambda n0, n: run_cohen(setup, pixels, n0, n),
     }
+    if cuda_graphs:
+        runners[GRAPHED] = lambda n0, n: run_certify(setup, n0, n, cuda_graphs=True)
+    return runners
 
 
-def measure(setup: Setup, repeats: int) -> Result:
-    """Warm up every method once (all batch shapes), then time them interleaved for ``repeats`` rounds."""
+def measure(setup: Setup, repeats: int, cuda_graphs: bool) -> Result:
+    """Warm up every method once (a certification of the full n: graphs are recorded per certification), then time
+    them interleaved for ``repeats`` rounds."""
     setup.smoothed.base.eval()
-    runners = method_runners(setup)
-    for method in METHODS:
-        runners[method](setup.n0, setup.batch)
+    runners = method_runners(setup, cuda_graphs)
+    for run in runners.values():
+        run(setup.n0, setup.n)
     result = Result(units=setup.n0 + setup.n, name=setup.name, input_desc=setup.input_desc, n0=setup.n0, n=setup.n, batch=setup.batch)
-    timed_runs = {method: (lambda run=runners[method]: run(setup.n0, setup.n)) for method in METHODS}
+    timed_runs = {method: (lambda run=run: run(setup.n0, setup.n)) for method, run in runners.items()}
     time_interleaved(result, timed_runs, repeats, "samples", label=f"[{setup.name}] ")
     return result
 
@@ -269,11 +276,16 @@ def markdown_table(results: list[Result]) -> str:
         "| config | input | n | batch | raw samples/s | certify samples/s | Cohen-loop samples/s | b/a | b/c |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    graphed = any(GRAPHED in r.median for r in results)
+    if graphed:
+        lines[0] += " certify with CUDA graphs samples/s | graphs/a | graphs/c |"
+        lines[1] += "---:|---:|---:|"
     for r in results:
         m = r.median
         lines.append(
             f"| {r.name} | {r.input_desc} | {r.n0} + {r.n} | {r.batch} | {m['raw']:,.0f} | {m['certify']:,.0f} | "
             f"{m['cohen']:,.0f} | {r.certify_over_raw:.2f} | {r.certify_over_cohen:.2f} |"
+            + (f" {m[GRAPHED]:,.0f} | {m[GRAPHED] / m['raw']:.2f} | {m[GRAPHED] / m['cohen']:.2f} |" if graphed else "")
         )
     return "\n".join(lines)
 
@@ -316,6 +328,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds; medians are reported (default 3)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--skip-resnet", action="store_true", help="only run the digits configuration")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also time certify with cuda_graphs=True (its own columns)")
     parser.add_argument("--skip-digits", action="store_true", help="only run the timm configuration")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the numbers to this JSON file")
     return parser.parse_args(argv)
@@ -335,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     for build in builders:
         setup = build()
         log(f"{setup.name}: n0={setup.n0} n={setup.n} batch={setup.batch}, warm-up then {args.repeats} rounds")
-        results.append(measure(setup, args.repeats))
+        results.append(measure(setup, args.repeats, args.cuda_graphs))
     elapsed = time.perf_counter() - start
     print_environment(env)
     print(f"medians of {args.repeats} interleaved rounds; n = n0 + n samples per certification; measured in {elapsed:.0f} s; "

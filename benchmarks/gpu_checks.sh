@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 26 as one bounded script, in order of importance: the CUDA tests; certify against raw
-# inference and Cohen's loop (digits CNN, resnet18; resnet50 in fp32 and bf16 with the seconds per image at
-# n = 100,000); training throughput with and without noise; Smooth-Reduce with bf16 and streams 1 / 2; denoised,
-# video and segmentation certify on cuda; a short fp16 AMP training run; NCCL with one rank (the benchmark starts
-# torchrun itself). Each step has its own time limit, and the whole script stops starting steps when BUDGET seconds
-# (default 480) are spent, so one device session always ends with the log of what ran.
+# The GPU checks of issue 26 as one bounded script, in order of importance: the CUDA tests; certify (with and
+# without CUDA graphs) against raw inference and Cohen's loop (digits CNN, resnet18; resnet50 in fp32 and bf16 with
+# the seconds per image at n = 100,000); training throughput with and without noise; Smooth-Reduce with bf16 and
+# streams 1 / 2; denoised, video and segmentation certify on cuda; a short fp16 AMP training run; NCCL with one rank
+# (the benchmark starts torchrun itself). Each step has its own time limit, and the whole script stops starting steps
+# when BUDGET seconds (default 480) are spent, so one device session always ends with the log of what ran.
 # Under OUT (default gpu-checks/): checks.log (every step's output, appended as it runs) and one JSON per benchmark;
 # scratch files (examples, checkpoint) in a temp dir.
 # Usage: bash benchmarks/gpu_checks.sh [OUT] [BUDGET]   (needs a CUDA device and the project importable: pip install -e .)
@@ -30,10 +30,10 @@ step() {  # step NAME SECONDS COMMAND...: run one check within what is left of t
     echo "=== $name: exit $? after $((SECONDS - started)) s" | tee -a "$log"
 }
 nvidia-smi -L | tee -a "$log"
-step test_cuda 90 python3 -m pytest tests/test_cuda.py tests/test_engine.py -rs -q -p no:cacheprovider
-step certify 60 python3 benchmarks/bench_certify.py --device cuda --json "$out/certify.json"
+step test_cuda 90 python3 -m pytest tests/test_cuda.py tests/test_engine.py tests/test_cuda_graphs.py -rs -q -p no:cacheprovider
+step certify 60 python3 benchmarks/bench_certify.py --device cuda --cuda-graphs --json "$out/certify.json"
 step certify_resnet50 45 python3 benchmarks/bench_certify.py --device cuda --skip-digits --timm-model resnet50 \
-    --n-resnet 4000 --batch-resnet 256 --channels-last --json "$out/certify_resnet50.json"
+    --n-resnet 4000 --batch-resnet 256 --channels-last --cuda-graphs --json "$out/certify_resnet50.json"
 step certify_resnet50_bf16 45 python3 benchmarks/bench_certify.py --device cuda --skip-digits --timm-model resnet50 \
     --n-resnet 8000 --batch-resnet 256 --channels-last --autocast bf16 --json "$out/certify_resnet50_bf16.json"
 step train_speed 75 python3 benchmarks/bench_train_speed.py --device cuda --model resnet50 --batch 128 --steps 20 \
