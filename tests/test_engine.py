@@ -224,6 +224,20 @@ def test_a_batch_costs_no_host_sync_and_six_ops_around_the_model(monkeypatch: py
     assert ops <= 6
 
 
+@pytest.mark.parametrize(("tally", "outputs", "most"), [
+    (VoteTally(), torch.randn(8, 1, 10), 4),
+    (ViewVoteTally(), torch.randn(8, 4, 10), 5),
+    (PixelVoteTally((6, 6), (slice(0, 2), slice(2, 4))), torch.randn(8, 1, 3, 6, 6), 5),
+], ids=["votes", "votes per view", "votes per pixel"])
+def test_each_tally_counts_a_batch_in_a_few_ops(tally, outputs: torch.Tensor, most: int) -> None:
+    """argmax, the cell of each vote where there are several counters, index_add_, the float64 sum and its total;
+    what does not change between batches (counters, ones, cell offsets) is made at the first."""
+    tally.update(outputs)
+    with _OpCounter() as counter:
+        tally.update(outputs)
+    assert sum(counter.ops.values()) <= most, counter.ops
+
+
 class _SyncingTally(VoteTally):
     """Checks its logits on the host every batch: the mistake the test above must catch."""
 

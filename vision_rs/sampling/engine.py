@@ -113,6 +113,7 @@ class _DeviceCounts:
         self.counts: torch.Tensor | None = None
         self.output_sum: torch.Tensor | None = None
         self._ones: torch.Tensor | None = None
+        self._starts: torch.Tensor | None = None
 
     def check(self, outputs: object, rows: int) -> torch.Tensor:
         logits = check_logits(outputs, rows, self.num_classes)
@@ -129,6 +130,12 @@ class _DeviceCounts:
             self._ones = torch.ones_like(flat)
         self.counts.view(-1).index_add_(0, flat, self._ones[: flat.numel()])
         self.output_sum += outputs.sum(dtype=torch.float64)
+
+    def _cell_starts(self, cells: int, classes: int, device: torch.device) -> torch.Tensor:
+        """The flat index of class 0 of each of ``cells`` counters of ``classes`` classes (made once)."""
+        if self._starts is None or self._starts.numel() != cells:
+            self._starts = torch.arange(cells, device=device) * classes
+        return self._starts
 
     def result(self) -> np.ndarray:
         if self.counts is None or self.output_sum is None:
@@ -169,7 +176,7 @@ class ViewVoteTally(_DeviceCounts):
 
     def update(self, logits: torch.Tensor) -> None:
         views, classes = logits.shape[1:]
-        cells = torch.arange(views, device=logits.device) * classes + logits.argmax(dim=2)  # [B, k]
+        cells = self._cell_starts(views, classes, logits.device) + logits.argmax(dim=2)  # [B, k]
         self._add(cells, (views, classes), logits)
 
 
@@ -196,7 +203,7 @@ class PixelVoteTally(_DeviceCounts):
         labels = outputs[:, 0, :, rows, cols].argmax(dim=1)  # [B, h, w]
         height, width = labels.shape[1:]
         classes = outputs.shape[2]
-        cells = torch.arange(height * width, device=labels.device) * classes + labels.flatten(1)
+        cells = self._cell_starts(height * width, classes, labels.device) + labels.flatten(1)
         self._add(cells, (height, width, classes), outputs)
 
 
