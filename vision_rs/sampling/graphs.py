@@ -52,21 +52,29 @@ def record_batch(step: Callable[[torch.Generator], None], generator: torch.Gener
     if device.type != "cuda":
         _report(f"cuda_graphs has no effect on {device.type}: batches run as usual")
         return None
-    twin = twin_of(generator)
     graph = torch.cuda.CUDAGraph()
+    if not hasattr(graph, "register_generator_state"):
+        _report(f"torch {torch.__version__} cannot record the engine's own generator in a CUDA graph (newer versions "
+                "can): batches run as usual")
+        return None
+    twin = twin_of(generator)
+    graph.register_generator_state(twin)
+    torch.cuda.synchronize(device)  # the eager batches before are finished before the recording starts
+    failure: RuntimeError | None = None
     # capture_begin/end rather than torch.cuda.graph, which also runs gc.collect() and empty_cache() (tens of ms)
-    recording = torch.cuda.Stream(device)
-    try:
-        graph.register_generator_state(twin)
-        torch.cuda.synchronize(device)  # the eager batches before are finished before the recording starts
-        with torch.cuda.stream(recording):
-            graph.capture_begin(capture_error_mode="thread_local")
+    with torch.cuda.stream(torch.cuda.Stream(device)):
+        graph.capture_begin(capture_error_mode="thread_local")
+        try:
+            step(twin)
+        except RuntimeError as exc:  # the cause; ending the recording then fails too
+            failure = exc
+        finally:  # also when another error ends the step: no recording stays open
             try:
-                step(twin)
-            finally:
                 graph.capture_end()
-    except RuntimeError as exc:
-        _report(f"cannot record a batch as a CUDA graph, batches run without one: {str(exc).splitlines()[0]}")
+            except RuntimeError as exc:
+                failure = failure or exc
+    if failure is not None:
+        _report(f"cannot record a batch as a CUDA graph, batches run without one: {str(failure).splitlines()[0]}")
         return None
     return GraphedBatch(graph.replay, twin)
 
