@@ -428,10 +428,14 @@ def sample(
             buffer.record_stream(stream)
             image.record_stream(stream)
 
+    def batch_outputs(buffer: torch.Tensor, draw_from: torch.Generator, note: Wording | None) -> torch.Tensor:
+        """The model's outputs [draws, views, ...] for a batch of noisy draws made in ``buffer``."""
+        outputs = _forward(classifier, view(noise.perturb_(buffer, image, draw_from)), config, note, tally.check)
+        return outputs.unflatten(0, (-1, view.count))
+
     def full_batch(draw_from: torch.Generator) -> None:
         """One full batch on the first buffer, counted whole: what a CUDA graph records."""
-        outputs = _forward(classifier, view(noise.perturb_(buffers[0], image, draw_from)), config, None, tally.check)
-        tally.update(outputs.unflatten(0, (-1, view.count)))
+        tally.update(batch_outputs(buffers[0], draw_from, None))
 
     graphed: GraphedBatch | None = None
     done, step = 0, 0
@@ -444,14 +448,13 @@ def sample(
                 else:
                     stream, buffer = streams[step % len(streams)], buffers[step % len(buffers)]
                     draw_from = generator if graphed is None else graphed.generator
+                    note = noise.input_note(image.shape[0]) if done == 0 else None
                     with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                        inputs = view(noise.perturb_(buffer, image, draw_from))
-                        note = noise.input_note(image.shape[0]) if done == 0 else None
-                        outputs = _forward(classifier, inputs, config, note, tally.check)
+                        outputs = batch_outputs(buffer, draw_from, note)
                     if stream is not None:
                         main.wait_stream(stream)  # counting waits for this batch, the next batch may already run
                         outputs.record_stream(main)
-                    tally.update(outputs.unflatten(0, (-1, view.count))[:valid])  # [draws, views, ...]
+                    tally.update(outputs[:valid])
                 done, step = done + valid, step + 1
                 bar.update(valid)
                 if config.cuda_graphs and step == 1 and (num - done) // draws >= MIN_REPLAYS:
