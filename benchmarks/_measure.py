@@ -16,14 +16,15 @@ import torch
 
 from vision_rs.errors import CheckpointError
 from vision_rs.models.embedded import load_embedded_model
+from vision_rs.training.trainer import AMP_DTYPES
 
 CONTENTION_WARNING = 0.05
 """Warn when other processes used more than this share of the machine's CPU time during a measurement."""
 KERNEL_WARNING = 0.10
 """Point at the allocator when more than this share of the process's CPU time was spent in the kernel."""
 MALLOC_ENV = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000"
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-"""The ``--autocast`` choices of the benchmarks and their dtypes."""
+AUTOCAST = AMP_DTYPES
+"""The ``--autocast`` choices of the benchmarks and their dtypes: the names ``vision-rs train --amp`` takes."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from torch.utils.data import TensorDataset
 
 import vision_rs
 from _measure import (
+    AUTOCAST,
     Measurements,
     contention_note,
     environment,
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="digits_cnn", help="digits_cnn or a timm name (default digits_cnn)")
     parser.add_argument("--batch", type=positive_int, default=64, help="inputs per step (default 64)")
     parser.add_argument("--steps", type=positive_int, default=20, help="steps per timed epoch (default 20)")
-    parser.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision (default fp32)")
+    parser.add_argument("--amp", choices=tuple(AUTOCAST), default=None, help="mixed precision (default fp32)")
     parser.add_argument("--channels-last", action="store_true", help="train in channels_last layout")
     parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
