@@ -167,9 +167,9 @@ def unit_pixels(setup: Setup) -> torch.Tensor:
     return (setup.image.float() / 255.0).to(setup.smoothed.device)
 
 
-def in_layout(setup: Setup, batch: torch.Tensor) -> torch.Tensor:
-    """``batch`` in the memory layout the setup's engine feeds its model (channels_last when asked)."""
-    return batch.contiguous(memory_format=torch.channels_last) if setup.smoothed.config.channels_last else batch
+def model_layout(setup: Setup) -> torch.memory_format:
+    """The memory layout the setup's engine feeds its model (channels_last when asked), for raw and Cohen's loop."""
+    return torch.channels_last if setup.smoothed.config.channels_last else torch.contiguous_format
 
 
 def under_autocast(setup: Setup) -> contextlib.AbstractContextManager:
@@ -181,7 +181,7 @@ def make_raw_inputs(setup: Setup) -> torch.Tensor:
     """One pre-made batch [batch, C, H, W] of noisy copies of the image (slices of it serve smaller batches)."""
     pixels = unit_pixels(setup)
     noise = torch.randn((setup.batch, *pixels.shape), device=pixels.device) * SIGMA
-    return in_layout(setup, pixels + noise)
+    return (pixels + noise).contiguous(memory_format=model_layout(setup))
 
 
 def run_raw(setup: Setup, inputs: torch.Tensor, n0: int, n: int) -> float:
@@ -229,10 +229,9 @@ def run_cohen(setup: Setup, pixels: torch.Tensor, n0: int, n: int) -> float:
     """(c) Seconds for the Cohen-style CERTIFY loop."""
     device = setup.smoothed.device
     synchronize(device)
-    layout = torch.channels_last if setup.smoothed.config.channels_last else torch.contiguous_format
     start = time.perf_counter()
     with under_autocast(setup):
-        cohen_certify(setup.smoothed.base, pixels, n0, n, setup.batch, layout)
+        cohen_certify(setup.smoothed.base, pixels, n0, n, setup.batch, model_layout(setup))
     synchronize(device)
     return time.perf_counter() - start
 
