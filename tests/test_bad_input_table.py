@@ -372,6 +372,8 @@ API_CASES = [
     ApiCase("negative σ", lambda i, o: vision_rs.smooth("digits_cnn.sigma_0.25", -1.0), InvalidParameterError, ("-1",)),
     ApiCase("zero n", lambda i, o: _digits(i, o, n=0), InvalidParameterError, ("n must be",)),
     ApiCase("α above 1", lambda i, o: _digits(i, o, alpha=1.5), InvalidParameterError, ("1.5",)),
+    ApiCase("cuda_graphs not a flag", lambda i, o: vision_rs.smooth("digits_cnn.sigma_0.25", 0.25, cuda_graphs="yes"),
+            InvalidParameterError, ("cuda_graphs must be True or False", "'yes'")),
     ApiCase("unknown method", lambda i, o: vision_rs.smooth("digits_cnn.sigma_0.25", 0.25, mode="median",
                                                            patches=vision_rs.Patches(8, stride=4)),
             InvalidParameterError, ("median",)),

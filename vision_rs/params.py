@@ -36,6 +36,13 @@ def check_count(name: str, value: int) -> int:
     return int(value)
 
 
+def check_flag(name: str, value: bool) -> bool:
+    """Return ``value`` if it is True or False (not 1, "yes" or None)."""
+    if not isinstance(value, bool):
+        raise InvalidParameterError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_seed(seed: int | None) -> int | None:
     """Return a noise seed: a non-negative integer, or None for a fresh random one."""
     if seed is None:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from typing_extensions import Self
 
 from ..errors import InvalidImageError, ModelOutputError
-from ..params import check_count
+from ..params import check_count, check_flag
 from ..wording import Wording, size_in_bytes
 from .graphs import MIN_REPLAYS, GraphedBatch, record_batch
 from .noise import Noise
@@ -70,6 +70,7 @@ class EngineConfig:
         check_count("batch_size", self.batch_size)
         check_count("streams", self.streams)
         check_count("memory_budget", self.memory_budget)
+        check_flag("cuda_graphs", self.cuda_graphs)
 
     def streams_on(self, device: torch.device) -> int:
         """The CUDA streams batches alternate between on ``device``: ``streams`` on CUDA, 1 with graphs or elsewhere."""

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError
+from ..params import check_flag
 from ..wording import Wording
 from .certificates import Bound
 from .engine import FIRST_LOOK, LOOK_RATIO
@@ -102,8 +103,7 @@ def _positive_radius(value: object) -> float:
 
 def sequential_goal(radius: float | None, sequential: bool, tolerance: float | None) -> SequentialGoal | None:
     """The goal ``certify(radius=..., sequential=..., tolerance=...)`` asks for, checked; None for fixed n."""
-    if not isinstance(sequential, bool):
-        raise InvalidParameterError(f"sequential must be True or False, got {sequential!r}")
+    check_flag("sequential", sequential)
     if radius is not None and (sequential or tolerance is not None):
         raise InvalidParameterError("choose one sequential mode: {radius} (decide whether r is certified) or {sequential} "
                                     "(the radius, to within τ), not both", radius=RADIUS, sequential=SEQUENTIAL)
